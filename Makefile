@@ -1,0 +1,30 @@
+# The two commands of README.md: `make demo` (main job) and `make test` (the tests).
+# Both create .venv when it is missing and install the project into it.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+OUTPUT ?= runs/demo
+PYTEST_ARGS ?=
+
+.PHONY: demo test test-fast install clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(VENV)/bin/nni-plugins search --output $(OUTPUT)
+
+test: $(STAMP)
+	$(PY) -m pytest -q -p no:cacheprovider $(PYTEST_ARGS)
+
+test-fast: $(STAMP)
+	$(PY) -m pytest -q -p no:cacheprovider -m "not slow" $(PYTEST_ARGS)
+
+clean:
+	rm -rf $(VENV) runs build *.egg-info

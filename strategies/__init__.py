@@ -1,0 +1,8 @@
+"""The five NAS algorithms as NNI 3.0 strategies.
+
+Multi-trial (exploration): :class:`GOAL`, :class:`NASGEM`.
+One-shot (weight sharing): :class:`GAEA`, :class:`DrNAS`, :class:`TETLO`.
+"""
+import nni_plugins.compat  # noqa: F401  (leaf module: NNI 3.0 fixes, depends only on nni/torch)
+
+__all__: list[str] = []
