@@ -1,0 +1,233 @@
+"""``nni-plugins search``: one real :class:`~nni.nas.experiment.NasExperiment` from flags or YAML.
+
+A run directory ``output`` receives:
+
+- ``best_architecture.json``: the exported sample (and its NB201 arch string and metric when known);
+- ``config.yml``: the resolved configuration;
+- ``tensorboard/``: event files (Lightning logs of one-shot runs with the architecture
+  distribution; per-trial metrics, best-so-far and surrogate quality of multi-trial runs);
+- ``nni-experiments/``: NNI's experiment directory of multi-trial runs (trials' own outputs).
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import socket
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .registry import make_strategy, strategy_spec
+from .spaces import build_space
+
+__all__ = ["SearchConfig", "SearchResult", "load_config", "run_search"]
+
+_logger = logging.getLogger(__name__)
+
+_ONE_SHOT_EPOCHS = 3
+_MULTI_TRIAL_EPOCHS = 2
+
+
+@dataclass
+class SearchConfig:
+    """Everything one search run needs; the YAML of ``--config`` holds the same keys.
+
+    ``epochs``: one-shot supernet epochs, or training epochs per trial for multi-trial runs.
+    ``trials``: number of trials of a multi-trial run. ``accelerator``/``devices`` go to the
+    Lightning trainer of one-shot runs. ``experiment``: NNI experiment settings of multi-trial
+    runs (``trial_concurrency``, ``max_experiment_duration``, ``nni_manager_ip``,
+    ``training_service: {platform: local, trial_gpu_number: 0, use_active_gpu: false}`` or
+    ``{platform: remote, machine_list: [...]}``...), passed to NNI unchanged.
+    """
+
+    strategy: str = "drnas"
+    strategy_args: dict = field(default_factory=dict)
+    space: str = "digits"
+    space_args: dict = field(default_factory=dict)
+    dataset: str = "digits"
+    data_path: str | None = None
+    data_root: str | None = None
+    download: bool = False
+    limit: int | None = None
+    evaluator: str = "search"
+    epochs: int | None = None
+    trials: int = 8
+    batch_size: int = 64
+    seed: int = 0
+    output: str = "runs/search"
+    accelerator: str = "auto"
+    devices: Any = "auto"
+    port: int | None = None
+    experiment: dict = field(default_factory=dict)
+
+    def validate(self) -> "SearchConfig":
+        spec = strategy_spec(self.strategy)  # raises for an unknown name
+        for name in ("strategy_args", "space_args", "experiment"):
+            if not isinstance(getattr(self, name), dict):
+                raise ValueError(f"'{name}' must be a mapping, got {getattr(self, name)!r}")
+        for name in ("trials", "batch_size"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"'{name}' must be a positive integer, got {value!r}")
+        if self.epochs is not None and (not isinstance(self.epochs, int) or isinstance(self.epochs, bool) or self.epochs < 1):
+            raise ValueError(f"'epochs' must be a positive integer, got {self.epochs!r}")
+        if self.limit is not None and (not isinstance(self.limit, int) or self.limit < 2):
+            raise ValueError(f"'limit' must be an integer >= 2, got {self.limit!r}")
+        if not isinstance(self.seed, int) or isinstance(self.seed, bool):
+            raise ValueError(f"'seed' must be an integer, got {self.seed!r}")
+        if not self.output:
+            raise ValueError("'output' (the run directory) is required")
+        if self.epochs is None:
+            self.epochs = _ONE_SHOT_EPOCHS if spec.kind == "one-shot" else _MULTI_TRIAL_EPOCHS
+        return self
+
+
+def load_config(path: str | os.PathLike, **overrides: Any) -> SearchConfig:
+    """A :class:`SearchConfig` from a YAML file; ``overrides`` (non-None) win over the file.
+
+    Raises ``ValueError`` for a missing or malformed file, or an unknown key.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"Config file {str(path)!r} does not exist")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise ValueError(f"Config file {str(path)!r} is not valid YAML: {err}") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"Config file {str(path)!r} must hold a mapping of settings, got {type(data).__name__}")
+    data.update({k: v for k, v in overrides.items() if v is not None})
+    known = {f.name for f in dataclasses.fields(SearchConfig)}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise ValueError(f"Unknown key(s) {unknown} in {str(path)!r}; known keys: {sorted(known)}")
+    return SearchConfig(**data).validate()
+
+
+@dataclass
+class SearchResult:
+    sample: dict
+    metric: float | None
+    output: Path
+    kind: str
+    seconds: float
+
+    @property
+    def best_architecture_path(self) -> Path:
+        return self.output / "best_architecture.json"
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _seed_everything(seed: int) -> None:
+    import random
+
+    import numpy as np
+    import torch
+
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def _experiment_config(exp, cfg: SearchConfig, workdir: Path) -> None:
+    """Apply ``cfg.experiment`` (NNI's own keys, snake_case or camelCase) to a multi-trial config."""
+    from nni.experiment.config.utils.internal import case_insensitive, load_training_service_config
+
+    config = exp.config
+    fields = {case_insensitive(f.name): f.name for f in dataclasses.fields(config)}
+    config.max_trial_number = cfg.trials
+    config.experiment_working_directory = str(workdir)
+    for key, value in cfg.experiment.items():
+        name = fields.get(case_insensitive(key))
+        if name is None:
+            raise ValueError(f"Unknown NNI experiment setting {key!r} under 'experiment'")
+        if name == "training_service":
+            if not isinstance(value, dict) or "platform" not in value:
+                raise ValueError("'experiment.training_service' must be a mapping with a 'platform' key")
+            value = load_training_service_config(dict(value))
+            if isinstance(value, dict):
+                raise ValueError(f"Unknown training service platform {value['platform']!r}")
+        setattr(config, name, value)
+
+
+def _write_json(path: Path, payload: dict) -> None:
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(payload, indent=2, sort_keys=True, default=str) + "\n")
+    tmp.replace(path)
+
+
+def _arch_string(sample: dict) -> str | None:
+    from search_spaces.nasbench201 import sample_to_arch_str
+
+    try:
+        return sample_to_arch_str(sample)
+    except ValueError:
+        return None
+
+
+def run_search(cfg: SearchConfig) -> SearchResult:
+    """Run the search ``cfg`` describes and write its run directory; see the module docstring."""
+    from nni.nas.experiment import NasExperiment
+
+    from .datasets import build_datasets
+    from .evaluators import build_evaluator
+    from .tensorboard import TrialMetricsLogger, scalar_metric
+
+    cfg.validate()
+    spec = strategy_spec(cfg.strategy)
+    output = Path(cfg.output).resolve()
+    # Build everything that can fail on bad input before anything is written.
+    splits = build_datasets(cfg.dataset, path=cfg.data_path, root=cfg.data_root, download=cfg.download,
+                            seed=cfg.seed, limit=cfg.limit)
+    space = build_space(cfg.space, splits.num_classes, splits.input_shape, **cfg.space_args)
+    strategy = make_strategy(cfg.strategy, seed=cfg.seed, **cfg.strategy_args)
+    output.mkdir(parents=True, exist_ok=True)
+    tb_dir = output / "tensorboard"
+    evaluator = build_evaluator(splits, kind=cfg.evaluator, max_epochs=cfg.epochs, batch_size=cfg.batch_size,
+                                output_dir=str(output), accelerator=cfg.accelerator, devices=cfg.devices)
+    (output / "config.yml").write_text(yaml.safe_dump(dataclasses.asdict(cfg), sort_keys=False))
+
+    _seed_everything(cfg.seed)
+    started = time.time()
+    if spec.kind == "one-shot":
+        exp = NasExperiment(space, evaluator, strategy)
+        exp.config.experiment_working_directory = str(output / "nni-experiments")
+        try:
+            exp.run()
+            sample, metric = exp.export_top_models(formatter="dict")[0], None
+        finally:
+            exp.stop()
+    else:
+        from nni.nas.strategy import Chain
+
+        logger = TrialMetricsLogger(str(tb_dir / "search"), strategy=strategy)
+        exp = NasExperiment(space, evaluator, Chain(strategy, logger))
+        _experiment_config(exp, cfg, output / "nni-experiments")
+        try:
+            exp.run(port=cfg.port or _free_port())
+            models = list(exp.strategy.list_models(limit=1))
+        finally:
+            exp.stop()
+        if not models:
+            raise RuntimeError("The search finished without any successful trial; "
+                               f"see NNI's logs under {output / 'nni-experiments'}")
+        sample, metric = models[0].sample, scalar_metric(models[0].metric)
+    seconds = time.time() - started
+
+    payload = {"strategy": spec.name, "space": cfg.space, "dataset": cfg.dataset, "seed": cfg.seed,
+               "sample": sample, "metric": metric, "search_seconds": round(seconds, 2)}
+    arch = _arch_string(sample)
+    if arch is not None:
+        payload["nb201_arch"] = arch
+    _write_json(output / "best_architecture.json", payload)
+    return SearchResult(sample=sample, metric=metric, output=output, kind=spec.kind, seconds=seconds)
