@@ -93,11 +93,11 @@ def _cmd_search(args: argparse.Namespace) -> int:
 
 
 def _cmd_benchmark(args: argparse.Namespace) -> int:
-    from .benchmark import run_benchmark
-
     names = [n.strip() for n in args.strategies.split(",") if n.strip()]
     if not names:
         raise ValueError("--strategies needs at least one name")
+    from .benchmark import run_benchmark
+
     result = run_benchmark(names, seeds=args.seeds, budget=args.budget, output=args.output, table=args.table,
                            column=args.column, checkpoints=tuple(args.checkpoints))
     print(result.summary())

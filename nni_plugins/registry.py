@@ -6,6 +6,7 @@ a strategy is available here as soon as it is exported from that package.
 from __future__ import annotations
 
 import importlib
+import inspect
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -81,10 +82,36 @@ def make_strategy(name: str, seed: int | None = None, **kwargs: Any) -> Any:
     if seed is not None and spec.seed_arg:
         args[spec.seed_arg] = seed
     args.update(kwargs)
+    known = _accepted_arguments(cls)
+    unknown = sorted(set(args) - known) if known is not None else []
+    if unknown:
+        raise ValueError(f"Invalid arguments for strategy {spec.name!r}: {unknown}; it accepts {sorted(known)}")
     try:
         return cls(**args)
     except TypeError as err:
         raise ValueError(f"Invalid arguments for strategy {spec.name!r}: {err}") from err
+
+
+def _accepted_arguments(cls: type) -> set[str] | None:
+    """Named constructor arguments of ``cls`` and the bases its ``**kwargs`` are passed on to.
+
+    NNI's strategies take ``**kwargs`` only to forward them to their base class (or to warn about
+    deprecated names), so a misspelt argument would be silently dropped; following the
+    ``__init__`` chain lets :func:`make_strategy` reject it. ``None``: cannot tell.
+    """
+    names: set[str] = set()
+    for klass in cls.__mro__:
+        init = klass.__dict__.get("__init__")
+        if init is None:
+            continue
+        try:
+            params = inspect.signature(init).parameters.values()
+        except (TypeError, ValueError):
+            return None
+        names.update(p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) and p.name != "self")
+        if not any(p.kind is p.VAR_KEYWORD for p in params):
+            return names
+    return names
 
 
 def available_strategies(kind: str | None = None) -> list[str]:

@@ -88,4 +88,7 @@ def build_space(name: str, num_classes: int, input_shape: tuple[int, int, int], 
         if unknown:
             raise ValueError(f"Model space {spec.name!r} does not take option(s) {unknown}; "
                              f"it takes {sorted(p for p in accepted if p != 'self')}")
-    return cls(**args)
+    try:
+        return cls(**args)
+    except TypeError as err:  # NNI's ModelSpace wraps __init__, hiding its signature from the check above
+        raise ValueError(f"Model space {spec.name!r} does not take these options {sorted(options)}: {err}") from None
