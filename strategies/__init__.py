@@ -5,4 +5,6 @@ One-shot (weight sharing): :class:`GAEA`, :class:`DrNAS`, :class:`TETLO`.
 """
 import nni_plugins.compat  # noqa: F401  (leaf module: NNI 3.0 fixes, depends only on nni/torch)
 
-__all__: list[str] = []
+from .tetlo import TETLO
+
+__all__: list[str] = ["TETLO"]

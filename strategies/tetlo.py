@@ -1,0 +1,790 @@
+"""TETLO: transferability-encouraging tri-level optimisation, as an NNI 3.0 one-shot strategy.
+
+Sheth & Xie, "Improving Differentiable Neural Architecture Search by Encouraging
+Transferability", ICLR 2023 (OpenReview ``Tl8OmiibP99``). The paper's full text was not available
+to this project; the formulation below is the reconstruction of ``notes/goal_nasgem_tetlo.md`` §3,
+and every choice that note marks as a design default is tagged **[D]** here.
+
+Three levels, with A the architecture (DARTS α), W the supernet weights and V an auxiliary model:
+
+1. ``W*(A) = argmin_W L_tr^M(W, A)`` (the main model trains on the training split);
+2. ``V*(W*) = argmin_V L_tr^X(V) + λ·L_QRS(V; W*)`` (the auxiliary learns from the labels and from
+   the main model's *quadruple relative similarities*);
+3. ``min_A L_val^X(V*) + γ·L_val^M(W*, A)`` (the architecture makes the knowledge it yields
+   transfer well, and keeps the main model accurate).
+"""
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import warnings
+from typing import Any, Callable, Iterator, Sequence
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from nni.nas.oneshot.pytorch.differentiable import DartsLightningModule
+from nni.nas.strategy import DARTS
+from torch.func import functional_call
+
+from .aux_models import CifarResNet
+
+__all__ = ["TETLO", "TETLOLightningModule", "qrs_loss", "sample_quadruples"]
+
+_logger = logging.getLogger(__name__)
+
+_HYPERGRADIENTS = ("finite_difference", "exact")
+_BASES = ("darts",)
+
+
+# --------------------------------------------------------------------------------------------
+# Quadruple relative similarities
+# --------------------------------------------------------------------------------------------
+
+def sample_quadruples(batch_size: int, num: int, device: torch.device | str | None = None,
+                      generator: torch.Generator | None = None) -> torch.Tensor:
+    """``num`` random quadruples ``(a, b, c, d)`` of example indices in ``[0, batch_size)`` with
+    ``a != b`` and ``c != d``, as a ``(num, 4)`` long tensor; empty when ``batch_size < 2``.
+
+    [D] Uniform sampling within the mini-batch (256 quadruples per batch of 64 by default).
+    """
+    if batch_size < 2 or num == 0:
+        return torch.empty(0, 4, dtype=torch.long, device=device)
+    first = torch.randint(0, batch_size, (num, 2), generator=generator, device="cpu")
+    offset = torch.randint(1, batch_size, (num, 2), generator=generator, device="cpu")
+    second = (first + offset) % batch_size
+    quads = torch.stack([first[:, 0], second[:, 0], first[:, 1], second[:, 1]], dim=1)
+    return quads.to(device) if device is not None else quads
+
+
+def qrs_loss(aux_features: torch.Tensor, main_features: torch.Tensor, quadruples: torch.Tensor,
+             tau: float = 0.1) -> torch.Tensor:
+    """Quadruple-relative-similarity loss: the auxiliary learns, for each quadruple ``(a, b, c, d)``,
+    how much more similar ``a`` and ``b`` are than ``c`` and ``d`` according to the main model.
+
+    With cosine similarities ``s`` of the (flattened) features, ``Δ = s(a, b) − s(c, d)`` for each
+    model, the loss is ``BCE(σ(Δ_aux/τ), σ(Δ_main/τ))`` averaged over the quadruples [D].
+
+    The target ``σ(Δ_main/τ)`` is **not detached**: gradients reach the main model's features
+    (and through them W and A), which is what lets the architecture learn from the auxiliary's
+    validation loss. Detach ``main_features`` yourself where only the auxiliary should learn.
+    For fixed main features the loss is minimal (equal to the entropy of the target) exactly when
+    ``Δ_aux = Δ_main`` on every quadruple. Returns ``0`` (connected to both inputs) for an empty
+    set of quadruples.
+    """
+    if aux_features.shape[0] != main_features.shape[0]:
+        raise ValueError(f"qrs_loss: the two feature sets hold different numbers of examples "
+                         f"({aux_features.shape[0]} vs {main_features.shape[0]})")
+    if tau <= 0:
+        raise ValueError(f"qrs_loss: tau must be positive, got {tau}")
+    if quadruples.numel() == 0:
+        return 0.0 * (aux_features.sum() + main_features.sum())
+    fa = F.normalize(aux_features.flatten(1), dim=1)
+    fm = F.normalize(main_features.flatten(1), dim=1)
+    a, b, c, d = quadruples.unbind(dim=1)
+    delta_aux = (fa[a] * fa[b]).sum(1) - (fa[c] * fa[d]).sum(1)
+    delta_main = (fm[a] * fm[b]).sum(1) - (fm[c] * fm[d]).sum(1)
+    return F.binary_cross_entropy_with_logits(delta_aux / tau, torch.sigmoid(delta_main / tau))
+
+
+# --------------------------------------------------------------------------------------------
+# Helpers
+# --------------------------------------------------------------------------------------------
+
+class _FeatureTap:
+    """Keeps the (first) input of ``module`` from its latest forward call: the penultimate features
+    when ``module`` is the classifier."""
+
+    def __init__(self, module: nn.Module, name: str, owner: str) -> None:
+        self.name, self.owner = name, owner
+        self.features: torch.Tensor | None = None
+        self._handle = module.register_forward_pre_hook(self._hook)
+
+    def _hook(self, module: nn.Module, args: tuple) -> None:
+        if args and isinstance(args[0], torch.Tensor):
+            self.features = args[0]
+
+    def take(self) -> torch.Tensor:
+        features, self.features = self.features, None
+        if features is None:
+            raise RuntimeError(f"TETLO: module {self.name!r} of {self.owner} did not run (with a tensor input) in "
+                               "the last forward pass, so its penultimate features are unknown; name the module "
+                               "whose input holds them with the strategy's feature-module argument")
+        return features.flatten(1)
+
+    def remove(self) -> None:
+        self._handle.remove()
+
+
+def _find_feature_module(model: nn.Module, name: str | None, argument: str, owner: str) -> tuple[str, nn.Module]:
+    """The module whose input is ``model``'s penultimate feature: ``name`` if given, else the last
+    ``nn.Linear`` registered in ``model`` (``named_modules()`` order)."""
+    modules = dict(model.named_modules())
+    if name is not None:
+        if name not in modules or name == "":
+            raise ValueError(f"TETLO: {owner} ({type(model).__name__}) has no submodule named {name!r} "
+                             f"(argument {argument})")
+        return name, modules[name]
+    linears = [(n, m) for n, m in modules.items() if isinstance(m, nn.Linear)]
+    if not linears:
+        raise ValueError(f"TETLO needs the penultimate features of {owner}, read as the input of its final nn.Linear, "
+                         f"but {type(model).__name__} has no nn.Linear; pass {argument}=<name of the module whose "
+                         "input is the penultimate feature>")
+    return linears[-1]
+
+
+def _split_batch(batch: Any) -> tuple[torch.Tensor, torch.Tensor]:
+    if isinstance(batch, (list, tuple)) and len(batch) >= 2 and isinstance(batch[0], torch.Tensor):
+        return batch[0], batch[1]
+    raise TypeError("TETLO trains its auxiliary model on the evaluator's batches and needs them as (input, target) "
+                    f"pairs, got a batch of type {type(batch).__name__}")
+
+
+def _noop(*args: Any, **kwargs: Any) -> None:
+    return None
+
+
+@contextlib.contextmanager
+def _silenced(module: nn.Module) -> Iterator[None]:
+    """Disable ``module.log``/``log_dict`` (the evaluator's metrics) for internal loss evaluations."""
+    saved = {key: module.__dict__[key] for key in ("log", "log_dict") if key in module.__dict__}
+    module.__dict__["log"] = _noop
+    module.__dict__["log_dict"] = _noop
+    try:
+        yield
+    finally:
+        for key in ("log", "log_dict"):
+            if key in saved:
+                module.__dict__[key] = saved[key]
+            else:
+                module.__dict__.pop(key, None)
+
+
+@contextlib.contextmanager
+def _restored(tensors: Sequence[torch.Tensor]) -> Iterator[list[torch.Tensor]]:
+    """Snapshot ``tensors`` (parameters and buffers) and copy the snapshot back on exit, bit-exactly."""
+    saved = [t.detach().clone() for t in tensors]
+    try:
+        yield saved
+    finally:
+        with torch.no_grad():
+            for tensor, copy in zip(tensors, saved):
+                tensor.copy_(copy)
+
+
+def _norm(tensors: Sequence[torch.Tensor]) -> torch.Tensor:
+    return torch.sqrt(sum((t.detach().double() ** 2).sum() for t in tensors))
+
+
+def _grads_or_zeros(grads: Sequence[torch.Tensor | None], like: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+    return [torch.zeros_like(p) if g is None else g for g, p in zip(grads, like)]
+
+
+class _StepCaller(nn.Module):
+    """Calls ``training_step`` of a Lightning module as ``forward`` so that
+    :func:`torch.func.functional_call` can substitute its parameters."""
+
+    def __init__(self, module: nn.Module) -> None:
+        super().__init__()
+        self.module = module
+
+    def forward(self, batch: Any, batch_idx: int) -> Any:
+        return self.module.training_step(batch, batch_idx)
+
+
+def _loss_of(output: Any) -> torch.Tensor:
+    loss = output["loss"] if isinstance(output, dict) else output
+    if not isinstance(loss, torch.Tensor):
+        raise TypeError("TETLO: the evaluator's training_step must return a loss tensor (or a dict with 'loss'), "
+                        f"got {type(output).__name__}")
+    return loss
+
+
+# --------------------------------------------------------------------------------------------
+# Lightning module
+# --------------------------------------------------------------------------------------------
+
+class TETLOLightningModule(DartsLightningModule):
+    """Search implementation of :class:`TETLO` (see there for the algorithm and parameters).
+
+    Wraps the evaluator's Lightning module like NNI's :class:`DartsLightningModule` and adds the
+    auxiliary model (:attr:`aux_model`, a submodule of this wrapper and *not* of the evaluator's
+    module, so the evaluator's optimiser never sees its parameters). Per training batch:
+
+    1. after warm-up, an architecture step with the tri-level hypergradient
+       (:meth:`compute_hypergradient`), Adam(lr, betas (0.5, 0.999), weight decay 1e-3) as in NNI;
+    2. a weight step with the evaluator's optimiser on the evaluator's training loss;
+    3. an auxiliary step, SGD on ``L_tr^X(V) + λ·L_QRS(V; W)`` with the main model's features from
+       step 2 (detached; the same batch).
+
+    Logs ``qrs_loss``, ``aux_loss``, ``aux_acc`` (classification targets) and ``hypergrad_norm`` per
+    step and as epoch means, ``aux_lr`` per epoch, and ``prob/<label>/<choice>`` every
+    ``log_prob_every_n_step`` steps and at every epoch end.
+    """
+
+    def __init__(self, training_module: nn.Module, *,
+                 aux_model: nn.Module | None = None,
+                 lambda_qrs: float = 1.0,
+                 gamma: float = 1.0,
+                 tau: float = 0.1,
+                 num_quadruples: int = 256,
+                 hypergradient: str = "finite_difference",
+                 unroll_lr_w: float | None = None,
+                 unroll_lr_v: float | None = None,
+                 fd_epsilon: float = 0.01,
+                 aux_learning_rate: float = 0.025,
+                 aux_momentum: float = 0.9,
+                 aux_weight_decay: float = 3e-4,
+                 aux_lr_min: float = 1e-3,
+                 aux_gradient_clip_val: float | None = 5.0,
+                 main_feature_module: str | None = None,
+                 aux_feature_module: str | None = None,
+                 aux_criterion: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
+                 arc_learning_rate: float = 3.0e-4,
+                 gradient_clip_val: float | None = None,
+                 log_prob_every_n_step: int = 10,
+                 warmup_epochs: int | None = None):
+        super().__init__(training_module, arc_learning_rate=arc_learning_rate, gradient_clip_val=gradient_clip_val,
+                         log_prob_every_n_step=log_prob_every_n_step, warmup_epochs=warmup_epochs or 0)
+        if aux_model is not None:
+            self.aux_model = aux_model
+        else:
+            self.aux_model = None  # built in setup() once the supernet is known
+        self.lambda_qrs = lambda_qrs
+        self.gamma = gamma
+        self.tau = tau
+        self.num_quadruples = num_quadruples
+        self.hypergradient = hypergradient
+        self.unroll_lr_w = unroll_lr_w
+        self.unroll_lr_v = unroll_lr_v
+        self.fd_epsilon = fd_epsilon
+        self.aux_learning_rate = aux_learning_rate
+        self.aux_momentum = aux_momentum
+        self.aux_weight_decay = aux_weight_decay
+        self.aux_lr_min = aux_lr_min
+        self.aux_gradient_clip_val = aux_gradient_clip_val
+        self.main_feature_module = main_feature_module
+        self.aux_feature_module = aux_feature_module
+        self.aux_criterion = aux_criterion
+        self._warmup_argument = warmup_epochs
+        self._main_tap: _FeatureTap | None = None
+        self._aux_tap: _FeatureTap | None = None
+        self._arch_params: list[nn.Parameter] = []
+        self._arch_optimizer: torch.optim.Optimizer | None = None
+        self._aux_optimizer: torch.optim.Optimizer | None = None
+        self._epoch_sums: dict[str, float] = {}
+        self._epoch_counts: dict[str, int] = {}
+
+    # ---- preparation -----------------------------------------------------------------------
+    def prepare(self) -> None:
+        """Find the feature modules, build the default auxiliary model and resolve the criterion.
+
+        Called by :meth:`setup`; idempotent. Call it yourself before :meth:`compute_hypergradient`
+        when using this module without a Lightning trainer.
+        """
+        if self._main_tap is not None:
+            return
+        model = self.model
+        main_name, main_module = _find_feature_module(model, self.main_feature_module, "main_feature_module",
+                                                      "the main model (supernet)")
+        if self.aux_model is None:
+            self.aux_model = self._default_aux_model(model, main_name, main_module)
+        aux_name, aux_module = _find_feature_module(self.aux_model, self.aux_feature_module, "aux_feature_module",
+                                                    "the auxiliary model")
+        if self.aux_criterion is None:
+            criterion = getattr(self.training_module, "criterion", None)
+            if not callable(criterion):
+                raise ValueError(f"TETLO trains the auxiliary model with the evaluator's criterion, but the evaluator's "
+                                 f"module {type(self.training_module).__name__} has no callable 'criterion'; "
+                                 "pass aux_criterion=<loss function (logits, target) -> loss>")
+            self.aux_criterion = criterion
+        self._arch_params = self.arch_parameters()
+        if not self._arch_params:
+            raise ValueError("No architecture parameters found. Nothing to search.")
+        self._main_tap = _FeatureTap(main_module, main_name, "the main model (supernet)")
+        self._aux_tap = _FeatureTap(aux_module, aux_name, "the auxiliary model")
+
+    @staticmethod
+    def _default_aux_model(model: nn.Module, main_name: str, main_module: nn.Module) -> nn.Module:
+        out = getattr(main_module, "out_features", None)
+        if not isinstance(main_module, nn.Linear) or not isinstance(out, int):
+            raise ValueError(f"TETLO's default auxiliary model (CifarResNet) takes its number of outputs from the main "
+                             f"model's classifier, but {main_name!r} is {type(main_module).__name__}, not an "
+                             "nn.Linear; pass aux_model=<an nn.Module>")
+        convs = [m for m in model.modules() if isinstance(m, nn.Conv2d)]
+        if not convs:
+            raise ValueError(f"TETLO's default auxiliary model is a CIFAR ResNet for images, but the model space "
+                             f"{type(model).__name__} has no nn.Conv2d to take the input channels from; "
+                             "pass aux_model=<an nn.Module>")
+        return CifarResNet(num_classes=out, depth=20, width=16, in_channels=convs[0].in_channels)
+
+    def setup(self, stage: str = None):  # type: ignore[assignment]
+        result = super().setup(stage)
+        self.prepare()
+        max_epochs = getattr(self.trainer, "max_epochs", None)
+        if self._warmup_argument is None:
+            self.warmup_epochs = int(0.2 * max_epochs) if isinstance(max_epochs, int) and max_epochs > 0 else 0
+        elif isinstance(max_epochs, int) and 0 < max_epochs <= self._warmup_argument:
+            warnings.warn(f"TETLO: warmup_epochs={self._warmup_argument} >= max_epochs={max_epochs}; the architecture "
+                          "is never updated", UserWarning)
+        return result
+
+    def teardown(self, stage: str = None):  # type: ignore[assignment]
+        for tap in (self._main_tap, self._aux_tap):
+            if tap is not None:
+                tap.remove()
+        self._main_tap = self._aux_tap = None
+        return super().teardown(stage)
+
+    def configure_architecture_optimizers(self):
+        self.prepare()
+        self._arch_optimizer = torch.optim.Adam(self._arch_params, self.arc_learning_rate, betas=(0.5, 0.999),
+                                                weight_decay=1.0e-3)
+        self._aux_optimizer = torch.optim.SGD(self.aux_model.parameters(), lr=self.aux_learning_rate,
+                                              momentum=self.aux_momentum, weight_decay=self.aux_weight_decay)
+        # BaseOneShotLightningModule tags both with ``is_arch_optimizer``, so advance_optimization
+        # (the evaluator's weight step) leaves them alone.
+        return [self._arch_optimizer, self._aux_optimizer]
+
+    # ---- the parameters of each level -------------------------------------------------------
+    def weight_parameters(self) -> list[nn.Parameter]:
+        """W: the trainable parameters of the main model, without the architecture parameters."""
+        arch = {id(p) for p in self.arch_parameters()}
+        return [p for p in self.model.parameters() if p.requires_grad and id(p) not in arch]
+
+    def aux_parameters(self) -> list[nn.Parameter]:
+        """V: the trainable parameters of the auxiliary model."""
+        return [p for p in self.aux_model.parameters() if p.requires_grad]
+
+    def _raw_optimizer(self, wanted: torch.optim.Optimizer | None) -> Any:
+        for opt in self._all_optimizers():
+            if getattr(opt, "optimizer", opt) is wanted:
+                return opt
+        raise RuntimeError("TETLO: its optimiser is not registered with the trainer")
+
+    def _all_optimizers(self) -> list[Any]:
+        optimizers = self.optimizers()
+        return optimizers if isinstance(optimizers, list) else [optimizers]
+
+    def _step_sizes(self, params: Sequence[nn.Parameter], fixed: float | None, role: str) -> list[float]:
+        """The unrolled step size of each parameter: ``fixed`` or its group's current lr."""
+        if fixed is not None:
+            return [float(fixed)] * len(params)
+        if self._trainer is None:
+            raise RuntimeError(f"TETLO: without a trainer there is no optimiser to read the {role} step size from; "
+                               f"pass unroll_lr_{role}")
+        if role == "w":
+            optimizers = [getattr(o, "optimizer", o) for o in self._all_optimizers()
+                          if not getattr(getattr(o, "optimizer", o), "is_arch_optimizer", False)]
+            if len(optimizers) != 1:
+                raise ValueError(f"TETLO needs exactly one weight optimiser from the evaluator, found {len(optimizers)}")
+            optimizer = optimizers[0]
+        else:
+            optimizer = self._aux_optimizer
+        lrs: dict[int, float] = {}
+        for group in optimizer.param_groups:
+            for p in group["params"]:
+                lrs[id(p)] = float(group["lr"])
+        # A parameter the optimiser does not update has step size 0 (exactly what training does).
+        return [lrs.get(id(p), 0.0) for p in params]
+
+    # ---- losses ------------------------------------------------------------------------------
+    def _main_loss(self, batch: Any, batch_idx: int, params: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
+        """The evaluator's training loss on ``batch`` without logging; ``params`` substitutes weights."""
+        with _silenced(self.training_module):
+            if params is None:
+                return _loss_of(self.training_module.training_step(batch, batch_idx))
+            return _loss_of(functional_call(_StepCaller(self.training_module), params, (batch, batch_idx)))
+
+    def _aux_forward(self, x: torch.Tensor, params: dict[str, torch.Tensor] | None = None
+                     ) -> tuple[torch.Tensor, torch.Tensor]:
+        logits = self.aux_model(x) if params is None else functional_call(self.aux_model, params, (x,))
+        return logits, self._aux_tap.take()
+
+    # ---- hypergradient -----------------------------------------------------------------------
+    def compute_hypergradient(self, train_batch: Any, val_batch: Any, batch_idx: int = 0,
+                              quadruples: torch.Tensor | None = None, mode: str | None = None
+                              ) -> tuple[list[torch.Tensor], dict[str, float]]:
+        """The gradient of ``L_val^X(V') + γ·L_val^M(W', A)`` with respect to A through one unrolled
+        step of each lower level, ``W' = W − ξ_w ∇_W L_tr^M(W, A)`` and
+        ``V' = V − ξ_v ∇_V [L_tr^X(V) + λ·L_QRS(V; W')]``.
+
+        ``mode`` is ``"finite_difference"`` (default of the module) or ``"exact"``. Returns the
+        gradients aligned with :attr:`arch_params` and a dict of diagnostics. The main and the
+        auxiliary model (parameters and buffers) are left exactly as they were.
+        """
+        mode = self.hypergradient if mode is None else mode
+        if mode not in _HYPERGRADIENTS:
+            raise ValueError(f"TETLO: hypergradient must be one of {_HYPERGRADIENTS}, got {mode!r}")
+        self.prepare()
+        x_t, _ = _split_batch(train_batch)
+        if quadruples is None:
+            quadruples = sample_quadruples(x_t.shape[0], self.num_quadruples, device=x_t.device)
+        state = ([*self.model.parameters(), *self.model.buffers(), *self.aux_model.parameters(),
+                  *self.aux_model.buffers()])
+        with _restored(state):
+            if mode == "exact":
+                return self._hypergradient_exact(train_batch, val_batch, batch_idx, quadruples)
+            return self._hypergradient_fd(train_batch, val_batch, batch_idx, quadruples)
+
+    @property
+    def arch_params(self) -> list[nn.Parameter]:
+        """A, in the order :meth:`compute_hypergradient` returns gradients."""
+        self.prepare()
+        return self._arch_params
+
+    def _hypergradient_fd(self, train_batch, val_batch, batch_idx, quads):
+        """One-step unrolling with central finite-difference Hessian-vector products."""
+        A, W, V = self._arch_params, self.weight_parameters(), self.aux_parameters()
+        xi_w = self._step_sizes(W, self.unroll_lr_w, "w")
+        xi_v = self._step_sizes(V, self.unroll_lr_v, "v")
+        (x_t, y_t), (x_v, y_v) = _split_batch(train_batch), _split_batch(val_batch)
+        W0 = [p.detach().clone() for p in W]
+        V0 = [p.detach().clone() for p in V]
+
+        # W' = W − ξ_w ∇_W L_tr^M(W, A)
+        grad_w = _grads_or_zeros(torch.autograd.grad(self._main_loss(train_batch, batch_idx), W, allow_unused=True), W)
+        with torch.no_grad():
+            for p, g, lr in zip(W, grad_w, xi_w):
+                p.sub_(g, alpha=lr)
+        # Main features at W' on the training batch, graph kept (the QRS target stays differentiable).
+        self._main_loss(train_batch, batch_idx)
+        feat_main = self._main_tap.take()
+
+        # V' = V − ξ_v ∇_V [L_tr^X(V) + λ L_QRS(V; W')]
+        logits, feat_aux = self._aux_forward(x_t)
+        aux_obj = self.aux_criterion(logits, y_t) + self.lambda_qrs * qrs_loss(feat_aux, feat_main.detach(), quads,
+                                                                                 self.tau)
+        grad_v = _grads_or_zeros(torch.autograd.grad(aux_obj, V, allow_unused=True), V)
+        with torch.no_grad():
+            for p, g, lr in zip(V, grad_v, xi_v):
+                p.sub_(g, alpha=lr)
+        # v = ∇_V' L_val^X(V'), then V back to V exactly.
+        logits_val, _ = self._aux_forward(x_v)
+        aux_val = self.aux_criterion(logits_val, y_v)
+        v = _grads_or_zeros(torch.autograd.grad(aux_val, V, allow_unused=True), V)
+        with torch.no_grad():
+            for p, p0 in zip(V, V0):
+                p.copy_(p0)
+        # dL_val^X/dW' and its direct A part: −λ ∂²L_QRS/∂(W',A)∂V · (ξ_v ⊙ v), by central differences in V
+        # around V (one backward through the main graph of the difference of the two QRS losses).
+        direction_v = [g * lr for g, lr in zip(v, xi_v)]
+        norm_v = _norm(direction_v)
+        mixed_w = [torch.zeros_like(p) for p in W]
+        mixed_a = [torch.zeros_like(p) for p in A]
+        if norm_v > 0:
+            eps = self.fd_epsilon / float(norm_v)
+            feats = []
+            with torch.no_grad():
+                for sign in (1.0, -1.0):
+                    for p, p0, d in zip(V, V0, direction_v):
+                        p.copy_(p0).add_(d, alpha=sign * eps)
+                    feats.append(self._aux_forward(x_t)[1])
+                for p, p0 in zip(V, V0):
+                    p.copy_(p0)
+            diff = (qrs_loss(feats[0], feat_main, quads, self.tau)
+                    - qrs_loss(feats[1], feat_main, quads, self.tau)) / (2 * eps)
+            mixed = _grads_or_zeros(torch.autograd.grad(diff, [*W, *A], allow_unused=True), [*W, *A])
+            mixed_w, mixed_a = mixed[:len(W)], mixed[len(W):]
+        del feat_main
+
+        # γ ∇_(W',A) L_val^M(W', A)
+        val_main = self._main_loss(val_batch, batch_idx)
+        grads = _grads_or_zeros(torch.autograd.grad(val_main, [*W, *A], allow_unused=True), [*W, *A])
+        g_w = [self.gamma * g - self.lambda_qrs * m for g, m in zip(grads[:len(W)], mixed_w)]
+        hyper = [self.gamma * g - self.lambda_qrs * m for g, m in zip(grads[len(W):], mixed_a)]
+
+        # Through W'(A): −∂²L_tr^M/∂A∂W · (ξ_w ⊙ g_W), by central differences in W around W.
+        direction_w = [g * lr for g, lr in zip(g_w, xi_w)]
+        norm_w = _norm(direction_w)
+        if norm_w > 0:
+            eps_w = self.fd_epsilon / float(norm_w)
+            grads_a = []
+            for sign in (1.0, -1.0):
+                with torch.no_grad():
+                    for p, p0, d in zip(W, W0, direction_w):
+                        p.copy_(p0).add_(d, alpha=sign * eps_w)
+                loss = self._main_loss(train_batch, batch_idx)
+                grads_a.append(_grads_or_zeros(torch.autograd.grad(loss, A, allow_unused=True), A))
+            hyper = [h - (gp - gm) / (2 * eps_w) for h, gp, gm in zip(hyper, *grads_a)]
+        stats = {"main_val_loss": float(val_main.detach()), "aux_val_loss": float(aux_val.detach())}
+        return hyper, stats
+
+    def _hypergradient_exact(self, train_batch, val_batch, batch_idx, quads):
+        """Autograd through both unrolled steps (``create_graph=True``); memory grows accordingly."""
+        A, W, V = self._arch_params, self.weight_parameters(), self.aux_parameters()
+        xi_w = self._step_sizes(W, self.unroll_lr_w, "w")
+        xi_v = self._step_sizes(V, self.unroll_lr_v, "v")
+        (x_t, y_t), (x_v, y_v) = _split_batch(train_batch), _split_batch(val_batch)
+        caller = _StepCaller(self.training_module)
+        w_names = {id(p): n for n, p in caller.named_parameters()}
+        v_names = {id(p): n for n, p in self.aux_model.named_parameters()}
+
+        grad_w = _grads_or_zeros(torch.autograd.grad(self._main_loss(train_batch, batch_idx), W, create_graph=True,
+                                                     allow_unused=True), W)
+        w1 = {w_names[id(p)]: p - lr * g for p, g, lr in zip(W, grad_w, xi_w)}
+        self._main_loss(train_batch, batch_idx, w1)
+        feat_main = self._main_tap.take()
+        logits, feat_aux = self._aux_forward(x_t)
+        aux_obj = self.aux_criterion(logits, y_t) + self.lambda_qrs * qrs_loss(feat_aux, feat_main, quads, self.tau)
+        grad_v = _grads_or_zeros(torch.autograd.grad(aux_obj, V, create_graph=True, allow_unused=True), V)
+        v1 = {v_names[id(p)]: p - lr * g for p, g, lr in zip(V, grad_v, xi_v)}
+        logits_val, _ = self._aux_forward(x_v, v1)
+        aux_val = self.aux_criterion(logits_val, y_v)
+        val_main = self._main_loss(val_batch, batch_idx, w1)
+        hyper = _grads_or_zeros(torch.autograd.grad(aux_val + self.gamma * val_main, A, allow_unused=True), A)
+        stats = {"main_val_loss": float(val_main.detach()), "aux_val_loss": float(aux_val.detach())}
+        return hyper, stats
+
+    # ---- training loop ---------------------------------------------------------------------
+    def training_step(self, batch, batch_idx):
+        trn_batch, val_batch = batch["train"], batch["val"]
+        arc_optim = self._raw_optimizer(self._arch_optimizer)
+        aux_optim = self._raw_optimizer(self._aux_optimizer)
+
+        # Level 3: architecture step (after warm-up).
+        if self.warmup_epochs == 0 or self.trainer.current_epoch >= self.warmup_epochs:
+            self.resample()
+            hyper, stats = self.compute_hypergradient(trn_batch, val_batch, 2 * batch_idx)
+            arc_optim.zero_grad()
+            for p, g in zip(self._arch_params, hyper):
+                p.grad = g.detach().to(p.dtype)
+            arc_optim.step()
+            self._log_step("hypergrad_norm", float(_norm(hyper)))
+            self._log_step("aux_val_loss", stats["aux_val_loss"])
+
+        # Level 1: weight step with the evaluator's optimiser.
+        self.resample()
+        loss_and_metrics = self.training_module.training_step(trn_batch, 2 * batch_idx + 1)
+        feat_main = self._main_tap.take().detach()
+        self.advance_optimization(_loss_of(loss_and_metrics), batch_idx, self.gradient_clip_val)
+
+        # Level 2: auxiliary step on its own loss plus λ·QRS against the (fixed) main features.
+        x_t, y_t = _split_batch(trn_batch)
+        logits, feat_aux = self._aux_forward(x_t)
+        quads = sample_quadruples(x_t.shape[0], self.num_quadruples, device=x_t.device)
+        task_loss = self.aux_criterion(logits, y_t)
+        transfer = qrs_loss(feat_aux, feat_main, quads, self.tau)
+        aux_optim.zero_grad()
+        self.manual_backward(task_loss + self.lambda_qrs * transfer)
+        if self.aux_gradient_clip_val is not None:
+            torch.nn.utils.clip_grad_norm_(self.aux_model.parameters(), self.aux_gradient_clip_val)
+        aux_optim.step()
+
+        self.advance_lr_schedulers(batch_idx)
+
+        self._log_step("qrs_loss", float(transfer.detach()))
+        self._log_step("aux_loss", float(task_loss.detach()))
+        if logits.dim() == 2 and y_t.dim() == 1 and not torch.is_floating_point(y_t):
+            self._log_step("aux_acc", float((logits.detach().argmax(1) == y_t).float().mean()))
+        if batch_idx % self.log_prob_every_n_step == 0:
+            self.log_probs(self.export_probs())
+        return loss_and_metrics
+
+    def _log_step(self, name: str, value: float) -> None:
+        self.log(name, value)
+        self._epoch_sums[name] = self._epoch_sums.get(name, 0.0) + value
+        self._epoch_counts[name] = self._epoch_counts.get(name, 0) + 1
+
+    def on_train_epoch_start(self):
+        epoch, total = self.trainer.current_epoch, self.trainer.max_epochs
+        if self._aux_optimizer is not None:
+            # [D] Cosine decay of the auxiliary's lr per epoch (NNI has no schedulers for these optimisers).
+            lr = self.aux_learning_rate
+            if isinstance(total, int) and total > 0:
+                lr = self.aux_lr_min + 0.5 * (self.aux_learning_rate - self.aux_lr_min) * (1 + math.cos(math.pi * epoch / total))
+            for group in self._aux_optimizer.param_groups:
+                group["lr"] = lr
+        self._epoch_sums, self._epoch_counts = {}, {}
+        return super().on_train_epoch_start()
+
+    def on_train_epoch_end(self):
+        means = {name: total / self._epoch_counts[name] for name, total in self._epoch_sums.items()}
+        if self._aux_optimizer is not None:
+            means["aux_lr"] = float(self._aux_optimizer.param_groups[0]["lr"])
+        if means:
+            self.log_dict(means, on_step=False, on_epoch=True)
+        self.log_dict({f"prob/{label}/{value}": float(p) for label, dist in self.export_probs().items()
+                       for value, p in dist.items()}, on_step=False, on_epoch=True)
+        return super().on_train_epoch_end()
+
+
+# --------------------------------------------------------------------------------------------
+# Strategy
+# --------------------------------------------------------------------------------------------
+
+def _check_number(name: str, value: Any, *, minimum: float = 0.0, strict: bool = False, allow_none: bool = False,
+                  integer: bool = False) -> None:
+    if value is None and allow_none:
+        return
+    kinds = (int,) if integer else (int, float)
+    if isinstance(value, bool) or not isinstance(value, kinds) or not math.isfinite(value):
+        raise TypeError(f"TETLO: {name} must be {'an integer' if integer else 'a finite number'}"
+                        f"{' or None' if allow_none else ''}, got {value!r}")
+    if value < minimum or (strict and value == minimum):
+        raise ValueError(f"TETLO: {name} must be {'>' if strict else '>='} {minimum}, got {value!r}")
+
+
+class TETLO(DARTS):
+    """Transferability-encouraging tri-level optimisation (TETLO) on a differentiable NAS base.
+
+    Sheth & Xie, "Improving Differentiable Neural Architecture Search by Encouraging
+    Transferability", ICLR 2023 (OpenReview ``Tl8OmiibP99``). Differentiable NAS tends to collapse
+    to skip-connection cells; TETLO updates the architecture so that the knowledge the main model
+    generates transfers well to an auxiliary model:
+
+    1. the main supernet's weights W train on the training split (``L_tr^M``);
+    2. an auxiliary model V trains on its own loss plus ``λ·L_QRS``, matching the main model's
+       *quadruple relative similarities* (QRS): for examples ``(a, b, c, d)`` of a batch, how much
+       more similar ``a, b`` are than ``c, d`` in the penultimate features (:func:`qrs_loss`);
+    3. the architecture A minimises the auxiliary's validation loss plus ``γ`` × the main model's
+       validation loss (``L_val^X + γ·L_val^M``).
+
+    The hypergradient of level 3 unrolls one step of each lower level (as second-order DARTS):
+    ``W' = W − ξ_w∇_W L_tr^M``, ``V' = V − ξ_v∇_V(L_tr^X + λ·L_QRS(V; W'))``. The default computes
+    the Hessian-vector products by central finite differences (ε = ``fd_epsilon``/‖direction‖,
+    weights restored bit-exactly afterwards); ``hypergradient="exact"`` differentiates through the
+    unrolled steps with :func:`torch.func.functional_call` and ``create_graph=True`` (about 2-3×
+    the memory, for small models). The QRS target stays differentiable in W, so A is rewarded for
+    the transfer itself, not only through ``γ·L_val^M``. Per batch: A step (after warm-up), W step
+    with the evaluator's optimiser, V step; the architecture is exported like :class:`DARTS`
+    (argmax per choice).
+
+    "TETLO-X": ``base="darts"`` (default) runs on NNI's DARTS supernet (softmax-weighted mixed ops).
+
+    Works with the Lightning evaluators and model spaces NNI's :class:`~nni.nas.strategy.DARTS`
+    accepts, with three extra requirements, each checked with a clear error: batches are
+    ``(input, target)`` pairs; the evaluator's module has a ``criterion`` (``Classification`` and
+    ``Regression`` do) or ``aux_criterion`` is given; and the penultimate features can be hooked,
+    by default as the input of the **last** ``nn.Linear`` registered in the model space (its
+    classifier in NNI's hub spaces), else of the module named by ``main_feature_module``. The
+    evaluator must configure exactly one weight optimiser.
+
+    Choices of the reconstruction (notes §3) and departures:
+
+    - [D] QRS loss ``BCE(σ(Δ_aux/τ), σ(Δ_main/τ))`` over ``num_quadruples`` random quadruples of the
+      batch, cosine similarities of L2-normalised penultimate features; τ = 0.1, 256 quadruples.
+    - [D] λ = γ = 1; auxiliary = CIFAR ResNet-20 (:class:`~strategies.aux_models.CifarResNet`, a small
+      stand-in for the notes' ResNet-18, for CPU budgets) trained from scratch with SGD (lr 0.025,
+      momentum 0.9, weight decay 3e-4, cosine decay to 1e-3 per epoch, gradient clip 5).
+    - [D] Warm-up: ``warmup_epochs=None`` means 20 % of the trainer's ``max_epochs`` (the notes'
+      10 of 50 epochs) without architecture updates.
+    - [D] Unrolled step sizes ξ_w, ξ_v default to the current learning rates of the evaluator's
+      optimiser and of the auxiliary's; the unrolled step is a plain gradient step whatever the
+      optimiser (no momentum or weight decay, as the notes' formula; DARTS' code includes them).
+    - The unrolled QRS term also depends on A directly (the main features are computed with A), so
+      the finite-difference hypergradient includes ``−λ∂²L_QRS/∂A∂V·(ξ_v⊙v)``, which the notes'
+      formula omits; the exact mode contains it by construction, and the two modes agree.
+    - The V step uses the main features of the W step's forward pass on the same batch (before the
+      W update), which saves a forward pass.
+    - Batch-norm statistics touched by the hypergradient's extra forward passes are restored, so
+      only the W and V steps change the models; the evaluator's metrics are not logged for those
+      passes (NNI's DARTS logs its architecture-step loss as ``train_loss``).
+    - The paper's second stage (retraining the derived cell for 600 epochs) is outside the search
+      strategy, as for NNI's :class:`DARTS`.
+
+    Parameters
+    ----------
+    aux_model
+        The auxiliary model, any ``nn.Module`` mapping the evaluator's inputs to outputs its
+        criterion accepts, whose penultimate features are the input of its last ``nn.Linear`` (or of
+        ``aux_feature_module``). Default: ``CifarResNet(depth=20)`` with the main classifier's number
+        of outputs and the input channels of the space's first ``nn.Conv2d``. A strategy object
+        owns its auxiliary model: use a new one per experiment.
+    base
+        The differentiable NAS method TETLO runs on: ``"darts"``.
+    lambda_qrs
+        λ, weight of the QRS loss in the auxiliary's objective.
+    gamma
+        γ, weight of the main model's validation loss in the architecture objective.
+    tau
+        τ, temperature of the QRS loss.
+    num_quadruples
+        Quadruples sampled per batch for the QRS loss.
+    warmup_epochs
+        Epochs before the first architecture update (W and V train meanwhile); ``None`` means
+        ``int(0.2 * max_epochs)``.
+    hypergradient
+        ``"finite_difference"`` (default) or ``"exact"``.
+    unroll_lr_w, unroll_lr_v
+        ξ_w, ξ_v, step sizes of the unrolled W and V steps; ``None`` reads the current learning
+        rates of the respective optimisers.
+    fd_epsilon
+        Finite-difference radius: ε = ``fd_epsilon`` / ‖direction‖ (DARTS: 0.01).
+    aux_learning_rate, aux_momentum, aux_weight_decay, aux_lr_min, aux_gradient_clip_val
+        SGD settings of the auxiliary model (cosine decay from ``aux_learning_rate`` to
+        ``aux_lr_min`` over ``max_epochs``; ``aux_gradient_clip_val=None`` disables clipping).
+    main_feature_module, aux_feature_module
+        Names (as in ``named_modules()``) of the modules whose input is the penultimate feature of
+        the main model (supernet) / the auxiliary; ``None`` picks the last ``nn.Linear``.
+    aux_criterion
+        Loss of the auxiliary ``(outputs, target) -> scalar``; default: the evaluator's ``criterion``.
+    arc_learning_rate
+        Learning rate of the architecture optimiser (Adam, betas (0.5, 0.999), weight decay 1e-3).
+    gradient_clip_val
+        Gradient clipping of the weight step (NNI's DARTS option; the DARTS protocol uses 5).
+    log_prob_every_n_step
+        Log the architecture distribution every this many steps (and at every epoch end).
+    **kwargs
+        Other parameters of :class:`~nni.nas.strategy.DARTS` (``mutation_hooks``).
+    """
+
+    def __init__(self, *, aux_model: nn.Module | None = None, base: str = "darts",
+                 lambda_qrs: float = 1.0, gamma: float = 1.0, tau: float = 0.1, num_quadruples: int = 256,
+                 warmup_epochs: int | None = None, hypergradient: str = "finite_difference",
+                 unroll_lr_w: float | None = None, unroll_lr_v: float | None = None, fd_epsilon: float = 0.01,
+                 aux_learning_rate: float = 0.025, aux_momentum: float = 0.9, aux_weight_decay: float = 3e-4,
+                 aux_lr_min: float = 1e-3, aux_gradient_clip_val: float | None = 5.0,
+                 main_feature_module: str | None = None, aux_feature_module: str | None = None,
+                 aux_criterion: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
+                 arc_learning_rate: float = 3.0e-4, gradient_clip_val: float | None = None,
+                 log_prob_every_n_step: int = 10, **kwargs: Any):
+        if "penalty" in kwargs:
+            raise ValueError("TETLO does not support DARTS' profiler penalty")
+        if aux_model is not None and not isinstance(aux_model, nn.Module):
+            raise TypeError(f"TETLO: aux_model must be an nn.Module, got {type(aux_model).__name__}")
+        if base not in _BASES:
+            raise ValueError(f"TETLO: base must be one of {_BASES}, got {base!r}")
+        if hypergradient not in _HYPERGRADIENTS:
+            raise ValueError(f"TETLO: hypergradient must be one of {_HYPERGRADIENTS}, got {hypergradient!r}")
+        _check_number("lambda_qrs", lambda_qrs)
+        _check_number("gamma", gamma)
+        _check_number("tau", tau, strict=True)
+        _check_number("num_quadruples", num_quadruples, minimum=1, integer=True)
+        _check_number("warmup_epochs", warmup_epochs, integer=True, allow_none=True)
+        _check_number("unroll_lr_w", unroll_lr_w, allow_none=True)
+        _check_number("unroll_lr_v", unroll_lr_v, allow_none=True)
+        _check_number("fd_epsilon", fd_epsilon, strict=True)
+        _check_number("aux_learning_rate", aux_learning_rate, strict=True)
+        _check_number("aux_momentum", aux_momentum)
+        _check_number("aux_weight_decay", aux_weight_decay)
+        _check_number("aux_lr_min", aux_lr_min)
+        _check_number("aux_gradient_clip_val", aux_gradient_clip_val, strict=True, allow_none=True)
+        _check_number("arc_learning_rate", arc_learning_rate, strict=True)
+        _check_number("gradient_clip_val", gradient_clip_val, strict=True, allow_none=True)
+        _check_number("log_prob_every_n_step", log_prob_every_n_step, minimum=1, integer=True)
+        if aux_lr_min > aux_learning_rate:
+            raise ValueError(f"TETLO: aux_lr_min ({aux_lr_min}) must not exceed aux_learning_rate ({aux_learning_rate})")
+        for name, value in (("main_feature_module", main_feature_module), ("aux_feature_module", aux_feature_module)):
+            if value is not None and (not isinstance(value, str) or not value):
+                raise TypeError(f"TETLO: {name} must be a module name (non-empty str) or None, got {value!r}")
+        if aux_criterion is not None and not callable(aux_criterion):
+            raise TypeError(f"TETLO: aux_criterion must be callable, got {type(aux_criterion).__name__}")
+        super().__init__(arc_learning_rate=arc_learning_rate, gradient_clip_val=gradient_clip_val,
+                         log_prob_every_n_step=log_prob_every_n_step, warmup_epochs=warmup_epochs or 0, **kwargs)
+        self.base = base
+        self.warmup_epochs = warmup_epochs
+        self._module_kwargs = dict(
+            aux_model=aux_model, lambda_qrs=lambda_qrs, gamma=gamma, tau=tau, num_quadruples=num_quadruples,
+            hypergradient=hypergradient, unroll_lr_w=unroll_lr_w, unroll_lr_v=unroll_lr_v, fd_epsilon=fd_epsilon,
+            aux_learning_rate=aux_learning_rate, aux_momentum=aux_momentum, aux_weight_decay=aux_weight_decay,
+            aux_lr_min=aux_lr_min, aux_gradient_clip_val=aux_gradient_clip_val,
+            main_feature_module=main_feature_module, aux_feature_module=aux_feature_module,
+            aux_criterion=aux_criterion)
+
+    def configure_oneshot_module(self, training_module) -> TETLOLightningModule:
+        return TETLOLightningModule(
+            training_module, arc_learning_rate=self.arc_learning_rate, gradient_clip_val=self.gradient_clip_val,
+            log_prob_every_n_step=self.log_prob_every_n_step, warmup_epochs=self.warmup_epochs,
+            **self._module_kwargs)

@@ -1,0 +1,314 @@
+"""TETLO: hypergradient correctness, QRS loss properties, an end-to-end NNI run, input errors."""
+from __future__ import annotations
+
+import strategies  # noqa: F401  (applies nni_plugins.compat before NNI is imported)
+
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from nni.nas.evaluator.pytorch import Classification, DataLoader
+from nni.nas.evaluator.pytorch.lightning import ClassificationModule
+from nni.nas.nn.pytorch import InputChoice, LayerChoice, ModelSpace
+from torch.func import functional_call
+from torch.utils.data import TensorDataset
+
+from strategies import TETLO
+from strategies.aux_models import CifarResNet
+from strategies.tetlo import TETLOLightningModule, _StepCaller, qrs_loss, sample_quadruples
+
+
+class TinySpace(ModelSpace):
+    """Two LayerChoices and an InputChoice; BatchNorm so that buffers matter."""
+
+    def __init__(self, width: int = 4, classes: int = 3, bn: bool = True):
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, width, 3, padding=1), nn.BatchNorm2d(width) if bn else nn.Identity())
+        self.op = LayerChoice([nn.Conv2d(width, width, 3, padding=1),
+                               nn.Sequential(nn.Conv2d(width, width, 1), nn.Tanh()),
+                               nn.AvgPool2d(3, 1, 1)], label="op")
+        self.op2 = LayerChoice([nn.Conv2d(width, width, 3, padding=1), nn.Identity()], label="op2")
+        self.inp = InputChoice(2, 1, label="inp")
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.classifier = nn.Linear(width, classes)
+
+    def forward(self, x):
+        x = torch.tanh(self.stem(x))
+        a = torch.tanh(self.op(x))
+        b = self.op2(a)
+        return self.classifier(self.pool(self.inp([a, b])).flatten(1))
+
+
+def _tiny_aux(classes: int = 3) -> nn.Module:
+    return nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.Tanh(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                         nn.Linear(4, classes))
+
+
+def _module(dtype=torch.float32, bn=True, **kwargs) -> TETLOLightningModule:
+    """A prepared TETLO Lightning module on TinySpace, without a trainer."""
+    torch.manual_seed(0)
+    space = TinySpace(bn=bn)
+    strategy = TETLO(aux_model=_tiny_aux(), unroll_lr_w=0.5, unroll_lr_v=0.5, **kwargs)
+    strategy.mutate_model(space)
+    training_module = ClassificationModule(num_classes=3)
+    training_module.set_model(space)
+    module = strategy.configure_oneshot_module(training_module)
+    module.prepare()
+    return module.to(dtype)
+
+
+def _batches(dtype=torch.float32, n: int = 8):
+    gen = torch.Generator().manual_seed(1)
+    make = lambda: (torch.randn(n, 3, 6, 6, generator=gen, dtype=dtype), torch.randint(0, 3, (n,), generator=gen))
+    return make(), make()
+
+
+def _flat(grads):
+    return torch.cat([g.flatten() for g in grads])
+
+
+# ---- hypergradient ---------------------------------------------------------------------------
+
+@pytest.mark.parametrize("gamma", [0.0, 1.0])
+def test_finite_difference_hypergradient_matches_exact(gamma):
+    # gamma = 0 leaves only the tri-level path A -> W' -> V' -> L_val^X (pure second-order terms).
+    module = _module(torch.float64, gamma=gamma)
+    train, val = _batches(torch.float64)
+    quads = sample_quadruples(8, 64, generator=torch.Generator().manual_seed(2))
+    fd, _ = module.compute_hypergradient(train, val, quadruples=quads, mode="finite_difference")
+    exact, _ = module.compute_hypergradient(train, val, quadruples=quads, mode="exact")
+    fd, exact = _flat(fd), _flat(exact)
+    assert exact.norm() > 0
+    assert F.cosine_similarity(fd, exact, dim=0) > 0.99
+    assert torch.allclose(fd, exact, rtol=1e-3, atol=1e-7)
+
+
+def _unrolled_objective(module, train, val, quads, xi=0.5):
+    """L_val^X(V') + γ L_val^M(W', A), written out independently of the strategy's code."""
+    (x_t, y_t), (x_v, y_v) = train, val
+    caller = _StepCaller(module.training_module)
+    arch = {id(p) for p in module.arch_params}
+    w = {n: p for n, p in caller.named_parameters() if id(p) not in arch}
+    v = dict(module.aux_model.named_parameters())
+    tap = module._main_tap
+    crit = nn.CrossEntropyLoss()
+
+    def main_logits(params, x):
+        return functional_call(caller.module.model, {k.removeprefix("module._model."): t for k, t in params.items()},
+                               (x,))
+
+    grads = torch.autograd.grad(crit(main_logits(w, x_t), y_t), list(w.values()))
+    w1 = {k: p - xi * g for (k, p), g in zip(w.items(), grads)}
+    main_logits(w1, x_t)
+    feat_main = tap.take()
+    aux_feat = module.aux_model[:-1](x_t)
+    aux_obj = crit(module.aux_model[-1](aux_feat), y_t) + module.lambda_qrs * qrs_loss(aux_feat, feat_main, quads,
+                                                                                        module.tau)
+    grads_v = torch.autograd.grad(aux_obj, list(v.values()))
+    v1 = {k: p - xi * g for (k, p), g in zip(v.items(), grads_v)}
+    aux_val = crit(functional_call(module.aux_model, v1, (x_v,)), y_v)
+    return aux_val + module.gamma * crit(main_logits(w1, x_v), y_v)
+
+
+def test_exact_hypergradient_equals_numerical_derivative():
+    module = _module(torch.float64, bn=False, gamma=0.5)
+    train, val = _batches(torch.float64)
+    quads = sample_quadruples(8, 64, generator=torch.Generator().manual_seed(3))
+    exact = _flat(module.compute_hypergradient(train, val, quadruples=quads, mode="exact")[0])
+    numerical, h = [], 1e-5
+    for alpha in module.arch_params:
+        for i in range(alpha.numel()):
+            with torch.no_grad():
+                alpha.view(-1)[i] += h
+            f_plus = float(_unrolled_objective(module, train, val, quads).detach())
+            with torch.no_grad():
+                alpha.view(-1)[i] -= 2 * h
+            f_minus = float(_unrolled_objective(module, train, val, quads).detach())
+            with torch.no_grad():
+                alpha.view(-1)[i] += h
+            numerical.append((f_plus - f_minus) / (2 * h))
+    assert torch.allclose(exact, torch.tensor(numerical, dtype=torch.float64), rtol=1e-5, atol=1e-9)
+
+
+@pytest.mark.parametrize("mode", ["finite_difference", "exact"])
+def test_hypergradient_leaves_models_bit_exact(mode):
+    module = _module(torch.float32)
+    train, val = _batches()
+    before = {k: v.clone() for k, v in module.state_dict().items()}
+    hyper, stats = module.compute_hypergradient(train, val, mode=mode)
+    after = module.state_dict()
+    assert before.keys() == after.keys()
+    for key, value in before.items():
+        assert torch.equal(value, after[key]), key
+    assert all(torch.isfinite(g).all() for g in hyper) and _flat(hyper).norm() > 0
+    assert stats["aux_val_loss"] > 0 and stats["main_val_loss"] > 0
+
+
+# ---- QRS loss -----------------------------------------------------------------------------------
+
+def test_sample_quadruples_are_valid_pairs():
+    quads = sample_quadruples(5, 500, generator=torch.Generator().manual_seed(0))
+    assert quads.shape == (500, 4) and quads.dtype == torch.long
+    assert quads.min() >= 0 and quads.max() < 5
+    assert (quads[:, 0] != quads[:, 1]).all() and (quads[:, 2] != quads[:, 3]).all()
+    assert sample_quadruples(1, 10).shape == (0, 4)
+
+
+def test_qrs_loss_is_minimal_when_similarity_orderings_agree():
+    gen = torch.Generator().manual_seed(0)
+    main = torch.randn(16, 8, generator=gen)
+    quads = sample_quadruples(16, 400, generator=gen)
+    target = torch.sigmoid(((F.normalize(main)[quads[:, 0]] * F.normalize(main)[quads[:, 1]]).sum(1)
+                            - (F.normalize(main)[quads[:, 2]] * F.normalize(main)[quads[:, 3]]).sum(1)) / 0.1)
+    entropy = F.binary_cross_entropy(target, target)  # the minimum of BCE(·, target)
+    # Same features up to scale and rotation: every pair similarity is identical.
+    rotation, _ = torch.linalg.qr(torch.randn(8, 8, generator=gen))
+    aligned = qrs_loss(3.0 * main @ rotation, main, quads)
+    assert torch.allclose(aligned, entropy, atol=1e-5)
+    shuffled = qrs_loss(main[torch.randperm(16, generator=gen)], main, quads)
+    unrelated = qrs_loss(torch.randn(16, 8, generator=gen), main, quads)
+    assert shuffled > aligned + 0.05 and unrelated > aligned + 0.05
+    # Aligned features are a stationary point for the auxiliary.
+    aux = (main @ rotation).requires_grad_()
+    (grad,) = torch.autograd.grad(qrs_loss(aux, main, quads), aux)
+    assert grad.abs().max() < 1e-5
+
+
+def test_qrs_gradient_reaches_main_weights_and_architecture():
+    module = _module(torch.float32)
+    (x, _), _ = _batches()
+    module.training_module(x)
+    feat_main = module._main_tap.take()
+    _, feat_aux = module._aux_forward(x)
+    loss = qrs_loss(feat_aux.detach(), feat_main, sample_quadruples(8, 64))
+    weights, arch = module.weight_parameters(), module.arch_params
+    grads = torch.autograd.grad(loss, [*weights, *arch], allow_unused=True)
+    stem = [g for p, g in zip(weights, grads) if p is module.model.stem[0].weight][0]
+    assert stem is not None and stem.abs().sum() > 0
+    assert any(g is not None and g.abs().sum() > 0 for g in grads[len(weights):])
+
+
+def test_qrs_loss_rejects_bad_input():
+    with pytest.raises(ValueError, match="different numbers"):
+        qrs_loss(torch.randn(4, 2), torch.randn(5, 2), sample_quadruples(4, 3))
+    with pytest.raises(ValueError, match="tau"):
+        qrs_loss(torch.randn(4, 2), torch.randn(4, 2), sample_quadruples(4, 3), tau=0.0)
+
+
+# ---- end to end -------------------------------------------------------------------------------
+
+def test_end_to_end_nas_experiment_exports_valid_sample(tmp_path, monkeypatch):
+    from nni.nas.experiment import NasExperiment
+    from pytorch_lightning.loggers import TensorBoardLogger
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("NNI_CONFIG_DIR", str(tmp_path / "nni-config"))
+    torch.manual_seed(0)
+    data = TensorDataset(torch.randn(32, 3, 8, 8), torch.randint(0, 3, (32,)))
+    evaluator = Classification(
+        learning_rate=0.05, optimizer=torch.optim.SGD, num_classes=3,
+        train_dataloaders=DataLoader(data, batch_size=8), val_dataloaders=DataLoader(data, batch_size=8),
+        max_epochs=1, logger=TensorBoardLogger(str(tmp_path), name="tb"), enable_checkpointing=False,
+        enable_progress_bar=False, enable_model_summary=False)
+    space = TinySpace()
+    strategy = TETLO(num_quadruples=32, warmup_epochs=0, arc_learning_rate=0.05)  # default auxiliary: CifarResNet-20
+    experiment = NasExperiment(space, evaluator, strategy)
+    experiment.config.experiment_working_directory = str(tmp_path / "nni")
+    try:
+        experiment.run()
+        sample = experiment.export_top_models(formatter="dict")[0]
+    finally:
+        experiment.stop()
+    assert set(sample) == {"op", "op2", "inp"}
+    frozen = TinySpace().freeze(sample)
+    assert frozen(torch.randn(2, 3, 8, 8)).shape == (2, 3)
+
+    module = strategy.oneshot_module
+    assert isinstance(module.aux_model, CifarResNet) and module.aux_model.classifier.out_features == 3
+    assert module._main_tap is None  # hooks removed after fit
+    metrics = module.trainer.callback_metrics
+    for key in ("qrs_loss", "aux_acc", "aux_loss", "hypergrad_norm", "prob/op/0", "prob/inp/1"):
+        assert key in metrics, key
+    events = EventAccumulator(str(next((tmp_path / "tb").rglob("events.out.tfevents*")).parent))
+    events.Reload()
+    tags = set(events.Tags()["scalars"])
+    assert {"qrs_loss", "aux_acc", "prob/op/0", "prob/op2/1"} <= tags
+    # Aux parameters are not in the evaluator's optimiser; the architecture moved away from its
+    # 1e-3-scale initialisation (4 Adam steps of lr 0.05).
+    weight_opt = [o for o in module.trainer.optimizers if not getattr(o, "is_arch_optimizer", False)]
+    assert len(weight_opt) == 1
+    aux_ids = {id(p) for p in module.aux_model.parameters()}
+    assert not any(id(p) in aux_ids for g in weight_opt[0].param_groups for p in g["params"])
+    assert max(float(p.detach().abs().max()) for p in module.arch_params) > 0.05
+
+
+# ---- errors ---------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("kwargs, error, match", [
+    ({"tau": 0.0}, ValueError, "tau"),
+    ({"num_quadruples": 0}, ValueError, "num_quadruples"),
+    ({"lambda_qrs": -1.0}, ValueError, "lambda_qrs"),
+    ({"gamma": "1"}, TypeError, "gamma"),
+    ({"warmup_epochs": 1.5}, TypeError, "warmup_epochs"),
+    ({"hypergradient": "second_order"}, ValueError, "hypergradient"),
+    ({"base": "gdas"}, ValueError, "base"),
+    ({"aux_model": "resnet"}, TypeError, "aux_model"),
+    ({"aux_lr_min": 0.1}, ValueError, "aux_lr_min"),
+    ({"fd_epsilon": 0}, ValueError, "fd_epsilon"),
+    ({"main_feature_module": ""}, TypeError, "main_feature_module"),
+    ({"penalty": {"profiler": None}}, ValueError, "penalty"),
+])
+def test_bad_parameters_raise_clear_errors(kwargs, error, match):
+    with pytest.raises(error, match=match):
+        TETLO(**kwargs)
+
+
+class _NoLinearSpace(ModelSpace):
+    def __init__(self):
+        super().__init__()
+        self.op = LayerChoice([nn.Conv2d(3, 3, 1), nn.Identity()], label="op")
+
+    def forward(self, x):
+        return self.op(x).mean((2, 3))
+
+
+def _prepare(space, **kwargs):
+    strategy = TETLO(**kwargs)
+    strategy.mutate_model(space)
+    training_module = ClassificationModule(num_classes=3)
+    training_module.set_model(space)
+    module = strategy.configure_oneshot_module(training_module)
+    module.prepare()
+    return module
+
+
+def test_unsupported_models_raise_clear_errors():
+    with pytest.raises(ValueError, match="_NoLinearSpace has no nn.Linear; pass main_feature_module"):
+        _prepare(_NoLinearSpace())
+    with pytest.raises(ValueError, match="no submodule named 'head'"):
+        _prepare(TinySpace(), main_feature_module="head")
+    with pytest.raises(ValueError, match="auxiliary model.*Conv2d has no nn.Linear"):
+        _prepare(TinySpace(), aux_model=nn.Conv2d(3, 3, 1))
+    with pytest.raises(ValueError, match="'pool' is AdaptiveAvgPool2d, not an nn.Linear; pass aux_model"):
+        _prepare(TinySpace(), main_feature_module="pool")  # the default auxiliary needs the class count
+    module = _prepare(TinySpace(), main_feature_module="pool", aux_model=_tiny_aux())  # any named module works
+    assert module._main_tap.name == "pool"
+    with pytest.raises(TypeError, match=r"\(input, target\) pairs"):
+        module.compute_hypergradient({"x": torch.randn(4, 3, 8, 8)}, {"x": torch.randn(4, 3, 8, 8)})
+
+
+def test_default_aux_model_follows_the_space():
+    module = _prepare(TinySpace(classes=7))
+    assert isinstance(module.aux_model, CifarResNet)
+    assert module.aux_model.classifier.out_features == 7
+    assert module.aux_model(torch.randn(2, 3, 8, 8)).shape == (2, 7)
+    with pytest.raises(ValueError, match="depth must be 6n"):
+        CifarResNet(depth=10)
+
+
+def test_registry_builds_tetlo():
+    from nni_plugins.registry import make_strategy
+
+    strategy = make_strategy("tetlo", gamma=0.5)
+    assert isinstance(strategy, TETLO) and strategy._module_kwargs["gamma"] == 0.5
