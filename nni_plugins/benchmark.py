@@ -1,0 +1,335 @@
+"""Protocol A: sample efficiency of multi-trial strategies on the NAS-Bench-201 table.
+
+Each run puts one strategy, with one seed, on NNI's own machinery, exactly as a user would::
+
+    space = BenchmarkModelSpace(NasBench201Table(path, column))
+    engine = SequentialExecutionEngine(max_model_count=budget)
+    Chain(strategy, Deduplication("replay", patience=DEDUP_PATIENCE))(space, engine)
+
+and records, from the engine's ``TrainingEnd`` events, the value of every distinct architecture
+the strategy queried and the best value so far. Over seeds it reports mean ± std of the best
+value after 25, 50, 100 and 150 queries (those within the budget), the strategy's wall time per
+query, a CSV of every query, and TensorBoard curves of the mean best-so-far.
+
+Rules (documented in ``docs/benchmarks.md``):
+
+- **A query is one distinct architecture.** NNI's ``Random`` and ``RegularizedEvolution``
+  deduplicate on their own (``dedup=True``). Every strategy is also wrapped in NNI's
+  ``Deduplication("replay")`` middleware: a proposal of an architecture already queried is
+  answered with its earlier result and does not spend the engine's budget.
+- **A stalled strategy still ends.** A run ends when the budget is spent, when the strategy
+  returns, or after :data:`DEDUP_PATIENCE` consecutive repeated proposals (the middleware then
+  reports no budget). A run that ends early keeps its last best value for the remaining queries
+  (a flat curve) and is counted in the summary.
+- **Seeds.** Seed ``s`` goes to the strategy (when it takes one), and Python's ``random``,
+  NumPy's global RNG and torch are seeded with ``s`` before each run, since some strategies draw
+  from the global generators.
+- **std** is the population standard deviation over seeds (``numpy.std``, ``ddof=0``).
+"""
+from __future__ import annotations
+
+import contextlib
+import csv
+import logging
+import os
+import random
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterable, Iterator, Sequence
+
+import numpy as np
+import torch
+
+from nni.nas.benchmark import BenchmarkModelSpace
+from nni.nas.execution import SequentialExecutionEngine
+from nni.nas.execution.event import ModelEventType, TrainingEndEvent
+from nni.nas.space import ModelStatus
+from nni.nas.strategy import Strategy
+from nni.nas.strategy.middleware import Chain, Deduplication
+
+from search_spaces.nasbench201 import sample_to_arch_str
+
+from .registry import make_strategy, strategy_spec
+from .table import DEFAULT_COLUMN, NasBench201Table
+from .tensorboard import scalar_metric
+
+__all__ = ["run_benchmark", "run_one", "BenchmarkResult", "RunCurve", "DEDUP_PATIENCE", "DEFAULT_CHECKPOINTS"]
+
+#: Consecutive proposals of already-queried architectures after which a run is stopped.
+DEDUP_PATIENCE = 50
+#: Query counts at which Protocol A reports the best value found.
+DEFAULT_CHECKPOINTS = (25, 50, 100, 150)
+#: Name of the CSV written in the output directory.
+CSV_NAME = "benchmark.csv"
+
+
+@dataclass
+class RunCurve:
+    """One strategy run with one seed.
+
+    ``archs``/``values`` hold the distinct queries in the order the engine ran them;
+    ``best_so_far`` has one entry per query of the budget (flat after an early stop).
+    """
+
+    strategy: str
+    seed: int
+    budget: int
+    archs: list[str]
+    values: list[float]
+    best_so_far: list[float]
+    seconds: float
+
+    @property
+    def queries(self) -> int:
+        """Number of distinct architectures queried."""
+        return len(self.values)
+
+    @property
+    def stopped_early(self) -> bool:
+        return self.queries < self.budget
+
+    @property
+    def seconds_per_query(self) -> float:
+        return self.seconds / max(1, self.queries)
+
+
+@dataclass
+class BenchmarkResult:
+    """Curves of every run plus where they were written.
+
+    ``runs`` maps each strategy name to its runs, one per seed, in seed order.
+    """
+
+    runs: dict[str, list[RunCurve]]
+    budget: int
+    checkpoints: tuple[int, ...]
+    table_path: str
+    column: str
+    optimum: float
+    csv_path: Path
+    tensorboard_dir: Path
+    seconds: float = 0.0
+    seeds: list[int] = field(default_factory=list)
+
+    def curves(self, strategy: str) -> np.ndarray:
+        """Best-so-far curves of ``strategy``, shape (seeds, budget)."""
+        return np.array([run.best_so_far for run in self.runs[strategy]], dtype=float)
+
+    def at(self, strategy: str, queries: int) -> tuple[float, float]:
+        """Mean and std over seeds of the best value after ``queries`` queries."""
+        if not 1 <= queries <= self.budget:
+            raise ValueError(f"queries must be in 1..{self.budget}, got {queries}")
+        column = self.curves(strategy)[:, queries - 1]
+        return float(column.mean()), float(column.std())
+
+    def summary(self) -> str:
+        """Markdown table ``strategy | @25 | @50 | @100 | @150 | ms/query`` (mean ± std over seeds)."""
+        heads = [f"@{k}" for k in self.checkpoints]
+        lines = [
+            f"Protocol A on {self.table_path} (column {self.column}, optimum {self.optimum:.2f}), "
+            f"{len(self.seeds)} seeds, budget {self.budget}",
+            "| strategy | " + " | ".join(heads) + " | ms/query |",
+            "| --- |" + " --- |" * (len(heads) + 1),
+            "| optimum | " + " | ".join(f"{self.optimum:.2f}" for _ in heads) + " | |",
+        ]
+        notes = []
+        for name, runs in self.runs.items():
+            cells = ["{:.2f}±{:.2f}".format(*self.at(name, k)) for k in self.checkpoints]
+            ms = 1000 * float(np.mean([run.seconds_per_query for run in runs]))
+            lines.append(f"| {name} | " + " | ".join(cells) + f" | {ms:.2f} |")
+            early = [run for run in runs if run.stopped_early]
+            if early:
+                notes.append(f"{name}: {len(early)} of {len(runs)} runs stopped early after "
+                             f"{DEDUP_PATIENCE} repeated proposals (queries: "
+                             f"{', '.join(str(run.queries) for run in early)}); their curves stay flat")
+        lines.extend(notes)
+        lines.append(f"CSV: {self.csv_path}  TensorBoard: {self.tensorboard_dir}  ({self.seconds:.1f} s)")
+        return "\n".join(lines)
+
+
+def _seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+@contextlib.contextmanager
+def _quiet_nni() -> Iterator[None]:
+    """NNI's strategies log every proposal at INFO; a benchmark of thousands of queries keeps
+    NNI's warnings and errors only (the ``nni`` logger's level is restored afterwards)."""
+    logger = logging.getLogger("nni")
+    level = logger.level
+    logger.setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
+def run_one(strategy: str | Strategy, seed: int, budget: int, table: NasBench201Table) -> RunCurve:
+    """Run one multi-trial strategy with one seed on ``table`` (Protocol A).
+
+    Parameters
+    ----------
+    strategy
+        Registered name (see :mod:`nni_plugins.registry`) of a multi-trial strategy, built with
+        ``make_strategy(name, seed=seed)``; or a fresh NNI ``Strategy`` object, used as it is
+        (``seed`` then only seeds the global generators).
+    seed
+        Seed of the strategy (when it takes one) and of ``random``, NumPy and torch.
+    budget
+        ``max_model_count`` of NNI's ``SequentialExecutionEngine``: distinct architectures.
+    table
+        The benchmark evaluator.
+    """
+    _seed_everything(seed)
+    if isinstance(strategy, Strategy):
+        name, nas_strategy = type(strategy).__name__, strategy
+    else:
+        spec = strategy_spec(strategy)
+        if spec.kind != "multi-trial":
+            raise ValueError(f"Strategy {spec.name!r} is {spec.kind}; the table benchmark runs multi-trial "
+                             f"strategies only")
+        with _quiet_nni():
+            name, nas_strategy = spec.name, make_strategy(spec.name, seed=seed)
+    with _quiet_nni():
+        space = BenchmarkModelSpace(table)
+    engine = SequentialExecutionEngine(max_model_count=budget)
+    archs: list[str] = []
+    values: list[float] = []
+
+    def record(event: TrainingEndEvent) -> None:
+        # A failed query (e.g. an arch missing from the table) re-raises its error from the engine.
+        value = scalar_metric(event.model.metric)
+        if event.status == ModelStatus.Trained and value is not None:
+            archs.append(sample_to_arch_str(event.model.sample))
+            values.append(value)
+
+    engine.register_model_event_callback(ModelEventType.TrainingEnd, record)
+    start = time.perf_counter()
+    with _quiet_nni():
+        Chain(nas_strategy, Deduplication("replay", patience=DEDUP_PATIENCE))(space, engine)
+    seconds = time.perf_counter() - start
+    if not values:
+        raise RuntimeError(f"Strategy {name!r} (seed {seed}) submitted no architecture")
+    if len(set(archs)) != len(archs):
+        raise RuntimeError(f"Strategy {name!r} (seed {seed}) reached the engine with a repeated architecture")
+    best = np.maximum.accumulate(np.array(values, dtype=float)).tolist()
+    best += [best[-1]] * (budget - len(best))
+    return RunCurve(name, seed, budget, archs, values, best, seconds)
+
+
+def _positive_int(name: str, value: object, minimum: int = 1) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
+        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
+    return int(value)
+
+
+def _write_csv(path: Path, runs: dict[str, list[RunCurve]]) -> None:
+    with open(path, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["strategy", "seed", "query", "arch", "value", "best_so_far"])
+        for name, curves in runs.items():
+            for run in curves:
+                for i, best in enumerate(run.best_so_far):
+                    if i < run.queries:
+                        writer.writerow([name, run.seed, i + 1, run.archs[i], f"{run.values[i]:.6g}", f"{best:.6g}"])
+                    else:  # after an early stop: no query, best value carried
+                        writer.writerow([name, run.seed, i + 1, "", "", f"{best:.6g}"])
+
+
+def _write_tensorboard(root: Path, result: BenchmarkResult) -> None:
+    from torch.utils.tensorboard import SummaryWriter
+
+    for name in result.runs:
+        curves = result.curves(name)
+        mean, std = curves.mean(axis=0), curves.std(axis=0)
+        writer = SummaryWriter(log_dir=str(root / name))
+        try:
+            for step in range(result.budget):
+                writer.add_scalar("protocol_a/best_so_far_mean", mean[step], step + 1)
+                writer.add_scalar("protocol_a/best_so_far_std", std[step], step + 1)
+                writer.add_scalar("protocol_a/regret_mean", result.optimum - mean[step], step + 1)
+        finally:
+            writer.close()
+
+
+def run_benchmark(strategies: Sequence[str], seeds: int, budget: int, output: str | os.PathLike,
+                  table: str | os.PathLike | None = None, column: str = DEFAULT_COLUMN,
+                  checkpoints: Iterable[int] = DEFAULT_CHECKPOINTS, first_seed: int = 0,
+                  progress: Callable[[str], None] | None = print) -> BenchmarkResult:
+    """Compare multi-trial strategies on the NAS-Bench-201 table (Protocol A).
+
+    Parameters
+    ----------
+    strategies
+        Registered multi-trial strategy names (``random``, ``rea``, ``tpe``, ``goal``, ...).
+    seeds
+        Number of seeds; runs use ``first_seed, first_seed + 1, ...``.
+    budget
+        Distinct architectures per run (the engine's ``max_model_count``); at most the number of
+        cells in the table.
+    output
+        Directory for ``benchmark.csv`` (one row per strategy, seed and query: arch, value,
+        best so far) and ``tensorboard/<strategy>`` (mean/std best-so-far and mean regret
+        against the query count). Created when missing.
+    table, column
+        Table file and metric column (:class:`~nni_plugins.table.NasBench201Table`); default the
+        packaged CIFAR-10 test accuracy.
+    checkpoints
+        Query counts reported by :meth:`BenchmarkResult.summary`; those above ``budget`` are
+        dropped, and ``budget`` itself is used when none is left.
+    first_seed
+        First seed.
+    progress
+        Called with one line per finished run (``None``: silent). The summary table is not
+        printed; call :meth:`BenchmarkResult.summary`.
+
+    Returns
+    -------
+    BenchmarkResult
+    """
+    if isinstance(strategies, str) or not isinstance(strategies, Sequence) or not strategies:
+        raise ValueError(f"strategies must be a non-empty list of names, got {strategies!r}")
+    specs = [strategy_spec(name) for name in strategies]
+    names = [spec.name for spec in specs]
+    if len(set(names)) != len(names):
+        raise ValueError(f"strategies lists a name twice: {list(strategies)}")
+    for spec in specs:
+        if spec.kind != "multi-trial":
+            raise ValueError(f"Strategy {spec.name!r} is {spec.kind}; the table benchmark runs multi-trial "
+                             f"strategies only")
+        spec.load()  # "not available" errors before any run starts
+    seeds = _positive_int("seeds", seeds)
+    budget = _positive_int("budget", budget)
+    first_seed = _positive_int("first_seed", first_seed, minimum=0)
+    try:
+        marks = sorted({_positive_int("checkpoint", k) for k in checkpoints})
+    except TypeError:
+        raise ValueError(f"checkpoints must be an iterable of positive integers, got {checkpoints!r}") from None
+    marks = [k for k in marks if k <= budget] or [budget]
+    evaluator = NasBench201Table(table, column)
+    if budget > len(evaluator):
+        raise ValueError(f"budget {budget} exceeds the {len(evaluator)} cells of table {evaluator.table_path!r}")
+
+    out = Path(output)
+    out.mkdir(parents=True, exist_ok=True)
+    seed_list = list(range(first_seed, first_seed + seeds))
+    start = time.perf_counter()
+    runs: dict[str, list[RunCurve]] = {}
+    for name in names:
+        runs[name] = []
+        for seed in seed_list:
+            run = run_one(name, seed, budget, evaluator)
+            runs[name].append(run)
+            if progress is not None:
+                progress(f"{name} seed {seed}: best {run.best_so_far[-1]:.2f} after {run.queries} queries "
+                         f"({run.seconds:.2f} s)")
+    result = BenchmarkResult(runs=runs, budget=budget, checkpoints=tuple(marks), table_path=evaluator.table_path,
+                             column=column, optimum=evaluator.optimum, csv_path=out / CSV_NAME,
+                             tensorboard_dir=out / "tensorboard", seeds=seed_list)
+    _write_csv(result.csv_path, runs)
+    _write_tensorboard(result.tensorboard_dir, result)
+    result.seconds = time.perf_counter() - start
+    return result
