@@ -1,0 +1,863 @@
+"""Supernet machinery shared by the differentiable one-shot strategies (DrNAS, GAEA, TETLO).
+
+Everything here extends NNI 3.0's differentiable one-shot implementation
+(:mod:`nni.nas.oneshot.pytorch.differentiable` and ``supermodule/differentiable.py``) instead of
+replacing it; a strategy built on these pieces is still an :class:`nni.nas.strategy.DARTS` with
+its mutation hooks, its Lightning module and its ``{'train', 'val'}`` combined loader.
+
+Public API
+----------
+:class:`ArchWeights`
+    The "normaliser" NNI calls ``softmax``: maps an architecture parameter (one per label, shared by
+    every module carrying that label) to mixing weights. Subclasses: :class:`SoftmaxWeights` (DARTS),
+    :class:`DirichletWeights` (DrNAS), :class:`SimplexWeights` and :class:`HardGumbelWeights` (GAEA).
+    A stochastic one draws **once per label per forward** (cached by parameter, cleared by
+    :meth:`ArchWeights.resample`), keeps per-label pruning masks, and gives deterministic
+    probabilities through :meth:`ArchWeights.probs` (used for export, logging, evaluation).
+:func:`mix_ops`, :func:`channel_shuffle`, :func:`rescale_width`, :class:`PartialChannelMixedOp`
+    Partial-channel mixed operation (PC-DARTS / DrNAS progressive learning): the first ``C/K``
+    channels go through the candidate ops built at ``C/K`` width, the rest bypass
+    (2x2 max-pooled when the ops reduce), concatenation, channel shuffle with ``K`` groups.
+    :func:`rescale_width` shrinks ops to ``C/K`` and widens them Net2Wider-style between stages,
+    carrying the weight optimiser's state over with the same channel indices.
+:class:`MixedLayer`, :class:`MixedCell`
+    Subclasses of NNI's ``DifferentiableMixedLayer`` / ``DifferentiableMixedCell`` with partial
+    channels, pruning masks, ops with weight exactly 0 skipped, optional PC-DARTS edge weights and the
+    DARTS export rule (:func:`darts_cell_export`).
+:class:`ArchDistributionModule`
+    ``DartsLightningModule`` with hooks for an architecture regulariser, arch-step gating, per-label
+    sampling, and logging of the architecture distribution (``prob/<label>/<choice>``,
+    ``entropy/<label>`` plus :meth:`ArchDistributionModule.extra_arch_metrics`) at least once per epoch.
+:class:`ArchDistributionStrategy`
+    ``DARTS`` subclass wiring the above into NNI's mutation hooks; validates the space and names the
+    module that cannot be searched.
+"""
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import warnings
+from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence, cast
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import nni_plugins.compat  # noqa: F401  (leaf module: NNI 3.0 fixes)
+from nni.mutable import Categorical, CategoricalMultiple
+from nni.nas.nn.pytorch import LayerChoice, ModelSpace, MutableModule
+from nni.nas.oneshot.pytorch.differentiable import DartsLightningModule
+from nni.nas.oneshot.pytorch.strategy import DARTS, OneShotStrategy, no_default_hook
+from nni.nas.oneshot.pytorch.supermodule._expression_utils import weighted_sum
+from nni.nas.oneshot.pytorch.supermodule.differentiable import (
+    DifferentiableMixedCell, DifferentiableMixedInput, DifferentiableMixedLayer, DifferentiableMixedRepeat,
+    MixedOpDifferentiablePolicy,
+)
+from nni.nas.oneshot.pytorch.supermodule.operation import NATIVE_MIXED_OPERATIONS
+
+__all__ = [
+    "ArchWeights", "SoftmaxWeights", "DirichletWeights", "SimplexWeights", "HardGumbelWeights",
+    "channel_shuffle", "rescale_width", "check_partial_channels", "mix_ops", "PartialChannelMixedOp",
+    "MixedLayer", "MixedCell", "darts_cell_export", "entropy",
+    "ArchDistributionModule", "ArchDistributionStrategy", "check_searchable_space",
+]
+
+_logger = logging.getLogger(__name__)
+
+
+# ---------------------------------------------------------------------------------------------
+# Architecture weights: parameter -> mixing weights
+# ---------------------------------------------------------------------------------------------
+
+class ArchWeights(nn.Module):
+    """Maps an architecture parameter (a 1-D tensor, one per label) to mixing weights.
+
+    NNI passes one such module as ``softmax`` to every supermodule, so ``forward(alpha)`` is what the
+    supernet mixes with. Strategies create **one** instance and share it among all modules.
+
+    * Deterministic subclasses return :meth:`probs` from ``forward``.
+    * Stochastic subclasses (``stochastic = True``) draw with :meth:`sample` in training mode, once
+      per parameter (= per label: NNI shares one parameter object among all modules with a label)
+      until :meth:`resample` clears the draws. Evaluation mode, and code inside
+      :meth:`deterministic`, use :meth:`probs`.
+    * :meth:`set_mask` prunes choices of a label: their weight is zeroed and the rest renormalised.
+    """
+
+    stochastic: bool = False
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._draws: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+        self._masks: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+        self._force_deterministic = False
+
+    # -- to implement ------------------------------------------------------------------------
+    def expected(self, alpha: torch.Tensor) -> torch.Tensor:
+        """Deterministic distribution of one parameter (before masking)."""
+        raise NotImplementedError
+
+    def sample(self, alpha: torch.Tensor) -> torch.Tensor:
+        """One random draw of mixing weights (stochastic subclasses only)."""
+        raise NotImplementedError
+
+    # -- masks -----------------------------------------------------------------------------
+    def set_mask(self, alpha: torch.Tensor, mask: torch.Tensor) -> None:
+        """Keep only choices where ``mask`` is true for the label owning ``alpha``."""
+        mask = torch.as_tensor(mask, dtype=torch.bool, device=alpha.device)
+        if mask.shape != alpha.shape or not bool(mask.any()):
+            raise ValueError(f"Mask {mask.tolist()} must have shape {tuple(alpha.shape)} and keep at least one choice")
+        self._masks[id(alpha)] = (alpha, mask)
+
+    def mask(self, alpha: torch.Tensor) -> torch.Tensor | None:
+        """The mask set for ``alpha`` (``None`` when all choices are kept)."""
+        entry = self._masks.get(id(alpha))
+        return entry[1] if entry is not None and entry[0] is alpha else None
+
+    def _masked(self, weights: torch.Tensor, alpha: torch.Tensor) -> torch.Tensor:
+        mask = self.mask(alpha)
+        if mask is None:
+            return weights
+        weights = weights * mask.to(weights.dtype)
+        return weights / weights.sum(-1, keepdim=True)
+
+    # -- sampling --------------------------------------------------------------------------
+    def resample(self) -> None:
+        """Forget the current draws: the next forward of each label draws afresh."""
+        self._draws.clear()
+
+    @contextlib.contextmanager
+    def deterministic(self) -> Iterator[None]:
+        """Within this context ``forward`` returns :meth:`probs` even in training mode."""
+        previous, self._force_deterministic = self._force_deterministic, True
+        try:
+            yield
+        finally:
+            self._force_deterministic = previous
+
+    def probs(self, alpha: torch.Tensor) -> torch.Tensor:
+        """Deterministic distribution of one label, masks applied (export, logging, evaluation)."""
+        return self._masked(self.expected(alpha), alpha)
+
+    def forward(self, alpha: torch.Tensor) -> torch.Tensor:
+        if not (self.stochastic and self.training and not self._force_deterministic):
+            return self.probs(alpha)
+        hit = self._draws.get(id(alpha))
+        if hit is None or hit[0] is not alpha:
+            hit = (alpha, self._masked(self.sample(alpha), alpha))
+            self._draws[id(alpha)] = hit
+        return hit[1]
+
+
+class SoftmaxWeights(ArchWeights):
+    """DARTS: ``softmax(alpha)``."""
+
+    def expected(self, alpha: torch.Tensor) -> torch.Tensor:
+        return F.softmax(alpha, dim=-1)
+
+
+class DirichletWeights(ArchWeights):
+    """DrNAS: concentration ``beta = ELU(alpha) + 1``; training draws ``theta ~ Dir(beta)`` with
+    ``rsample`` (pathwise gradient, float32); evaluation uses the mean ``beta / sum(beta)``.
+
+    Masked choices get ``theta = 0`` and the rest is renormalised, which by the aggregation property
+    is a draw of ``Dir(beta_kept)`` (as in DrNAS ``utils.process_step_vector``).
+    """
+
+    stochastic = True
+
+    @staticmethod
+    def concentration(alpha: torch.Tensor) -> torch.Tensor:
+        return F.elu(alpha) + 1
+
+    def expected(self, alpha: torch.Tensor) -> torch.Tensor:
+        beta = self.concentration(alpha)
+        return beta / beta.sum(-1, keepdim=True)
+
+    def sample(self, alpha: torch.Tensor) -> torch.Tensor:
+        beta = self.concentration(alpha.float())
+        return torch.distributions.Dirichlet(beta).rsample().to(alpha.dtype)
+
+
+class SimplexWeights(ArchWeights):
+    """GAEA: the parameter already lives on the simplex and is used as is (no softmax).
+
+    ``probs`` divides by the row sum only to guard against drift; ``forward`` in training returns the
+    parameter itself so the gradient is taken with respect to ``theta``.
+    """
+
+    def expected(self, alpha: torch.Tensor) -> torch.Tensor:
+        return alpha / alpha.sum(-1, keepdim=True)
+
+    def forward(self, alpha: torch.Tensor) -> torch.Tensor:
+        if self.training and not self._force_deterministic and self.mask(alpha) is None:
+            return alpha
+        return super().forward(alpha)
+
+
+class HardGumbelWeights(ArchWeights):
+    """GDAS on GAEA's simplex parameters: hard one-hot straight-through Gumbel-softmax on ``log theta``.
+
+    ``forward`` returns ``one_hot - soft.detach() + soft`` (value: exactly one 1); a draw with inf/NaN
+    is redrawn, as in GDAS. With :func:`mix_ops`, only the chosen op is evaluated. ``tau`` is set by
+    the strategy (annealed linearly). Evaluation uses ``theta``.
+    """
+
+    stochastic = True
+
+    def __init__(self, tau: float = 10.0) -> None:
+        super().__init__()
+        self.tau = tau
+
+    def expected(self, alpha: torch.Tensor) -> torch.Tensor:
+        return alpha / alpha.sum(-1, keepdim=True)
+
+    def sample(self, alpha: torch.Tensor) -> torch.Tensor:
+        logits = torch.log(alpha.clamp_min(1e-20))
+        mask = self.mask(alpha)
+        if mask is not None:
+            logits = logits.masked_fill(~mask, float("-inf"))
+        for _ in range(100):
+            gumbel = -torch.empty_like(logits).exponential_().log()
+            soft = F.softmax((logits + gumbel) / self.tau, dim=-1)
+            if torch.isfinite(soft).all():
+                break
+        else:
+            raise RuntimeError(f"Gumbel sampling kept producing inf/NaN for theta={alpha.tolist()}")
+        hard = torch.zeros_like(soft).scatter_(-1, soft.argmax(-1, keepdim=True), 1.0)
+        return hard - soft.detach() + soft
+
+
+def entropy(probs: Sequence[float] | torch.Tensor) -> float:
+    """Shannon entropy (nats) of a distribution."""
+    p = torch.as_tensor(list(probs) if not isinstance(probs, torch.Tensor) else probs, dtype=torch.float64)
+    p = p[p > 0]
+    return float(-(p * p.log()).sum())
+
+
+# ---------------------------------------------------------------------------------------------
+# Partial channels
+# ---------------------------------------------------------------------------------------------
+
+def channel_shuffle(x: torch.Tensor, groups: int) -> torch.Tensor:
+    """ShuffleNet channel shuffle with ``groups`` groups (PC-DARTS / DrNAS ``channel_shuffle``)."""
+    b, c, *rest = x.shape
+    if c % groups:
+        raise ValueError(f"channel_shuffle: {c} channels are not divisible into {groups} groups")
+    return x.view(b, groups, c // groups, *rest).transpose(1, 2).reshape(b, c, *rest)
+
+
+def _index_map(old: int, new: int, generator: torch.Generator | None) -> torch.Tensor:
+    """Indices of the old channels that the new channels copy: keep the first ``min(old, new)``,
+    then replicate random ones (Net2Wider)."""
+    if new <= old:
+        return torch.arange(new)
+    return torch.cat([torch.arange(old), torch.randint(0, old, (new - old,), generator=generator)])
+
+
+def _reindex(param: torch.Tensor | None, maps: Sequence[tuple[int, torch.Tensor]],
+             optimizer: torch.optim.Optimizer | None) -> None:
+    """Index ``param`` in place along ``(dim, index)`` pairs, and its optimiser state likewise."""
+    if param is None:
+        return
+    old_shape = param.shape
+
+    def apply(t: torch.Tensor) -> torch.Tensor:
+        for dim, idx in maps:
+            t = t.index_select(dim, idx.to(t.device))
+        return t.contiguous()
+
+    param.data = apply(param.data)
+    if isinstance(param, nn.Parameter):
+        param.grad = None
+        if optimizer is not None and param in optimizer.state:
+            state = optimizer.state[param]
+            for key, value in list(state.items()):
+                if isinstance(value, torch.Tensor) and value.shape == old_shape:
+                    state[key] = apply(value)
+
+
+def _set_channel_args(module: nn.Module, **values: int) -> None:
+    """Set channel attributes of a layer, and the recorded arguments NNI rebuilds it from (``trace_kwargs``
+    of a ``MutableConv2d`` before NNI's mixed-op hook replaces it, ``init_arguments`` of the
+    ``MixedConv2d`` after)."""
+    for key, value in values.items():
+        setattr(module, key, value)
+    for record in ("trace_kwargs", "init_arguments"):
+        args = getattr(module, record, None)
+        if isinstance(args, dict):
+            args.update({k: v for k, v in values.items() if k in args})
+
+
+def rescale_width(op: nn.Module, num: int, den: int, *, optimizer: torch.optim.Optimizer | None = None,
+                  generator: torch.Generator | None = None, name: str = "op") -> None:
+    """Scale every channel count inside ``op`` by ``num/den`` **in place**.
+
+    Shrinking keeps the first channels. Widening replicates channels of randomly chosen indices
+    (Net2Wider, without the function-preserving rescale, as DrNAS ``net2wider.py``). Layers are
+    walked in registration order; a convolution whose input width matches the previous layer's output
+    reuses that layer's index map (so a BN and the next conv copy the same channels), a depthwise
+    convolution keeps its input's map. Layers off that chain (e.g. the second branch of a
+    ``FactorizedReduce``) get their own random maps. Parameters keep their identity; state tensors of
+    ``optimizer`` (momentum, Adam moments) are re-indexed with the same maps, so the optimiser and its
+    scheduler carry on.
+
+    Raises ``ValueError`` naming ``name`` when the op holds parameterised layers other than Conv2d /
+    BatchNorm2d, a grouped non-depthwise convolution, or a width not divisible by ``den``.
+    """
+    if num <= 0 or den <= 0:
+        raise ValueError(f"Width factor must be positive, got {num}/{den}")
+
+    def scaled(c: int, what: str) -> int:
+        if (c * num) % den:
+            raise ValueError(f"Cannot rescale {name}: {what} has {c} channels, not divisible by {den} (factor {num}/{den})")
+        return c * num // den
+
+    current: torch.Tensor | None = None
+    for sub_name, module in op.named_modules():
+        if isinstance(module, nn.Conv2d):
+            cin, cout, groups = module.in_channels, module.out_channels, module.groups
+            new_in, new_out = scaled(cin, f"{sub_name or 'conv'}.in"), scaled(cout, f"{sub_name or 'conv'}.out")
+            in_map = current if current is not None and len(current) == new_in else _index_map(cin, new_in, generator)
+            if groups == 1:
+                out_map = _index_map(cout, new_out, generator)
+                _reindex(module.weight, [(0, out_map), (1, in_map)], optimizer)
+            elif groups == cin == cout:
+                out_map = in_map
+                _reindex(module.weight, [(0, out_map)], optimizer)
+            else:
+                raise ValueError(f"Cannot rescale {name}.{sub_name}: grouped convolution with groups={groups} "
+                                 f"is neither dense nor depthwise")
+            _reindex(module.bias, [(0, out_map)], optimizer)
+            _set_channel_args(module, in_channels=new_in, out_channels=new_out, groups=1 if groups == 1 else new_in)
+            current = out_map
+        elif isinstance(module, nn.modules.batchnorm._BatchNorm):
+            c = module.num_features
+            new = scaled(c, f"{sub_name}.num_features")
+            bn_map = current if current is not None and len(current) == new else _index_map(c, new, generator)
+            for tensor in (module.weight, module.bias, module.running_mean, module.running_var):
+                _reindex(tensor, [(0, bn_map)], optimizer)
+            _set_channel_args(module, num_features=new)
+            current = bn_map
+        elif module is not op and any(True for _ in module.parameters(recurse=False)):
+            raise ValueError(f"Cannot rescale {name}.{sub_name}: {type(module).__name__} has parameters and is "
+                             f"not a Conv2d/BatchNorm2d, so partial channels cannot be used on it")
+
+
+def check_partial_channels(op: nn.Module, ks: Sequence[int], name: str = "op") -> None:
+    """Raise ``ValueError`` naming ``name`` unless every channel count of the full-width ``op`` is
+    divisible by every partial-channel factor in ``ks`` (so all stages of a schedule are reachable)."""
+    for sub_name, module in op.named_modules():
+        counts = []
+        if isinstance(module, nn.Conv2d):
+            counts = [module.in_channels, module.out_channels]
+        elif isinstance(module, nn.modules.batchnorm._BatchNorm):
+            counts = [module.num_features]
+        for c in counts:
+            bad = [k for k in ks if c % k]
+            if bad:
+                raise ValueError(f"{name}: layer {sub_name or type(module).__name__} has {c} channels, not divisible by "
+                                 f"partial-channel factor(s) {bad}; use a width divisible by them")
+
+
+def mix_ops(ops: Sequence[nn.Module], weights: torch.Tensor, x: Any, partial_k: int = 1,
+            extra_args: tuple = (), extra_kwargs: Mapping[str, Any] | None = None) -> Any:
+    """``sum_i weights[i] * ops[i](x)`` with partial channels when ``partial_k > 1``.
+
+    ``weights`` may hold one more entry than ``ops`` (DARTS cells' implicit zero op): it contributes
+    nothing. Ops whose weight is exactly 0 (pruned, or not chosen by a hard straight-through draw) are
+    not evaluated; their weight is added as a zero-valued term so that the straight-through gradient
+    still reaches it (GDAS). With partial channels, ``x`` must be a 4-D tensor and the ops
+    channel-preserving at ``C/K`` width (see :func:`rescale_width`).
+    """
+    extra_kwargs = dict(extra_kwargs or {})
+    n = len(ops)
+    if weights.shape[-1] not in (n, n + 1):
+        raise ValueError(f"{weights.shape[-1]} weights for {n} candidate ops")
+    if partial_k > 1:
+        if not isinstance(x, torch.Tensor) or x.dim() != 4 or x.size(1) % partial_k:
+            raise ValueError(f"Partial channels (K={partial_k}) need a 4-D tensor input with channels divisible by K, "
+                             f"got {getattr(x, 'shape', type(x))}")
+        c = x.size(1) // partial_k
+        x_op, x_bypass = x[:, :c], x[:, c:]
+    else:
+        x_op = x
+    active = (weights[:n].detach() != 0).tolist()
+    items, item_weights, dangling = [], [], None
+    for i, op in enumerate(ops):
+        if active[i]:
+            items.append(op(x_op, *extra_args, **extra_kwargs))
+            item_weights.append(weights[i])
+        else:
+            dangling = weights[i] if dangling is None else dangling + weights[i]
+    if not items:  # only the implicit zero op is chosen: a zero output of the right shape
+        out = ops[0](x_op, *extra_args, **extra_kwargs) * 0.0
+    elif len(items) == 1 and isinstance(items[0], torch.Tensor):
+        out = items[0] * item_weights[0]
+    else:
+        out = weighted_sum(items, item_weights)
+    if dangling is not None and isinstance(out, torch.Tensor):
+        out = out + dangling
+    if partial_k > 1:
+        if out.shape[1] != x_op.shape[1]:
+            raise ValueError(f"Partial channels need channel-preserving ops: {x_op.shape[1]} in, {out.shape[1]} out")
+        if out.shape[2:] != x_bypass.shape[2:]:
+            x_bypass = F.max_pool2d(x_bypass, 2, 2)
+        out = channel_shuffle(torch.cat([out, x_bypass], dim=1), partial_k)
+    return out
+
+
+class PartialChannelMixedOp(nn.Module):
+    """A self-contained partial-channel mixed op (for code that builds its own supernet cells).
+
+    Parameters
+    ----------
+    candidates
+        Candidate ops built at full width ``C`` (channel-preserving: ``C`` in, ``C`` out; stride 1 or 2).
+        They are shrunk **in place** to ``C/k``.
+    k
+        Partial-channel factor ``K``: ``1/K`` of the channels go through the ops.
+
+    ``forward(x, weights)`` mixes with ``weights`` (one per candidate, plus optionally a zero op);
+    :meth:`set_k` widens/narrows between stages (see :func:`rescale_width`).
+    """
+
+    def __init__(self, candidates: Mapping[str, nn.Module] | Sequence[nn.Module], k: int) -> None:
+        super().__init__()
+        if not isinstance(k, int) or k < 1:
+            raise ValueError(f"k must be a positive int, got {k!r}")
+        items = candidates.items() if isinstance(candidates, Mapping) else ((str(i), m) for i, m in enumerate(candidates))
+        self.ops = nn.ModuleDict(dict(items))
+        self.k = 1
+        self.set_k(k)
+
+    def set_k(self, k: int, optimizer: torch.optim.Optimizer | None = None,
+              generator: torch.Generator | None = None) -> None:
+        """Rescale the ops from ``C/self.k`` to ``C/k`` channels (optimiser state carried over)."""
+        for name, op in self.ops.items():
+            rescale_width(op, self.k, k, optimizer=optimizer, generator=generator, name=name)
+        self.k = k
+
+    def forward(self, x: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+        return mix_ops(list(self.ops.values()), weights, x, self.k)
+
+
+# ---------------------------------------------------------------------------------------------
+# Supermodules
+# ---------------------------------------------------------------------------------------------
+
+def _arch_weights_of(module: nn.Module) -> ArchWeights:
+    weights = getattr(module, "_softmax", None)
+    if not isinstance(weights, ArchWeights):
+        raise TypeError(f"{type(module).__name__} needs an ArchWeights normaliser, got {type(weights).__name__}")
+    return weights
+
+
+class MixedLayer(DifferentiableMixedLayer):
+    """``DifferentiableMixedLayer`` with partial channels, pruning masks and skipping of zero-weight ops.
+
+    Parameters are those of NNI's class plus ``partial_k`` (``1``: plain mixed op) and
+    ``partial_schedule`` (factors of later stages, checked up front). The candidates are
+    shrunk in place to ``C/partial_k`` when it is larger than 1; ``export`` takes the argmax of the
+    deterministic probabilities among unmasked choices.
+    """
+
+    def __init__(self, paths, alpha, softmax, label, partial_k: int = 1, partial_schedule: Sequence[int] = ()):
+        super().__init__(paths, alpha, softmax, label)
+        _arch_weights_of(self)
+        ks = [k for k in (partial_k, *partial_schedule) if k > 1]
+        for name in self.names:
+            check_partial_channels(self[name], ks, f"LayerChoice {label!r} candidate {name!r}")
+        self.partial_k = 1
+        self.set_partial_k(partial_k)
+
+    def set_partial_k(self, k: int, optimizer: torch.optim.Optimizer | None = None,
+                      generator: torch.Generator | None = None) -> None:
+        """Rescale the kept candidates to ``C/k`` channels (pruned ones stay as they are: never run)."""
+        if k == self.partial_k:
+            return
+        mask = self._softmax.mask(self._arch_alpha)
+        for i, name in enumerate(self.names):
+            if mask is None or bool(mask[i]):
+                rescale_width(self[name], self.partial_k, k, optimizer=optimizer, generator=generator,
+                              name=f"LayerChoice {self.label!r} candidate {name!r}")
+        self.partial_k = k
+
+    def export(self, memo):
+        if self.label in memo:
+            return {}
+        probs = self._softmax.probs(self._arch_alpha.detach())
+        return {self.label: self.names[int(torch.argmax(probs).item())]}
+
+    def export_probs(self, memo):
+        if self.label in memo:
+            return {}
+        return {self.label: dict(zip(self.names, self._softmax.probs(self._arch_alpha.detach()).cpu().tolist()))}
+
+    @classmethod
+    def mutate(cls, module, name, memo, mutate_kwargs):
+        if type(module) is LayerChoice:
+            if module.label not in memo:
+                raise KeyError(f"LayerChoice {module.label} not found in memo.")
+            try:
+                return cls(module.candidates, memo[module.label], mutate_kwargs["softmax"], module.label,
+                           partial_k=mutate_kwargs.get("partial_k", 1),
+                           partial_schedule=mutate_kwargs.get("partial_schedule", ()))
+            except ValueError as err:
+                raise ValueError(f"Module {name!r} (LayerChoice {module.label!r}) cannot be searched: {err}") from err
+        return None
+
+    def forward(self, *args, **kwargs):
+        ops = [self[name] for name in self.names]
+        return mix_ops(ops, self._softmax(self._arch_alpha), args[0], self.partial_k, args[1:], kwargs)
+
+
+def darts_cell_export(label: str, num_predecessors: int, num_nodes: int, num_ops_per_node: int,
+                      op_names: Sequence[str], edge_probs: Mapping[tuple[int, int], torch.Tensor]) -> dict[str, Any]:
+    """The DARTS derivation rule on NNI's ``Cell`` sample format.
+
+    ``edge_probs[(i, j)]`` are the (already normalised, masked, edge-weighted) op weights of the edge
+    from node ``j`` to node ``i``; entries beyond ``len(op_names)`` (the implicit zero op) and ops
+    named ``none`` are ignored. Per node, the ``num_ops_per_node`` inputs with the largest maximum op
+    weight are kept (distinct inputs first; repeated when a node has fewer inputs), and each keeps its
+    argmax op. Returns ``{label}/op_{i}_{k}`` and ``{label}/input_{i}_{k}`` keys as NNI's ``Cell``.
+    """
+    usable = [k for k, n in enumerate(op_names) if n != "none"]
+    if not usable:
+        raise ValueError(f"Cell {label!r} has no candidate op other than 'none'")
+    exported: dict[str, Any] = {}
+    for i in range(num_predecessors, num_nodes + num_predecessors):
+        ranked = []
+        for j in range(i):
+            w = edge_probs[(i, j)][:len(op_names)].detach().cpu()
+            best = max(usable, key=lambda k: float(w[k]))
+            ranked.append((float(w[best]), -j, j, op_names[best]))
+        ranked.sort(reverse=True)
+        for k in range(num_ops_per_node):
+            _, _, j, op = ranked[k % len(ranked)]
+            exported[f"{label}/op_{i}_{k}"] = op
+            exported[f"{label}/input_{i}_{k}"] = [j]
+    return exported
+
+
+class MixedCell(DifferentiableMixedCell):
+    """``DifferentiableMixedCell`` with the options the papers need, read from ``mutate_kwargs``.
+
+    * ``alpha_init`` (callable ``n -> Tensor``): initial value of the per-edge parameters.
+    * ``zero_op`` (bool, default True): keep NNI's implicit extra "zero" choice per edge (DARTS
+      ``none``); DrNAS's DARTS space has no ``none``, so DrNAS turns it off.
+    * ``partial_k`` (int, default 1): partial channels on every edge; ``partial_schedule`` (ints):
+      factors of later stages, checked up front.
+    * ``edge_weights`` (bool, default False): PC-DARTS edge weights, one simplex vector per node over
+      its inputs (``{label}/{i}/edges``, shared by cells with the same label), initialised uniform;
+      node ``i`` = ``sum_j edge_j * mixed_op_j``. They are architecture parameters (``_arch_edge``).
+
+    ``export`` applies :func:`darts_cell_export` to the deterministic probabilities (times the edge
+    weights when present), i.e. the DARTS rule with per-edge normalisation, not NNI's ranking of raw
+    logits across edges.
+    """
+
+    _arch_parameter_names: list[str] = ["_arch_alpha", "_arch_edge"]
+
+    def __init__(self, op_factory, num_nodes, num_ops_per_node, num_predecessors, preprocessor, postprocessor,
+                 concat_dim, memo, mutate_kwargs, label):
+        alpha_init: Callable[[int], torch.Tensor] = mutate_kwargs.get("alpha_init", lambda n: torch.randn(n) * 1e-3)
+        zero_op = bool(mutate_kwargs.get("zero_op", True))
+        n_ops = len(op_factory)
+        for i in range(num_predecessors, num_nodes + num_predecessors):
+            for j in range(i):
+                key = f"{label}/{i}_{j}/in_cell"
+                if key not in memo:
+                    memo[key] = nn.Parameter(alpha_init(n_ops + int(zero_op)))
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="Architecture parameter size", category=UserWarning)
+            super().__init__(op_factory, num_nodes, num_ops_per_node, num_predecessors, preprocessor,
+                             postprocessor, concat_dim, memo, mutate_kwargs, label)
+        _arch_weights_of(self)
+        self._arch_edge = nn.ParameterDict()
+        if mutate_kwargs.get("edge_weights", False):
+            for i in range(num_predecessors, num_nodes + num_predecessors):
+                key = f"{label}/{i}/edges"
+                if key not in memo:
+                    memo[key] = nn.Parameter(torch.full((i,), 1.0 / i))
+                self._arch_edge[key] = memo[key]
+        self.partial_k = 1
+        partial_k = int(mutate_kwargs.get("partial_k", 1))
+        ks = [k for k in (partial_k, *mutate_kwargs.get("partial_schedule", ())) if k > 1]
+        try:
+            for i, node_ops in enumerate(self.ops, start=self.num_predecessors):
+                for j, edge in enumerate(node_ops):
+                    for name, op in edge.items():
+                        check_partial_channels(op, ks, f"edge {i}_{j} op {name!r}")
+            self.set_partial_k(partial_k)
+        except ValueError as err:
+            raise ValueError(f"Cell {label!r} cannot be searched: {err}") from err
+
+    def set_partial_k(self, k: int, optimizer: torch.optim.Optimizer | None = None,
+                      generator: torch.Generator | None = None) -> None:
+        """Rescale every kept op of every edge to ``C/k`` channels."""
+        if k == self.partial_k:
+            return
+        for i, node_ops in enumerate(self.ops, start=self.num_predecessors):
+            for j, edge in enumerate(node_ops):
+                mask = self._softmax.mask(self._arch_alpha[f"{self.label}/{i}_{j}"])
+                for o, (name, op) in enumerate(edge.items()):
+                    if mask is None or bool(mask[o]):
+                        rescale_width(op, self.partial_k, k, optimizer=optimizer, generator=generator,
+                                      name=f"cell {self.label!r} edge {i}_{j} op {name!r}")
+        self.partial_k = k
+
+    def edge_alphas(self) -> dict[str, nn.Parameter]:
+        """Per-edge op parameters, keyed ``{label}/{i}_{j}``."""
+        return dict(self._arch_alpha.items())
+
+    def _edge_weight(self, i: int, j: int, deterministic: bool) -> torch.Tensor | None:
+        key = f"{self.label}/{i}/edges"
+        if key not in self._arch_edge:
+            return None
+        edge = self._arch_edge[key]
+        return edge / edge.sum() if deterministic else edge
+
+    def export_probs(self, memo):
+        ret = {}
+        for name, parameter in self._arch_alpha.items():
+            if name in memo:
+                continue
+            probs = self._softmax.probs(parameter.detach()).cpu().tolist()
+            names = list(self.op_names) + (["<zero>"] if len(probs) > len(self.op_names) else [])
+            ret[name] = dict(zip(names, probs))
+        for name, parameter in self._arch_edge.items():
+            if name not in memo:
+                ret[name] = dict(enumerate((parameter.detach() / parameter.detach().sum()).cpu().tolist()))
+        return ret
+
+    def export(self, memo):
+        if all(f"{self.label}/op_{self.num_predecessors}_{k}" in memo for k in range(self.num_ops_per_node)):
+            return {}
+        probs = {}
+        for i in range(self.num_predecessors, self.num_nodes + self.num_predecessors):
+            for j in range(i):
+                p = self._softmax.probs(self._arch_alpha[f"{self.label}/{i}_{j}"].detach())
+                edge = self._edge_weight(i, j, deterministic=True)
+                probs[(i, j)] = p * float(edge[j].detach()) if edge is not None else p
+        return darts_cell_export(self.label, self.num_predecessors, self.num_nodes, self.num_ops_per_node,
+                                 self.op_names, probs)
+
+    def forward(self, *inputs):
+        from nni.nas.nn.pytorch.cell import preprocess_cell_inputs
+        processed_inputs = preprocess_cell_inputs(self.num_predecessors, *inputs)
+        states = self.preprocessor(processed_inputs)
+        for i, node_ops in enumerate(self.ops, start=self.num_predecessors):
+            current = []
+            for j in range(i):
+                weights = self._softmax(self._arch_alpha[f"{self.label}/{i}_{j}"])
+                out = mix_ops(list(node_ops[j].values()), weights, states[j], self.partial_k)
+                edge = self._edge_weight(i, j, deterministic=False)
+                current.append(out * edge[j] if edge is not None else out)
+            states.append(sum(current))
+        this_cell = torch.cat(states[self.num_predecessors:], self.concat_dim)
+        return self.postprocessor(this_cell, processed_inputs)
+
+
+# ---------------------------------------------------------------------------------------------
+# Lightning module and strategy
+# ---------------------------------------------------------------------------------------------
+
+class ArchDistributionModule(DartsLightningModule):
+    """``DartsLightningModule`` for strategies that mix with an :class:`ArchWeights`.
+
+    Per batch, as NNI's DARTS (and the DrNAS / GAEA code): arch step on a ``val`` batch when
+    :meth:`arch_step_enabled`, with :meth:`arch_regularizer` added to its loss, then a weight step on
+    the ``train`` batch; :meth:`resample` before each draws fresh samples for stochastic weights.
+    The distribution is logged every ``log_prob_every_n_step`` batches and at every epoch end
+    (``prob/<label>/<choice>``, ``entropy/<label>``, :meth:`extra_arch_metrics`).
+
+    Parameters
+    ----------
+    training_module
+        The evaluator's Lightning module.
+    arch_weights
+        The :class:`ArchWeights` shared by the supernet's modules.
+    **kwargs
+        Passed to ``DartsLightningModule`` (``arc_learning_rate``, ``gradient_clip_val``,
+        ``log_prob_every_n_step``, ``warmup_epochs``, ``penalty``).
+    """
+
+    def __init__(self, training_module, arch_weights: ArchWeights, **kwargs):
+        super().__init__(training_module, **kwargs)
+        self.arch_weights = arch_weights
+
+    # -- hooks -----------------------------------------------------------------------------
+    def arch_step_enabled(self) -> bool:
+        """Whether this batch takes an architecture step (default: after ``warmup_epochs``)."""
+        return self.trainer.current_epoch >= self.warmup_epochs
+
+    def arch_regularizer(self) -> torch.Tensor | None:
+        """Extra term added to the architecture loss (default none)."""
+        return None
+
+    def extra_arch_metrics(self, probs: Mapping[str, Mapping[Any, float]]) -> dict[str, float]:
+        """Scalars logged with the distribution ``probs`` (:meth:`export_probs`), e.g. concentrations."""
+        return {}
+
+    def unique_arch_parameters(self) -> dict[str, nn.Parameter]:
+        """One architecture parameter per label, keyed by label (edge labels for cells)."""
+        found: dict[str, nn.Parameter] = {}
+        seen: set[int] = set()
+        for module in self.supernet_modules():
+            named: Iterable[tuple[str, Any]]
+            if isinstance(module, DifferentiableMixedCell):
+                named = list(module._arch_alpha.items()) + list(getattr(module, "_arch_edge", {}).items())
+            elif isinstance(module, (DifferentiableMixedLayer, DifferentiableMixedInput)):
+                named = [(module.label, module._arch_alpha)]
+            elif isinstance(getattr(module, "_arch_alpha", None), nn.ParameterDict):
+                named = list(module._arch_alpha.items())
+            else:
+                continue
+            for label, param in named:
+                if id(param) not in seen:
+                    seen.add(id(param))
+                    found[label] = param
+        return found
+
+    # -- NNI overrides ---------------------------------------------------------------------
+    def resample(self):
+        self.arch_weights.resample()
+        return super().resample()
+
+    def export(self):
+        with self.arch_weights.deterministic():
+            return super().export()
+
+    def export_probs(self):
+        with self.arch_weights.deterministic():
+            return super().export_probs()
+
+    def on_train_epoch_start(self):
+        # NNI's DARTS toggles requires_grad for warm-up; gating is done in ``arch_step_enabled``.
+        return self.training_module.on_train_epoch_start()
+
+    def training_step(self, batch, batch_idx):
+        arc_optim = self.architecture_optimizers()
+        if not isinstance(arc_optim, torch.optim.Optimizer):
+            raise TypeError(f"Expected one architecture optimizer, found: {arc_optim}")
+        if self.arch_step_enabled():
+            self.resample()
+            arc_optim.zero_grad()
+            loss = self.training_module.training_step(batch["val"], 2 * batch_idx)
+            if isinstance(loss, dict):
+                loss = loss["loss"]
+            if self.penalty is not None:
+                loss, details = self.penalty(loss, self.export_probs())
+                self.log_dict({f"penalty/{k}": v for k, v in details.items()})
+            reg = self.arch_regularizer()
+            if reg is not None:
+                self.log("arch_regularizer", reg.detach())
+                loss = loss + reg
+            self.manual_backward(loss)
+            arc_optim.step()
+
+        self.resample()
+        loss_and_metrics = self.training_module.training_step(batch["train"], 2 * batch_idx + 1)
+        w_loss = loss_and_metrics["loss"] if isinstance(loss_and_metrics, dict) else loss_and_metrics
+        self.advance_optimization(w_loss, batch_idx, self.gradient_clip_val)
+        self.advance_lr_schedulers(batch_idx)
+        self.arch_weights.resample()  # release the draws (and their graphs) until the next step
+
+        if self.log_prob_every_n_step and batch_idx % self.log_prob_every_n_step == 0:
+            self.log_arch_distribution()
+        return loss_and_metrics
+
+    def on_train_epoch_end(self):
+        result = super().on_train_epoch_end()
+        self.log_arch_distribution()
+        return result
+
+    def log_arch_distribution(self) -> None:
+        """Log ``prob/<label>/<choice>``, ``entropy/<label>`` and :meth:`extra_arch_metrics`."""
+        probs = self.export_probs()
+        metrics: dict[str, float] = {}
+        for label, dist in probs.items():
+            for value, p in dist.items():
+                metrics[f"prob/{label}/{value}"] = float(p)
+            metrics[f"entropy/{label}"] = entropy(list(dist.values()))
+        metrics.update(self.extra_arch_metrics(probs))
+        self.log_dict(metrics)
+
+    def weight_optimizer(self) -> torch.optim.Optimizer | None:
+        """The evaluator's (single) weight optimiser, unwrapped from Lightning."""
+        opts = self.optimizers()
+        opts = opts if isinstance(opts, list) else [opts]
+        for opt in opts:
+            if not getattr(opt, "is_arch_optimizer", False):
+                return cast(torch.optim.Optimizer, getattr(opt, "optimizer", opt))
+        return None
+
+
+def check_searchable_space(model: nn.Module) -> None:
+    """Raise ``TypeError`` naming the module when the space holds a mutable a differentiable
+    strategy cannot relax (anything but categorical choices)."""
+    if not isinstance(model, ModelSpace):
+        raise TypeError(f"A one-shot strategy needs an NNI ModelSpace, got {type(model).__name__}")
+    for name, module in model.named_modules():
+        if isinstance(module, MutableModule):
+            for mutable in module.mutables:
+                for label, leaf in mutable.simplify().items():
+                    if not isinstance(leaf, (Categorical, CategoricalMultiple)):
+                        raise TypeError(
+                            f"Module {name or '<root>'!r} ({type(module).__name__}) holds mutable {label!r} of type "
+                            f"{type(leaf).__name__}; differentiable strategies only search categorical choices "
+                            f"(LayerChoice, InputChoice, Cell, Repeat, nni.choice)")
+
+
+class ArchDistributionStrategy(DARTS):
+    """``DARTS`` whose supernet mixes with one shared :class:`ArchWeights` and uses :class:`MixedLayer`
+    / :class:`MixedCell`. Subclasses define :meth:`make_arch_weights`, :meth:`alpha_init`,
+    :meth:`configure_oneshot_module` and :meth:`supernet_options`.
+    """
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self._arch_weights: ArchWeights | None = None
+
+    def make_arch_weights(self) -> ArchWeights:
+        return SoftmaxWeights()
+
+    def alpha_init(self, n: int) -> torch.Tensor:
+        """Initial value of a label's parameter with ``n`` choices (DARTS: ``1e-3 * N(0, 1)``)."""
+        return torch.randn(n) * 1e-3
+
+    def supernet_options(self) -> dict[str, Any]:
+        """Extra ``mutate_kwargs`` for :class:`MixedLayer` / :class:`MixedCell`."""
+        return {}
+
+    @property
+    def arch_weights(self) -> ArchWeights:
+        if self._arch_weights is None:
+            self._arch_weights = self.make_arch_weights()
+        return self._arch_weights
+
+    def configure_softmax(self) -> nn.Module:
+        return self.arch_weights
+
+    def default_mutation_hooks(self):
+        hooks = [MixedLayer.mutate, DifferentiableMixedInput.mutate, MixedCell.mutate,
+                 DifferentiableMixedRepeat.mutate]
+        hooks += [operation.mutate for operation in NATIVE_MIXED_OPERATIONS]
+        hooks.append(no_default_hook)
+        return hooks
+
+    def mutate_model(self, model):
+        check_searchable_space(model)
+        self._arch_weights = self.make_arch_weights()
+        self._arch_parameters = {label: nn.Parameter(self.alpha_init(len(mutable.values)))
+                                 for label, mutable in model.simplify().items()}
+        return OneShotStrategy.mutate_model(self, model)
+
+    def run_hook(self, hook, name, module, memo):
+        if not memo.get("_validated"):
+            memo.update(self._arch_parameters)
+            memo["_validated"] = True
+        kwargs = {"mixed_op_sampling": MixedOpDifferentiablePolicy, "softmax": self.arch_weights,
+                  "alpha_init": self.alpha_init, **self.supernet_options()}
+        return hook(module, name, memo, kwargs)
