@@ -231,6 +231,11 @@ class DrNAS(ArchDistributionStrategy):
     * the weight optimiser is not rebuilt at a stage change: parameters keep their identity and
       their optimiser state is re-indexed, which is what the code's rebuild-and-copy achieves and
       keeps Lightning's scheduler position;
+    * widening is generic (any op built from Conv2d/BatchNorm2d layers), so every channel count in
+      every op must be divisible by every ``K`` of the schedule; the hub DARTS space's
+      ``FactorizedReduce`` (two convs of ``C/2``) then needs ``C`` divisible by ``2 * lcm(K)``, e.g.
+      48 rather than the paper's 36 for K 6 -> 4; an unsuitable width is rejected up front with the
+      op named;
     * pruning masks and stage widths are not part of Lightning checkpoints (resuming mid-way through
       a progressive run restarts the schedule from the checkpoint's epoch with stage-0 widths);
     * NNI's hub ``NasBench201`` uses ``BatchNorm(affine=True)`` where the DrNAS search used

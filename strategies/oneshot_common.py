@@ -27,7 +27,7 @@ Public API
 :class:`ArchDistributionModule`
     ``DartsLightningModule`` with hooks for an architecture regulariser, arch-step gating, per-label
     sampling, and logging of the architecture distribution (``prob/<label>/<choice>``,
-    ``entropy/<label>`` plus :meth:`ArchDistributionModule.extra_arch_metrics`) at least once per epoch.
+    ``entropy/<label>``, ``argmax/<label>`` plus :meth:`ArchDistributionModule.extra_arch_metrics`) at least once per epoch.
 :class:`ArchDistributionStrategy`
     ``DARTS`` subclass wiring the above into NNI's mutation hooks; validates the space and names the
     module that cannot be searched.
@@ -774,13 +774,16 @@ class ArchDistributionModule(DartsLightningModule):
         return result
 
     def log_arch_distribution(self) -> None:
-        """Log ``prob/<label>/<choice>``, ``entropy/<label>`` and :meth:`extra_arch_metrics`."""
+        """Log ``prob/<label>/<choice>``, ``entropy/<label>``, ``argmax/<label>`` (index of the most
+        probable choice, i.e. the current architecture) and :meth:`extra_arch_metrics`."""
         probs = self.export_probs()
         metrics: dict[str, float] = {}
         for label, dist in probs.items():
-            for value, p in dist.items():
-                metrics[f"prob/{label}/{value}"] = float(p)
-            metrics[f"entropy/{label}"] = entropy(list(dist.values()))
+            values = [float(p) for p in dist.values()]
+            for value, p in zip(dist, values):
+                metrics[f"prob/{label}/{value}"] = p
+            metrics[f"entropy/{label}"] = entropy(values)
+            metrics[f"argmax/{label}"] = float(max(range(len(values)), key=values.__getitem__))
         metrics.update(self.extra_arch_metrics(probs))
         self.log_dict(metrics)
 

@@ -1,0 +1,170 @@
+"""Protocol B: one-shot search on real CIFAR-10 images, judged by the NAS-Bench-201 table.
+
+Space: NNI hub ``NasBench201(stem_out_channels=16, num_modules_per_stack=2)``. Data: the CIFAR-10
+subset (``cifar10_subset.npz``), shuffled with the seed; the first ``--limit`` images train the
+weights, the next ``--limit`` drive the architecture steps; CIFAR mean/std normalisation, batch 64.
+Evaluator: NNI's default ``Classification`` (the baselines' setting). The search runs through
+``NasExperiment``; the exported cell is looked up in the N=5 NB201 table.
+
+GAEA's single-level (ERM) mode takes both its weight and its architecture batches from the
+``--limit`` training images (the architecture images are not used), so that an epoch has as many
+batches as the other strategies'.
+
+Examples::
+
+    python examples/protocol_b.py --strategy drnas --seed 0 --epochs 10 --output runs/b_drnas_0.json
+    python examples/protocol_b.py --strategy darts --seed 0 --epochs 1 --limit 500   # smoke test
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import random
+import resource
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA = ROOT.parent / "shared" / "data"
+CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
+CIFAR_STD = (0.2470, 0.2435, 0.2616)
+
+
+def make_strategy(name: str):
+    from nni.nas.strategy import DARTS, GumbelDARTS
+    from strategies import DrNAS, GAEA
+    factories = {
+        "darts": DARTS,
+        "gumbel-darts": GumbelDARTS,
+        "drnas": DrNAS,
+        "drnas-kl": lambda: DrNAS(reg_type="kl"),
+        "drnas-progressive": lambda: DrNAS(stages="nb201"),
+        "gaea": GAEA,
+        "gaea-bilevel": lambda: GAEA(single_level=False),
+        "gaea-pc-darts": lambda: GAEA(base="pc-darts"),
+        "gaea-gdas": lambda: GAEA(base="gdas"),
+    }
+    return factories[name]()
+
+
+STRATEGIES = ("darts", "gumbel-darts", "drnas", "drnas-kl", "drnas-progressive", "gaea", "gaea-bilevel",
+              "gaea-pc-darts", "gaea-gdas")
+
+
+def load_splits(path: Path, seed: int, limit: int):
+    with np.load(path) as data:
+        x, y = data["x_train"], data["y_train"]
+    if 2 * limit > len(x):
+        raise ValueError(f"--limit {limit} needs {2 * limit} images, {path} has {len(x)}")
+    order = np.random.RandomState(seed).permutation(len(x))
+    mean = torch.tensor(CIFAR_MEAN).view(1, 3, 1, 1)
+    std = torch.tensor(CIFAR_STD).view(1, 3, 1, 1)
+
+    def tensors(idx):
+        images = (torch.from_numpy(x[idx]).float() / 255.0 - mean) / std
+        return images, torch.from_numpy(y[idx]).long()
+
+    return tensors(order[:limit]), tensors(order[limit:2 * limit])
+
+
+def load_table(path: Path) -> dict[str, float]:
+    with open(path, newline="") as handle:
+        reader = csv.DictReader(handle)
+        column = next(c for c in reader.fieldnames if c != "arch")
+        return {row["arch"]: float(row[column]) for row in reader}
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--strategy", required=True, choices=STRATEGIES)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--epochs", type=int, default=10)
+    parser.add_argument("--limit", type=int, default=2500, help="images per split (weights / architecture)")
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--data", type=Path, default=DATA / "cifar10_subset.npz")
+    parser.add_argument("--table", type=Path, default=DATA / "nb201_cifar10.csv")
+    parser.add_argument("--output", type=Path, help="write the result JSON here")
+    parser.add_argument("--logdir", type=Path, help="TensorBoard log directory (default: no logger)")
+    parser.add_argument("--threads", type=int, help="torch intra-op threads")
+    args = parser.parse_args(argv)
+
+    sys.path.insert(0, str(ROOT))
+    import pytorch_lightning as pl
+    from torch.utils.data import TensorDataset
+    import nni_plugins.compat  # noqa: F401
+    from nni.nas.evaluator.pytorch import Classification, DataLoader
+    from nni.nas.experiment import NasExperiment
+    from nni.nas.hub.pytorch import NasBench201
+    from search_spaces.nasbench201 import edge_ops, sample_to_arch_str
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    random.seed(args.seed)
+    np.random.seed(args.seed)
+    torch.manual_seed(args.seed)
+
+    (x_w, y_w), (x_a, y_a) = load_splits(args.data, args.seed, args.limit)
+    table = load_table(args.table)
+
+    class EpochTimer(pl.Callback):
+        def __init__(self):
+            self.times: list[float] = []
+            self._start = 0.0
+
+        def on_train_epoch_start(self, trainer, pl_module):
+            self._start = time.perf_counter()
+
+        def on_train_epoch_end(self, trainer, pl_module):
+            self.times.append(time.perf_counter() - self._start)
+
+    timer = EpochTimer()
+    logger = pl.loggers.TensorBoardLogger(str(args.logdir), name=f"{args.strategy}_s{args.seed}") if args.logdir else False
+    evaluator = Classification(
+        train_dataloaders=DataLoader(TensorDataset(x_w, y_w), batch_size=args.batch_size, shuffle=True),
+        val_dataloaders=DataLoader(TensorDataset(x_a, y_a), batch_size=args.batch_size, shuffle=True),
+        max_epochs=args.epochs, num_classes=10, logger=logger, callbacks=[timer],
+        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False, log_every_n_steps=10)
+    space = NasBench201(stem_out_channels=16, num_modules_per_stack=2)
+    strategy = make_strategy(args.strategy)
+
+    workdir = tempfile.mkdtemp(prefix="protocol_b_")
+    experiment = NasExperiment(space, evaluator, strategy)
+    experiment.config.experiment_working_directory = workdir
+    rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    start = time.perf_counter()
+    try:
+        experiment.run()
+        sample = experiment.export_top_models(formatter="dict")[0]
+    finally:
+        experiment.stop()
+    wall = time.perf_counter() - start
+
+    arch = sample_to_arch_str(sample)
+    ops = list(edge_ops(sample).values())
+    result = {
+        "strategy": args.strategy, "seed": args.seed, "epochs": args.epochs, "limit": args.limit,
+        "arch": arch, "cifar10_test_acc": table.get(arch), "num_skip": ops.count("skip_connect"),
+        "num_none": ops.count("none"), "wall_s": round(wall, 1),
+        "epoch_s": round(sum(timer.times) / len(timer.times), 2) if timer.times else None,
+        "epoch_times_s": [round(t, 2) for t in timer.times],
+        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        "rss_before_search_mb": round(rss_before, 1),
+        "sample": sample, "strategy_repr": repr(strategy), "torch_threads": torch.get_num_threads(),
+    }
+    print(json.dumps(result, indent=2))
+    if args.output:
+        args.output.parent.mkdir(parents=True, exist_ok=True)
+        args.output.write_text(json.dumps(result, indent=2) + "\n")
+    return result
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("NNI_CONFIG_DIR", tempfile.mkdtemp(prefix="nni_config_"))
+    main()
