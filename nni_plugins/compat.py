@@ -1,16 +1,116 @@
 """NNI 3.0 compatibility fixes for today's stack (torch >= 2.6, Lightning 2.x, numpy 2).
 
-This is the one module that patches NNI. It depends only on ``nni`` and ``torch`` (never on the
-rest of this project), so every package of ours may import it: ``search_spaces``, ``strategies``
-and ``nni_plugins`` all do, which applies the fixes whenever any of them is imported.
+This is the one module that patches NNI. It depends only on ``nni``, ``torch`` and the standard
+library (never on the rest of this project), so every package of ours may import it:
+``search_spaces``, ``strategies`` and ``nni_plugins`` all do, which applies the fixes whenever any
+of them is imported.
 
-Each fix names the NNI call it repairs; ``docs/nni-compat.md`` has symptom, cause and remedy.
+Each fix is a named monkeypatch of one NNI call (see :func:`patch_names`); ``docs/nni-compat.md``
+gives symptom, cause and remedy for each. The originals are kept, so a fix can be undone for a
+process (:func:`revert`) or temporarily (:func:`unpatched`), which is how the tests show that each
+fix is needed.
+
+Fixes (name: NNI call it repairs):
+
+- ``torch_load_weights_only``: ``nni.nas.utils.serializer.TorchSerializer.load``
+- ``tuner_channel_resume_commands``: ``nni.runtime.tuner_command_channel.channel.TunerCommandChannel.receive``
+- ``failed_resume_keeps_checkpoint``: ``nni.nas.experiment.NasExperiment.save_checkpoint`` / ``load_checkpoint``
+- ``checkpoint_after_each_trial``: ``NasExperiment.execution_engine_factory`` /
+  ``ExecutionEngine.dispatch_model_event`` (checkpoint only at start and stop)
+- ``websocket_keep_comments``: ``nni.runtime.command_channel.websocket.connection.WsConnection.receive``
+  (its ``nni.load``) and ``TunerCommandChannel.receive`` (its ``load``)
+- ``trial_runs_own_parameter``: ``nni.runtime.trial_command_channel.v3.TrialCommandChannelV3.receive_parameter``
+  and the trial command built by ``NasExperimentConfig._canonicalize``
+- ``engine_pairs_reported_parameter``: ``TrainingServiceExecutionEngine._report_metric_data_callback``,
+  ``._trial_end_callback`` and ``.list_models``
+- ``nnictl_view_profile``: ``NasExperiment._stop_nni_manager`` (the profile ``nnictl view`` reloads)
+- ``manager_dies_with_driver``: ``nni.experiment.launcher.start_experiment``
+- ``oneshot_default_config``: ``NasExperimentConfig.default``
+- ``oneshot_log_every_n_steps``: ``nni.nas.oneshot.pytorch.strategy.OneShotStrategy.mutate_evaluator``
 """
 from __future__ import annotations
 
+import contextlib
+import json
+import logging
+import os
+import runpy
+import shlex
+import sqlite3
+import subprocess
+import sys
+import time
+import urllib.request
 import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+_logger = logging.getLogger(__name__)
 
 _APPLIED = False
+
+
+@dataclass
+class _Patch:
+    name: str
+    owner: Any          # module or class whose attribute is replaced
+    attr: str
+    original: Any       # the raw attribute (``owner.__dict__`` entry for classes)
+    replacement: Any
+    inherited: bool     # the class inherited the attribute: undoing the fix deletes the override
+
+    def install(self) -> None:
+        setattr(self.owner, self.attr, self.replacement)
+
+    def uninstall(self) -> None:
+        if self.inherited:
+            if self.attr in self.owner.__dict__:
+                delattr(self.owner, self.attr)
+        else:
+            setattr(self.owner, self.attr, self.original)
+
+
+_PATCHES: dict[str, list[_Patch]] = {}
+
+
+def _patch(name: str, owner: Any, attr: str, make: Callable[[Any], Any]) -> None:
+    """Replace ``owner.attr`` by ``make(original)`` and remember both under fix ``name``."""
+    inherited = isinstance(owner, type) and attr not in owner.__dict__
+    original = owner.__dict__[attr] if isinstance(owner, type) and not inherited else getattr(owner, attr)
+    replacement = make(original)
+    if isinstance(original, classmethod) and not isinstance(replacement, classmethod):
+        replacement = classmethod(replacement)
+    patch = _Patch(name, owner, attr, original, replacement, inherited)
+    _PATCHES.setdefault(name, []).append(patch)
+    patch.install()
+
+
+def patch_names() -> list[str]:
+    """Names of the fixes applied by :func:`apply`."""
+    return list(_PATCHES)
+
+
+def revert(*names: str) -> None:
+    """Undo the named fixes for the rest of this process (all fixes if no name is given)."""
+    for name in names or list(_PATCHES):
+        if name not in _PATCHES:
+            raise ValueError(f'Unknown NNI compatibility fix {name!r}; known fixes: {patch_names()}')
+        for patch in _PATCHES[name]:
+            patch.uninstall()
+
+
+@contextlib.contextmanager
+def unpatched(*names: str) -> Iterator[None]:
+    """Temporarily run NNI without the named fixes (all fixes if no name is given)."""
+    names = names or tuple(_PATCHES)
+    revert(*names)
+    try:
+        yield
+    finally:
+        for name in names:
+            for patch in _PATCHES[name]:
+                patch.install()
 
 
 def _silence_layer_wrapping_warnings() -> None:
@@ -21,12 +121,578 @@ def _silence_layer_wrapping_warnings() -> None:
     warnings.filterwarnings("ignore", message=r".*is found to be not a nn\.Module.*", category=RuntimeWarning)
 
 
+# ---------------------------------------------------------------------------------------------
+# Resume: torch.load, the tuner channel's resume-time commands, a failed resume's checkpoint.
+# ---------------------------------------------------------------------------------------------
+
+def _fix_torch_load_weights_only() -> None:
+    """``TorchSerializer.load`` (``nni/nas/utils/serializer.py:148``) calls ``torch.load`` without
+    ``weights_only``; torch >= 2.6 defaults it to ``True`` and refuses the pickled strategy state
+    (e.g. ``nni.nas.strategy.evolution.Individual``), so ``NasExperiment.resume()`` fails with
+    ``UnpicklingError``. The checkpoint is NNI's own file, so it is loaded with
+    ``weights_only=False``."""
+    from nni.nas.utils import serializer
+
+    def make(original):
+        def load(self, path: Path):
+            import torch
+            path = serializer._find_path_with_prefix(path, self.suffix)
+            return torch.load(str(path), map_location=self._map_location, weights_only=False)
+        load.__doc__ = original.__doc__
+        return load
+
+    _patch('torch_load_weights_only', serializer.TorchSerializer, 'load', make)
+
+
+@dataclass
+class IgnoredCommand:
+    """A tuner command a NAS strategy has no use for (no callback is registered for it)."""
+    command_type: Any
+    content: str
+
+
+def _fix_tuner_channel_resume_commands() -> None:
+    """On resume the NNI manager replays finished trials to the tuner as ``ImportData`` and
+    ``AddCustomizedTrialJob`` commands. ``TunerCommandChannel.receive``
+    (``nni/runtime/tuner_command_channel/channel.py:204``) raises ``ValueError`` on them, which kills
+    the listener thread, and the strategy waits forever. NAS strategies restore their history from
+    their own checkpoint, so both commands are received and ignored (logged at debug level)."""
+    from nni.runtime.tuner_command_channel import channel as channel_module
+    from nni.runtime.tuner_command_channel.command_type import CommandType
+
+    ignored = (CommandType.ImportData, CommandType.AddCustomizedTrialJob)
+
+    def make(original):
+        def receive(self):
+            command_type, content = self._receive()
+            if command_type in ignored:
+                _logger.debug('Ignoring %s sent by the NNI manager (NAS strategies resume from their '
+                              'own checkpoint).', command_type)
+                return IgnoredCommand(command_type, content)
+            # Hand the command already read to NNI's own decoder.
+            self._receive = lambda: (command_type, content)
+            try:
+                return original(self)
+            finally:
+                del self._receive
+        receive.__doc__ = original.__doc__
+        return receive
+
+    _patch('tuner_channel_resume_commands', channel_module.TunerCommandChannel, 'receive', make)
+
+
+def _fix_failed_resume_keeps_checkpoint() -> None:
+    """``NasExperiment.stop`` (``nni/nas/experiment/experiment.py:278``) always calls
+    ``save_checkpoint``. When ``resume()`` failed before the strategy state was loaded (e.g. the
+    ``torch.load`` error above), that overwrites ``checkpoint/state.ckpt`` with the fresh, empty
+    strategy state and the search is lost. A resumed experiment now writes its state only after
+    ``load_checkpoint`` has loaded it."""
+    from nni.nas.experiment import NasExperiment
+
+    def make_load(original):
+        def load_checkpoint(self) -> None:
+            original(self)
+            if self._engine is not None:
+                # The state (or its absence) has been read: saving from now on keeps the history.
+                self._nni_plugins_resume_pending = False
+        load_checkpoint.__doc__ = original.__doc__
+        return load_checkpoint
+
+    def make_start(original):
+        def _start_engine_and_strategy(self) -> None:
+            self._nni_plugins_resume_pending = self._action == 'resume'
+            return original(self)
+        return _start_engine_and_strategy
+
+    def make_save(original):
+        def save_checkpoint(self) -> None:
+            if getattr(self, '_nni_plugins_resume_pending', False):
+                _logger.warning('Resume of experiment %s did not load its checkpoint; the checkpoint in %s '
+                                'is kept as it was.', self.id, self._checkpoint_directory)
+                return
+            original(self)
+        save_checkpoint.__doc__ = original.__doc__
+        return save_checkpoint
+
+    _patch('failed_resume_keeps_checkpoint', NasExperiment, 'load_checkpoint', make_load)
+    _patch('failed_resume_keeps_checkpoint', NasExperiment, '_start_engine_and_strategy', make_start)
+    _patch('failed_resume_keeps_checkpoint', NasExperiment, 'save_checkpoint', make_save)
+
+
+def _fix_checkpoint_after_each_trial() -> None:
+    """``NasExperiment`` saves its checkpoint before the strategy starts and in ``stop()`` only
+    (``nni/nas/experiment/experiment.py:226,278``). A driver that dies mid-search (SIGKILL, a job
+    time limit) leaves the checkpoint of the start, so ``resume()`` forgets every finished trial and
+    the strategy samples them again. The engine created by ``NasExperiment.execution_engine_factory``
+    now saves the experiment checkpoint after each ``TrainingEnd`` event has reached the strategy
+    (``ExecutionEngine.dispatch_model_event``)."""
+    import weakref
+    from nni.nas.execution.event import ModelEventType
+    from nni.nas.execution.training_service import TrainingServiceExecutionEngine
+    from nni.nas.experiment import NasExperiment
+
+    def make_factory(original):
+        def execution_engine_factory(self, config):
+            engine = original(self, config)
+            experiment = weakref.ref(self)
+
+            def save() -> None:
+                if experiment() is not None:
+                    experiment().save_checkpoint()
+            engine._nni_plugins_after_training_end = save
+            return engine
+        execution_engine_factory.__doc__ = original.__doc__
+        return execution_engine_factory
+
+    def make_dispatch(original):
+        def dispatch_model_event(self, event, **kwargs):
+            result = original(self, event, **kwargs)
+            save = getattr(self, '_nni_plugins_after_training_end', None)
+            if save is not None and getattr(event, 'event_type', None) == ModelEventType.TrainingEnd:
+                save()
+            return result
+        dispatch_model_event.__doc__ = original.__doc__
+        return dispatch_model_event
+
+    _patch('checkpoint_after_each_trial', NasExperiment, 'execution_engine_factory', make_factory)
+    _patch('checkpoint_after_each_trial', TrainingServiceExecutionEngine, 'dispatch_model_event', make_dispatch)
+
+
+# ---------------------------------------------------------------------------------------------
+# Lost messages: json_tricks' comment stripper on the tuner websocket.
+# ---------------------------------------------------------------------------------------------
+
+def _load_keeping_comments(*args, **kwargs):
+    """``nni.load`` with ``ignore_comments=False``: NNI never sends JSON with comments."""
+    import nni
+    kwargs.setdefault('ignore_comments', False)
+    return nni.load(*args, **kwargs)
+
+
+class _NniKeepingComments:
+    """Stands in for the ``nni`` module inside the websocket connection module: everything is
+    NNI's, except that ``load`` keeps "comments"."""
+
+    load = staticmethod(_load_keeping_comments)
+
+    def __getattr__(self, name: str) -> Any:
+        import nni
+        return getattr(nni, name)
+
+
+def _fix_websocket_keep_comments() -> None:
+    """``WsConnection.receive`` (``nni/runtime/command_channel/websocket/connection.py:116``) decodes
+    every message with ``nni.load(msg)``, whose default ``ignore_comments=True``
+    (``nni/common/serializer.py:428``) runs json_tricks' comment stripper. The stripper takes ``//``
+    inside a doubly escaped string (base64 pickles of untraced evaluator arguments contain it) for a
+    comment, the JSON no longer parses, the channel closes (code 4001) and reconnects, and the
+    message, e.g. a ``TrialEnd``, is lost. Both decoders on the tuner channel (the websocket one and
+    ``TunerCommandChannel.receive``'s ``load``) now pass ``ignore_comments=False``."""
+    from nni.runtime.command_channel.websocket import connection
+    from nni.runtime.tuner_command_channel import channel as channel_module
+
+    _patch('websocket_keep_comments', connection, 'nni', lambda original: _NniKeepingComments())
+    _patch('websocket_keep_comments', channel_module, 'load', lambda original: _load_keeping_comments)
+
+
+# ---------------------------------------------------------------------------------------------
+# trial_concurrency > 1: which trial runs which architecture.
+# ---------------------------------------------------------------------------------------------
+
+TRIAL_ENTRY = 'import nni_plugins.compat as c; c.trial_main()'
+
+
+def trial_main() -> None:
+    """Entry of trials launched by a patched :class:`~nni.nas.experiment.NasExperiment` on the local
+    training service: ``python -c "<TRIAL_ENTRY>" -m nni.nas.execution.training_service trial``.
+
+    Importing this module applied the fixes (among them ``trial_runs_own_parameter``); the NNI
+    trial module then runs exactly as NNI launches it."""
+    args = sys.argv[1:]
+    if len(args) < 2 or args[0] != '-m':
+        raise SystemExit('usage: python -c "%s" -m <module> [args...]' % TRIAL_ENTRY)
+    sys.argv = [args[1], *args[2:]]
+    runpy.run_module(args[1], run_name='__main__', alter_sys=True)
+
+
+def _manager_rest_root() -> str | None:
+    """REST root of the NNI manager, seen from a trial of the local training service: the trial's
+    command channel is served by the manager itself at ``<root>/env/<env id>/<trial id>``."""
+    url = os.environ.get('NNI_TRIAL_COMMAND_CHANNEL', '')
+    if os.environ.get('NNI_PLATFORM') != 'local' or not url.startswith('http://') or '/env/' not in url:
+        return None
+    return url.rsplit('/env/', 1)[0].rstrip('/')
+
+
+def _fetch_own_parameter(timeout: float = 30.0) -> dict | None:
+    """The parameter the NNI manager recorded for this trial (``GET /trial-jobs/<id>``), i.e. what
+    the web portal and ``list_trial_jobs()`` show for it."""
+    root = _manager_rest_root()
+    trial_id = os.environ.get('NNI_TRIAL_JOB_ID')
+    if root is None or not trial_id:
+        return None
+    deadline = time.time() + timeout
+    while True:
+        try:
+            with urllib.request.urlopen(f'{root}/api/v1/nni/trial-jobs/{trial_id}', timeout=10) as resp:
+                detail = json.loads(resp.read())
+            hyper_parameters = detail.get('hyperParameters') or []
+            if hyper_parameters:
+                return _load_keeping_comments(hyper_parameters[0])
+        except Exception as error:  # the manager may not have stored the trial yet
+            _logger.debug('Trial %s: parameter not available from the NNI manager yet: %r', trial_id, error)
+        if time.time() > deadline:
+            _logger.warning('Trial %s: could not read its own parameter from the NNI manager; running the '
+                            'one handed out by the training service.', trial_id)
+            return None
+        time.sleep(0.5)
+
+
+def _fix_trial_runs_own_parameter() -> None:
+    """With ``trial_concurrency > 1`` the local (v3) training service hands the queued parameters
+    to whichever trial *asks first* (``nni_node/training_service/v3/compat.js:79,193-199``), not to
+    the trial each was submitted for, while the manager's database (web portal, REST API,
+    ``TrainingServiceExecutionEngine.list_models``) and ``TrialEnd`` events keep the submitted
+    pairing. Result: metrics attached to the wrong architecture and a wrong
+    ``export_top_models()``.
+
+    Fix, Python side only: a NAS experiment on the local training service launches its trials
+    through :func:`trial_main` (``NasExperimentConfig._canonicalize`` builds the trial command with
+    this module's entry point), and in the trial ``TrialCommandChannelV3.receive_parameter`` still
+    takes one parameter from the queue (so the queue stays balanced) but returns the trial's *own*
+    parameter, read from the manager's REST API. Every trial then runs the architecture the manager
+    recorded for it, and metrics, ``TrialEnd`` and database agree."""
+    from nni.nas.experiment.config import NasExperimentConfig
+    from nni.runtime.trial_command_channel import v3
+
+    def make_receive(original):
+        def receive_parameter(self):
+            received = original(self)
+            own = _fetch_own_parameter()
+            if own is None:
+                return received
+            if received is not None and received.get('parameter_id') != own.get('parameter_id'):
+                _logger.info('Training service handed parameter %s to this trial; running its own '
+                             'parameter %s instead.', received.get('parameter_id'), own.get('parameter_id'))
+            return own
+        receive_parameter.__doc__ = original.__doc__
+        return receive_parameter
+
+    def make_canonicalize(original):
+        def _canonicalize(self, parents):
+            params = dict(self._trial_command_params or {})
+            if 'python' not in params and _is_local(self.training_service):
+                params['python'] = f'{shlex.quote(sys.executable)} -c {shlex.quote(TRIAL_ENTRY)}'
+                self._trial_command_params = params
+            return original(self, parents)
+        return _canonicalize
+
+    _patch('trial_runs_own_parameter', v3.TrialCommandChannelV3, 'receive_parameter', make_receive)
+    _patch('trial_runs_own_parameter', NasExperimentConfig, '_canonicalize', make_canonicalize)
+
+
+def _is_local(training_service: Any) -> bool:
+    """Local training service, or none set yet (which canonicalises to local)."""
+    from nni.experiment.config import utils as config_utils
+    if config_utils.is_missing(training_service):
+        return True
+    return getattr(training_service, 'platform', None) == 'local'
+
+
+def _fix_engine_pairs_reported_parameter() -> None:
+    """Second line of defence for the same hand-out bug on training services where a trial cannot
+    reach the manager's REST API (remote, Kubernetes): a trial's metrics carry the parameter id it
+    really received, while ``TrialEnd`` (``TrainingServiceExecutionEngine._trial_end_callback``) and
+    the database rows ``list_models`` rebuilds models from carry the submitted one. The engine now
+    remembers, per trial job, the parameter id its metrics reported, sends ``TrainingEnd`` to that
+    model, and ``list_models`` pairs a final metric with the parameter whose id it reported."""
+    from nni.nas.execution.training_service import TrainingServiceExecutionEngine
+    from nni.runtime.tuner_command_channel.command_type import TrialEnd
+
+    def make_metric(original):
+        def _report_metric_data_callback(self, command):
+            if command.parameter_id is not None:
+                self.__dict__.setdefault('_nni_plugins_ran', {})[command.trial_job_id] = command.parameter_id
+            return original(self, command)
+        return _report_metric_data_callback
+
+    def make_end(original):
+        def _trial_end_callback(self, command):
+            ran = self.__dict__.get('_nni_plugins_ran', {}).get(command.trial_job_id)
+            if ran is not None and list(command.parameter_ids) != [ran]:
+                _logger.info('Trial %s ran parameter %s (submitted as %s).', command.trial_job_id, ran,
+                             command.parameter_ids)
+                command = TrialEnd(trial_job_id=command.trial_job_id, parameter_ids=[ran], event=command.event)
+            return original(self, command)
+        return _trial_end_callback
+
+    def make_list(original):
+        def list_models(self, status=None):
+            trials = list(self.nodejs_binding.list_trial_jobs())
+            params = {trial.hyperParameters[0].parameter_id: trial.hyperParameters[0]
+                      for trial in trials if len(trial.hyperParameters) == 1}
+            for trial in trials:
+                if len(trial.hyperParameters) == 1 and trial.finalMetricData:
+                    ran = trial.finalMetricData[-1].parameterId
+                    if ran in params and ran != trial.hyperParameters[0].parameter_id:
+                        trial.hyperParameters = [params[ran]]
+            # NNI's own rebuild, fed the corrected rows (materialised before the binding is restored).
+            binding = self.nodejs_binding
+            self.nodejs_binding = _FixedTrialList(binding, trials)
+            try:
+                models = list(original(self, status))
+            finally:
+                self.nodejs_binding = binding
+            yield from models
+        list_models.__doc__ = original.__doc__
+        return list_models
+
+    _patch('engine_pairs_reported_parameter', TrainingServiceExecutionEngine, '_report_metric_data_callback',
+           make_metric)
+    _patch('engine_pairs_reported_parameter', TrainingServiceExecutionEngine, '_trial_end_callback', make_end)
+    _patch('engine_pairs_reported_parameter', TrainingServiceExecutionEngine, 'list_models', make_list)
+
+
+class _FixedTrialList:
+    """The experiment binding, except that ``list_trial_jobs`` returns an already corrected list."""
+
+    def __init__(self, binding: Any, trials: list):
+        self._binding = binding
+        self._trials = trials
+
+    def list_trial_jobs(self):
+        return self._trials
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._binding, name)
+
+
+# ---------------------------------------------------------------------------------------------
+# nnictl view, orphaned managers.
+# ---------------------------------------------------------------------------------------------
+
+def viewable_profile(params: dict) -> dict:
+    """The stored experiment profile made acceptable to ``NasExperimentConfig`` when ``nnictl view``
+    reloads it: no legacy search space, and the trial code directory relative (``.``), because
+    ``_canonicalize`` (``nni/nas/experiment/config/experiment.py:167-172``) rejects both a
+    customised search space and a code directory other than the current directory."""
+    params = dict(params)
+    params.pop('searchSpace', None)
+    params['trialCodeDirectory'] = '.'
+    if isinstance(params.get('trainingService'), dict):
+        params['trainingService'] = dict(params['trainingService'], trialCodeDirectory='.')
+    return params
+
+
+def make_profile_viewable(database: Path, experiment_id: str) -> bool:
+    """Append a revision of the experiment profile, made by :func:`viewable_profile`, to the NNI
+    manager's database (the newest revision is what ``nnictl view`` loads)."""
+    if not database.exists():
+        return False
+    with contextlib.closing(sqlite3.connect(str(database))) as conn, conn:
+        row = conn.execute('SELECT params, revision FROM ExperimentProfile WHERE id=? ORDER BY revision DESC',
+                           (experiment_id,)).fetchone()
+        if row is None:
+            return False
+        params = json.loads(row[0])
+        if params.get('experimentType') != 'nas':
+            return False
+        fixed = viewable_profile(params)
+        if fixed == params:
+            return True
+        columns = [info[1] for info in conn.execute('PRAGMA table_info(ExperimentProfile)')]
+        old = conn.execute(f'SELECT {", ".join(columns)} FROM ExperimentProfile WHERE id=? AND revision=?',
+                           (experiment_id, row[1])).fetchone()
+        values = dict(zip(columns, old), params=json.dumps(fixed), revision=row[1] + 1)
+        conn.execute(f'INSERT INTO ExperimentProfile ({", ".join(columns)}) VALUES ({", ".join("?" * len(columns))})',
+                     [values[c] for c in columns])
+    return True
+
+
+def _fix_nnictl_view_profile() -> None:
+    """``nnictl view <id>`` of a NAS experiment raises ``ValueError: search_space field can not be
+    customized``: it reloads the newest stored profile, which holds the legacy search space that
+    ``NasExperiment._send_space_to_nni_manager`` pushed for the web portal, and an absolute trial
+    code directory that must equal nnictl's cwd. ``nnictl`` runs in its own process without our
+    packages, so the fix is in the stored profile: once the NNI manager of a NAS experiment has
+    stopped (``NasExperiment._stop_nni_manager``), a viewable revision is appended to its database."""
+    from nni.nas.experiment import NasExperiment
+
+    def make(original):
+        def _stop_nni_manager(self) -> None:
+            had_manager = self._proc is not None
+            original(self)
+            if had_manager:
+                try:
+                    root = Path(self.config.canonical_copy().experiment_working_directory)
+                    make_profile_viewable(root / self.id / 'db' / 'nni.sqlite', self.id)
+                except Exception:
+                    _logger.exception('Could not make experiment %s viewable by nnictl view.', self.id)
+        return _stop_nni_manager
+
+    _patch('nnictl_view_profile', NasExperiment, '_stop_nni_manager', make)
+
+
+_WATCHDOG = r'''
+import os, signal, sys, time
+driver, manager, experiment_id = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
+signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+def alive(pid):
+    try:
+        with open('/proc/%d/stat' % pid) as f:
+            return f.read().rsplit(')', 1)[1].split()[0] not in ('Z', 'X')
+    except OSError:
+        return False
+
+def driver_alive():
+    return os.getppid() == driver and alive(driver)
+
+while alive(manager) and driver_alive():
+    time.sleep(1)
+if driver_alive():
+    sys.exit(0)  # the manager stopped normally; the driver records that
+if alive(manager):
+    os.kill(manager, signal.SIGTERM)
+    for _ in range(50):
+        if not alive(manager):
+            break
+        time.sleep(0.2)
+    else:
+        os.kill(manager, signal.SIGKILL)
+from nni.tools.nnictl.config_utils import Experiments
+experiments = Experiments()
+if experiment_id in experiments.get_all_experiments():
+    experiments.update_experiment(experiment_id, 'status', 'STOPPED')
+    experiments.update_experiment(experiment_id, 'endTime', int(time.time() * 1000))
+'''
+
+
+def _fix_manager_dies_with_driver() -> None:
+    """``nni.experiment.launcher.start_experiment`` starts ``node main.js`` in its own process
+    group and relies on ``atexit`` to stop it, so a driver killed by SIGKILL or SIGTERM (a job
+    timeout, the OOM killer) leaves the NNI manager running, holding its port and trials, and the
+    ``.experiment`` manifest listing the experiment as running. For managers started in background
+    or foreground mode (not ``detach``, which is meant to outlive the driver) a small watchdog
+    process now follows the driver: when the driver is gone it stops the manager (SIGTERM, then
+    SIGKILL) and marks the manifest entry ``STOPPED``."""
+    from nni.experiment import launcher
+
+    def make(original):
+        def start_experiment(action, exp_id, config, port, debug, run_mode, *args, **kwargs):
+            proc = original(action, exp_id, config, port, debug, run_mode, *args, **kwargs)
+            if getattr(run_mode, 'value', run_mode) != 'detach' and sys.platform.startswith('linux'):
+                subprocess.Popen([sys.executable, '-c', _WATCHDOG, str(os.getpid()), str(proc.pid), exp_id],
+                                 stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                 start_new_session=True)
+            return proc
+        start_experiment.__doc__ = original.__doc__
+        return start_experiment
+
+    _patch('manager_dies_with_driver', launcher, 'start_experiment', make)
+
+
+# ---------------------------------------------------------------------------------------------
+# One-shot runs.
+# ---------------------------------------------------------------------------------------------
+
+def _fix_oneshot_default_config() -> None:
+    """``NasExperimentConfig.default`` sets a ``local`` training service even when it picks the
+    sequential engine of a one-shot strategy, and every later ``canonical_copy()`` warns
+    "`training_service` will be ignored for sequential execution engine" (17 times in a short
+    run). The default config of a sequential engine now leaves the training service unset; its
+    canonical form is the same (``local``), without the warnings."""
+    import dataclasses
+    from nni.nas.experiment.config import NasExperimentConfig, SequentialEngineConfig
+
+    def make(original):
+        def default(cls, model_space, evaluator, strategy):
+            config = original.__func__(cls, model_space, evaluator, strategy)
+            if isinstance(config.execution_engine, SequentialEngineConfig):
+                config.training_service = dataclasses.MISSING
+            return config
+        default.__doc__ = original.__func__.__doc__
+        return default
+
+    _patch('oneshot_default_config', NasExperimentConfig, 'default', make)
+
+
+def _fix_oneshot_log_every_n_steps() -> None:
+    """One-shot Lightning modules log the architecture probabilities (``prob/<label>/<choice>``)
+    every ``log_prob_every_n_step`` steps (default 10), but Lightning only writes logged values
+    every ``Trainer(log_every_n_steps=50)`` steps: a 24-step DARTS run wrote no ``prob/*`` scalar at
+    all. ``OneShotStrategy.mutate_evaluator`` now lowers the trainer's ``log_every_n_steps`` to the
+    module's ``log_prob_every_n_step`` when it is larger."""
+    from nni.nas.oneshot.pytorch.strategy import OneShotStrategy
+
+    def make(original):
+        def mutate_evaluator(self, evaluator):
+            mutated = original(self, evaluator)
+            every = getattr(mutated.module, 'log_prob_every_n_step', None)
+            trainer = getattr(mutated, 'trainer', None)
+            current = getattr(trainer, 'log_every_n_steps', None)
+            if isinstance(every, int) and every > 0 and isinstance(current, int) and current > every:
+                _logger.info('Lightning log_every_n_steps lowered from %d to %d so that architecture '
+                             'probabilities logged every %d steps are written.', current, every, every)
+                trainer.log_every_n_steps = every
+            return mutated
+        mutate_evaluator.__doc__ = original.__doc__
+        return mutate_evaluator
+
+    _patch('oneshot_log_every_n_steps', OneShotStrategy, 'mutate_evaluator', make)
+
+
+def _fix_hpo_strategy_idle_sleep() -> None:
+    """``HPOTunerStrategy._run`` (``nni/nas/strategy/hpo.py:68-90``, the loop of NNI's ``TPE``
+    strategy) sleeps 1 s after every model it submits, even when a worker is idle: on the
+    sequential engine or a table benchmark that is 1 s of idling per query (150 s for a 150-query
+    run). The loop now sleeps only while no worker is idle, as ``Strategy.wait_for_resource`` does;
+    what it asks the tuner and submits is otherwise NNI's."""
+    from nni.nas.strategy import hpo
+
+    def make(original):
+        def _run(self) -> None:
+            space = {label: mutable.as_legacy_dict() for label, mutable in self.model_space.simplify().items()}
+            with self._thread_lock:
+                self.tuner.update_search_space(space)
+            while self.engine.budget_available():
+                if not self.engine.idle_worker_available():
+                    time.sleep(1.)
+                    continue
+                with self._thread_lock:
+                    try:
+                        param = self.tuner.generate_parameters(self._model_count)
+                    except hpo.nni.NoMoreTrialError:
+                        hpo._logger.warning('No more trial generated by tuner. Stopping.')
+                        break
+                    model = self.model_space.freeze(param)
+                    self._model_to_id[model] = self._model_count
+                    self._model_count += 1
+                self.engine.submit_models(model)
+        _run.__doc__ = original.__doc__
+        return _run
+
+    _patch('hpo_strategy_idle_sleep', hpo.HPOTunerStrategy, '_run', make)
+
+
 def apply() -> None:
     """Apply every fix once (idempotent)."""
     global _APPLIED
     if _APPLIED:
         return
     _silence_layer_wrapping_warnings()
+    _fix_torch_load_weights_only()
+    _fix_tuner_channel_resume_commands()
+    _fix_failed_resume_keeps_checkpoint()
+    _fix_checkpoint_after_each_trial()
+    _fix_websocket_keep_comments()
+    _fix_trial_runs_own_parameter()
+    _fix_engine_pairs_reported_parameter()
+    _fix_nnictl_view_profile()
+    _fix_manager_dies_with_driver()
+    _fix_oneshot_default_config()
+    _fix_oneshot_log_every_n_steps()
+    _fix_hpo_strategy_idle_sleep()
     _APPLIED = True
 
 

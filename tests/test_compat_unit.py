@@ -1,0 +1,295 @@
+"""Fast tests of the NNI 3.0 compatibility fixes (nni_plugins.compat) that need no NNI manager.
+
+Each test shows the failure with the fix undone (``compat.unpatched``) and the repaired behaviour
+with it. Fixes that need a running NNI manager are proven in test_compat_experiments.py.
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import threading
+
+import pytest
+import torch
+from torch import nn
+
+import nni_plugins.compat as compat
+import nni
+from nni.nas.evaluator import FunctionalEvaluator
+from nni.nas.experiment import NasExperiment, NasExperimentConfig
+from nni.nas.nn.pytorch import LayerChoice, ModelSpace
+from nni.nas.strategy import RegularizedEvolution
+from nni.runtime.command_channel.websocket import connection
+from nni.runtime.tuner_command_channel.channel import TunerCommandChannel
+from nni.runtime.tuner_command_channel.command_type import CommandType, RequestTrialJobs, TrialEnd
+
+from tests.nni_harness import TinySpace, UntracedBox, arch_metric, evaluate_model
+
+
+def test_every_fix_is_registered_and_apply_is_idempotent():
+    names = compat.patch_names()
+    assert {'torch_load_weights_only', 'tuner_channel_resume_commands', 'failed_resume_keeps_checkpoint',
+            'websocket_keep_comments', 'trial_runs_own_parameter', 'engine_pairs_reported_parameter',
+            'nnictl_view_profile', 'manager_dies_with_driver', 'oneshot_default_config',
+            'oneshot_log_every_n_steps'} <= set(names)
+    compat.apply()
+    assert compat.patch_names() == names
+    with pytest.raises(ValueError, match='Unknown NNI compatibility fix'):
+        compat.revert('no_such_fix')
+
+
+def test_unpatched_restores_inherited_and_own_attributes():
+    own = NasExperiment.__dict__['save_checkpoint']
+    assert '_stop_nni_manager' in NasExperiment.__dict__           # patched override of an inherited method
+    with compat.unpatched('failed_resume_keeps_checkpoint', 'nnictl_view_profile'):
+        assert NasExperiment.__dict__['save_checkpoint'] is not own
+        assert '_stop_nni_manager' not in NasExperiment.__dict__    # back to Experiment._stop_nni_manager
+    assert NasExperiment.__dict__['save_checkpoint'] is own
+
+
+# --- resume: torch.load and a failed resume -------------------------------------------------------
+
+def _sequential_experiment(workdir, exp_id):
+    config = NasExperimentConfig('sequential', 'simplified')
+    config.execution_engine.max_model_count = 5
+    config.experiment_working_directory = str(workdir)
+    strategy = RegularizedEvolution(population_size=4, sample_size=2, seed=1)
+    return NasExperiment(TinySpace(), FunctionalEvaluator(evaluate_model), strategy, config, id=exp_id), strategy
+
+
+def _population_on_disk(workdir, exp_id):
+    state = torch.load(workdir / exp_id / 'checkpoint' / 'state.ckpt.torch', weights_only=False)
+    return [(dict(ind.x), ind.y) for ind in state['strategy']['population']]
+
+
+@pytest.fixture
+def searched(tmp_path):
+    """A finished in-process search whose checkpoint holds a population of 4 (no NNI manager, no
+    manifest: the experiment's engine/strategy start is called directly)."""
+    exp, strategy = _sequential_experiment(tmp_path, 'seq')
+    exp._action = 'create'
+    exp._start_engine_and_strategy()
+    exp.save_checkpoint()
+    population = _population_on_disk(tmp_path, 'seq')
+    assert len(population) == 4 and all(y == arch_metric(x) for x, y in population)
+    return tmp_path, population
+
+
+def _resume(workdir):
+    exp, strategy = _sequential_experiment(workdir, 'seq')
+    exp._action = 'resume'
+    exp.load_checkpoint()       # what NasExperiment.resume() does before starting
+    return exp, strategy
+
+
+def test_resume_loads_strategy_state_under_torch_2_6(searched):
+    workdir, population = searched
+    exp, strategy = _resume(workdir)
+    with compat.unpatched('torch_load_weights_only'):
+        with pytest.raises(Exception, match='Weights only load failed|weights_only'):
+            exp._start_engine_and_strategy()
+    from nni.nas.utils.serializer import get_default_serializer
+    state = get_default_serializer().load(workdir / 'seq' / 'checkpoint' / 'state.ckpt')
+    assert [(dict(i.x), i.y) for i in state['strategy']['population']] == population
+    exp, strategy = _resume(workdir)
+    exp._start_engine_and_strategy()            # loads the state, then searches on
+    # The strategy goes on from the 5 individuals and the population of the first run.
+    assert strategy._individual_counter >= 5
+    assert [(dict(i.x), i.y) for i in strategy._population][:4 - (strategy._individual_counter - 5)] == \
+        population[strategy._individual_counter - 5:]
+
+
+def test_failed_resume_keeps_the_checkpoint(searched):
+    workdir, population = searched
+    # Without the fix: the failed resume's stop() overwrites the checkpoint with an empty state.
+    with compat.unpatched('torch_load_weights_only', 'failed_resume_keeps_checkpoint'):
+        exp, _ = _resume(workdir)
+        with pytest.raises(Exception):
+            exp._start_engine_and_strategy()
+        exp.save_checkpoint()                   # what stop() (atexit) does
+    assert _population_on_disk(workdir, 'seq') == []
+
+    # With the fix (torch.load still failing): the checkpoint is left as it was.
+    exp, strategy = _sequential_experiment(workdir, 'seq2')
+    exp._action = 'create'
+    exp._start_engine_and_strategy()
+    exp.save_checkpoint()
+    kept = _population_on_disk(workdir, 'seq2')
+    with compat.unpatched('torch_load_weights_only'):
+        exp, _ = _sequential_experiment(workdir, 'seq2')
+        exp._action = 'resume'
+        with pytest.raises(Exception):
+            exp._start_engine_and_strategy()
+        exp.save_checkpoint()
+    assert _population_on_disk(workdir, 'seq2') == kept and len(kept) == 4
+
+
+# --- the tuner command channel ------------------------------------------------------------------
+
+class _ScriptedChannel(TunerCommandChannel):
+    """A tuner channel whose incoming commands come from a list instead of a websocket."""
+
+    def __init__(self, commands):
+        super().__init__('ws://127.0.0.1:1/tuner')   # not connected
+        self._script = list(commands)
+
+    def _receive(self):
+        return self._script.pop(0)
+
+
+def test_resume_commands_are_ignored_not_fatal():
+    commands = [(CommandType.ImportData, '[{"parameter": {}, "value": 1}]'),
+                (CommandType.AddCustomizedTrialJob, '{}'),
+                (CommandType.RequestTrialJobs, '2')]
+    with compat.unpatched('tuner_channel_resume_commands'):
+        with pytest.raises(ValueError, match='Unknown command type'):
+            _ScriptedChannel(commands).receive()
+    channel = _ScriptedChannel(commands)
+    first, second, third = channel.receive(), channel.receive(), channel.receive()
+    assert isinstance(first, compat.IgnoredCommand) and first.command_type == CommandType.ImportData
+    assert isinstance(second, compat.IgnoredCommand) and second.command_type == CommandType.AddCustomizedTrialJob
+    assert third == RequestTrialJobs(2)
+
+
+def test_trial_end_with_double_slash_in_nested_json_is_decoded():
+    """A traced evaluator argument that is itself JSON with '//' (a URL) sits two string levels
+    deep in the TrialEnd content; TunerCommandChannel.receive's load() stripped it as a comment."""
+    parameters = {'parameter_id': 7, 'parameters': {'arg': json.dumps({'url': 'http://example.org/x'})}}
+    content = json.dumps({'trial_job_id': 'abc', 'event': 'SUCCEEDED', 'hyper_params': json.dumps(parameters)})
+    with compat.unpatched('websocket_keep_comments'):
+        with pytest.raises(json.JSONDecodeError):
+            _ScriptedChannel([(CommandType.TrialEnd, content)]).receive()
+    assert _ScriptedChannel([(CommandType.TrialEnd, content)]).receive() == \
+        TrialEnd(trial_job_id='abc', parameter_ids=[7], event='SUCCEEDED')
+
+
+class _FakeWebsocket:
+    def __init__(self, message: str):
+        self.message = message
+
+    async def recv(self):
+        return self.message
+
+
+@pytest.fixture
+def event_loop_thread(monkeypatch):
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+    monkeypatch.setattr(connection, '_event_loop', loop)
+    yield
+    loop.call_soon_threadsafe(loop.stop)
+    thread.join(5)
+    loop.close()
+
+
+def test_websocket_message_with_untraced_pickle_is_not_lost(event_loop_thread):
+    """The TrialEnd websocket message of a trial whose evaluator holds an untraced object: the
+    base64 pickle (here containing '//') sits two string levels deep in the message."""
+    hyper_params = nni.dump({'parameter_id': 3, 'parameters': {'box': UntracedBox(b'\xff' * 48)}})
+    assert '//' in hyper_params
+    content = json.dumps({'trial_job_id': 'abc', 'event': 'SUCCEEDED', 'hyper_params': hyper_params})
+    message = json.dumps({'type': 'EN', 'content': content})
+    conn = connection.WsConnection('ws://127.0.0.1:1/tuner')
+    conn._ws = _FakeWebsocket(message)
+    with compat.unpatched('websocket_keep_comments'):
+        with pytest.raises(json.JSONDecodeError):
+            conn.receive()
+    assert conn.receive() == {'type': 'EN', 'content': content}
+
+
+# --- nnictl view's stored profile -------------------------------------------------------------------
+
+def test_viewable_profile_passes_nas_config_canonicalisation(tmp_path, monkeypatch):
+    config = NasExperimentConfig('ts', 'simplified', 'local')
+    config.trial_concurrency = 2
+    config.experiment_working_directory = str(tmp_path)
+    stored = config.canonical_copy().json()
+    stored['searchSpace'] = {'a': {'_type': 'choice', '_value': [0, 1, 2, 3]}}   # pushed for the portal
+    elsewhere = tmp_path / 'elsewhere'
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)                                               # nnictl runs from anywhere
+    from nni.experiment.config import ExperimentConfig
+    with pytest.raises(ValueError, match='search_space'):
+        ExperimentConfig(**stored).canonical_copy()
+    viewable = ExperimentConfig(**compat.viewable_profile(stored)).canonical_copy()
+    assert isinstance(viewable, NasExperimentConfig) and viewable.trial_concurrency == stored['trialConcurrency']
+
+
+# --- one-shot runs ----------------------------------------------------------------------------------
+
+class _OneShotSpace(ModelSpace):
+    def __init__(self):
+        super().__init__()
+        self.fc = LayerChoice([nn.Linear(4, 2), nn.Sequential(nn.Linear(4, 2), nn.Tanh())], label='fc')
+
+    def forward(self, x):
+        return self.fc(x)
+
+
+def _classification(tmp_path, **trainer_kwargs):
+    from nni.nas.evaluator.pytorch import Classification, DataLoader
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randn(96, 4, generator=generator)
+    y = (x[:, 0] > 0).long()
+    data = torch.utils.data.TensorDataset(x, y)
+    return Classification(train_dataloaders=DataLoader(data, batch_size=8),
+                          val_dataloaders=DataLoader(data, batch_size=8), num_classes=2,
+                          enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+                          **trainer_kwargs)
+
+
+class _Count(logging.Handler):
+    def __init__(self):
+        super().__init__()
+        self.messages = []
+
+    def emit(self, record):
+        self.messages.append(record.getMessage())
+
+
+def test_oneshot_default_config_does_not_warn_about_training_service(tmp_path):
+    from nni.nas.strategy import DARTS
+    handler = _Count()
+    config_logger = logging.getLogger('nni.nas.experiment.config.experiment')
+    config_logger.addHandler(handler)
+    try:
+        with compat.unpatched('oneshot_default_config'):
+            config = NasExperimentConfig.default(_OneShotSpace(), _classification(tmp_path, max_epochs=1), DARTS())
+            for _ in range(5):
+                config.canonical_copy()
+        unpatched = [m for m in handler.messages if 'training_service' in m]
+        handler.messages.clear()
+        config = NasExperimentConfig.default(_OneShotSpace(), _classification(tmp_path, max_epochs=1), DARTS())
+        for _ in range(5):
+            canonical = config.canonical_copy()
+        patched = [m for m in handler.messages if 'training_service' in m]
+    finally:
+        config_logger.removeHandler(handler)
+    assert len(unpatched) == 5 and patched == []
+    assert canonical.training_service.platform == 'local' and canonical.trial_concurrency == 1
+
+
+def _prob_columns_after_darts(tmp_path, name):
+    from nni.nas.strategy import DARTS
+    from pytorch_lightning.loggers import CSVLogger
+    evaluator = _classification(tmp_path, max_epochs=2, logger=CSVLogger(str(tmp_path), name=name))
+    config = NasExperimentConfig.default(_OneShotSpace(), evaluator, DARTS())
+    config.experiment_working_directory = str(tmp_path / name)
+    exp = NasExperiment(_OneShotSpace(), evaluator, DARTS(), config, id=name)
+    exp._action = 'create'
+    exp._start_engine_and_strategy()     # the one-shot run, without writing the NNI manifest
+    written = list((tmp_path / name).rglob('metrics.csv'))
+    if not written:                      # Lightning wrote no metric at all
+        return set()
+    lines = written[0].read_text().splitlines()
+    header = lines[0].split(',')
+    rows = [dict(zip(header, line.split(','))) for line in lines[1:]]
+    return {column for column in header for row in rows if column.startswith('prob/') and row[column]}
+
+
+def test_oneshot_architecture_probabilities_reach_the_logger(tmp_path):
+    with compat.unpatched('oneshot_log_every_n_steps'):
+        assert _prob_columns_after_darts(tmp_path, 'unpatched') == set()
+    assert _prob_columns_after_darts(tmp_path, 'patched') == {'prob/fc/0', 'prob/fc/1'}
