@@ -3,7 +3,7 @@
 NAS-Bench-201 (Dong & Yang, ICLR 2020) describes a cell by an *arch string*
 ``|op~0|+|op~0|op~1|+|op~0|op~1|op~2|``, where the op on the edge from node ``j`` to node ``i``
 appears as ``op~j`` in the ``i``-th group. NNI's hub :class:`nni.nas.hub.pytorch.NasBench201`
-labels the same edges ``{i-1}_{i}`` style as ``"{j}_{i}"`` (``0_1, 0_2, 1_2, 0_3, 1_3, 2_3``)
+labels the edge from node ``j`` to node ``i`` ``"{j}_{i}"`` (``0_1, 0_2, 1_2, 0_3, 1_3, 2_3``)
 inside a label scope (``cell/0_1`` ...), and names the convolutions ``conv_1x1``/``conv_3x3``
 where the benchmark API says ``nor_conv_1x1``/``nor_conv_3x3``. The helpers below accept both
 spellings and any label-scope prefix.
