@@ -25,17 +25,23 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from nni.nas.oneshot.pytorch.differentiable import DartsLightningModule
+from nni.nas.oneshot.pytorch.strategy import no_default_hook
+from nni.nas.oneshot.pytorch.supermodule.differentiable import (
+    DifferentiableMixedInput, DifferentiableMixedRepeat, MixedOpDifferentiablePolicy,
+)
+from nni.nas.oneshot.pytorch.supermodule.operation import NATIVE_MIXED_OPERATIONS
 from nni.nas.strategy import DARTS
 from torch.func import functional_call
 
 from .aux_models import CifarResNet
+from .oneshot_common import MixedCell, MixedLayer, SoftmaxWeights, check_searchable_space
 
 __all__ = ["TETLO", "TETLOLightningModule", "qrs_loss", "sample_quadruples"]
 
 _logger = logging.getLogger(__name__)
 
 _HYPERGRADIENTS = ("finite_difference", "exact")
-_BASES = ("darts",)
+_BASES = ("darts", "pcdarts")
 
 
 # --------------------------------------------------------------------------------------------
@@ -218,8 +224,9 @@ class TETLOLightningModule(DartsLightningModule):
     3. an auxiliary step, SGD on ``L_tr^X(V) + λ·L_QRS(V; W)`` with the main model's features from
        step 2 (detached; the same batch).
 
-    Logs ``qrs_loss``, ``aux_loss``, ``aux_acc`` (classification targets) and ``hypergrad_norm`` per
-    step and as epoch means, ``aux_lr`` per epoch, and ``prob/<label>/<choice>`` every
+    Logs ``qrs_loss``, ``aux_loss``, ``aux_acc`` (classification targets), ``aux_val_loss``,
+    ``hypergrad_norm`` and ``hypergrad_unrolled_norm`` (the part of the hypergradient that is not
+    ``γ·∇_A L_val^M``: the transfer and second-order terms) per step and as epoch means, ``aux_lr`` per epoch, and ``prob/<label>/<choice>`` every
     ``log_prob_every_n_step`` steps and at every epoch end.
     """
 
@@ -493,7 +500,8 @@ class TETLOLightningModule(DartsLightningModule):
         val_main = self._main_loss(val_batch, batch_idx)
         grads = _grads_or_zeros(torch.autograd.grad(val_main, [*W, *A], allow_unused=True), [*W, *A])
         g_w = [self.gamma * g - self.lambda_qrs * m for g, m in zip(grads[:len(W)], mixed_w)]
-        hyper = [self.gamma * g - self.lambda_qrs * m for g, m in zip(grads[len(W):], mixed_a)]
+        direct = [self.gamma * g for g in grads[len(W):]]
+        hyper = [d - self.lambda_qrs * m for d, m in zip(direct, mixed_a)]
 
         # Through W'(A): −∂²L_tr^M/∂A∂W · (ξ_w ⊙ g_W), by central differences in W around W.
         direction_w = [g * lr for g, lr in zip(g_w, xi_w)]
@@ -508,8 +516,13 @@ class TETLOLightningModule(DartsLightningModule):
                 loss = self._main_loss(train_batch, batch_idx)
                 grads_a.append(_grads_or_zeros(torch.autograd.grad(loss, A, allow_unused=True), A))
             hyper = [h - (gp - gm) / (2 * eps_w) for h, gp, gm in zip(hyper, *grads_a)]
-        stats = {"main_val_loss": float(val_main.detach()), "aux_val_loss": float(aux_val.detach())}
-        return hyper, stats
+        return hyper, self._stats(hyper, direct, val_main, aux_val)
+
+    def _stats(self, hyper, direct, val_main, aux_val) -> dict[str, float]:
+        return {"main_val_loss": float(val_main.detach()), "aux_val_loss": float(aux_val.detach()),
+                "hypergrad_norm": float(_norm(hyper)),
+                # the part of the hypergradient that comes from unrolling (transfer + second order)
+                "hypergrad_unrolled_norm": float(_norm([h - d for h, d in zip(hyper, direct)]))}
 
     def _hypergradient_exact(self, train_batch, val_batch, batch_idx, quads):
         """Autograd through both unrolled steps (``create_graph=True``); memory grows accordingly."""
@@ -533,9 +546,9 @@ class TETLOLightningModule(DartsLightningModule):
         logits_val, _ = self._aux_forward(x_v, v1)
         aux_val = self.aux_criterion(logits_val, y_v)
         val_main = self._main_loss(val_batch, batch_idx, w1)
+        direct = _grads_or_zeros(torch.autograd.grad(self.gamma * val_main, A, retain_graph=True, allow_unused=True), A)
         hyper = _grads_or_zeros(torch.autograd.grad(aux_val + self.gamma * val_main, A, allow_unused=True), A)
-        stats = {"main_val_loss": float(val_main.detach()), "aux_val_loss": float(aux_val.detach())}
-        return hyper, stats
+        return hyper, self._stats(hyper, direct, val_main, aux_val)
 
     # ---- training loop ---------------------------------------------------------------------
     def training_step(self, batch, batch_idx):
@@ -551,8 +564,8 @@ class TETLOLightningModule(DartsLightningModule):
             for p, g in zip(self._arch_params, hyper):
                 p.grad = g.detach().to(p.dtype)
             arc_optim.step()
-            self._log_step("hypergrad_norm", float(_norm(hyper)))
-            self._log_step("aux_val_loss", stats["aux_val_loss"])
+            for key in ("hypergrad_norm", "hypergrad_unrolled_norm", "aux_val_loss"):
+                self._log_step(key, stats[key])
 
         # Level 1: weight step with the evaluator's optimiser.
         self.resample()
@@ -614,6 +627,23 @@ class TETLOLightningModule(DartsLightningModule):
 # Strategy
 # --------------------------------------------------------------------------------------------
 
+class _EdgeNormalizedCell(MixedCell):
+    """:class:`~strategies.oneshot_common.MixedCell` with PC-DARTS edge normalisation: node ``i`` sums
+    its input edges weighted by ``softmax(β_i)`` (Xu et al., ICLR 2020, Eq. 4), so the edge parameters
+    are unconstrained and any gradient optimiser (here Adam) can update them."""
+
+    def _edge_weight(self, i: int, j: int, deterministic: bool) -> torch.Tensor | None:
+        key = f"{self.label}/{i}/edges"
+        return F.softmax(self._arch_edge[key], dim=-1) if key in self._arch_edge else None
+
+    def export_probs(self, memo):
+        probs = super().export_probs(memo)
+        for key, beta in self._arch_edge.items():
+            if key in probs:
+                probs[key] = dict(enumerate(F.softmax(beta.detach(), dim=-1).cpu().tolist()))
+        return probs
+
+
 def _check_number(name: str, value: Any, *, minimum: float = 0.0, strict: bool = False, allow_none: bool = False,
                   integer: bool = False) -> None:
     if value is None and allow_none:
@@ -651,7 +681,11 @@ class TETLO(DARTS):
     with the evaluator's optimiser, V step; the architecture is exported like :class:`DARTS`
     (argmax per choice).
 
-    "TETLO-X": ``base="darts"`` (default) runs on NNI's DARTS supernet (softmax-weighted mixed ops).
+    "TETLO-X": ``base="darts"`` (default) runs on NNI's own DARTS supernet (softmax-weighted mixed
+    ops, NNI's export); ``base="pcdarts"`` on PC-DARTS (Xu et al., ICLR 2020): partial channels (1/K
+    of the channels through the candidate ops, channel shuffle) on every ``LayerChoice`` and
+    ``Cell`` edge, and edge normalisation ``softmax(β)`` over each cell node's inputs, built from
+    :mod:`strategies.oneshot_common` (``MixedLayer``/``MixedCell``, the DARTS export rule for cells).
 
     Works with the Lightning evaluators and model spaces NNI's :class:`~nni.nas.strategy.DARTS`
     accepts, with three extra requirements, each checked with a clear error: batches are
@@ -681,6 +715,9 @@ class TETLO(DARTS):
     - Batch-norm statistics touched by the hypergradient's extra forward passes are restored, so
       only the W and V steps change the models; the evaluator's metrics are not logged for those
       passes (NNI's DARTS logs its architecture-step loss as ``train_loss``).
+    - PC-DARTS base: edge parameters start uniform (PC-DARTS: 1e-3·N(0, 1)); PC-DARTS' own
+      schedule (15 warm-up epochs of 50, arch lr 6e-4, batch 256) is not imposed, TETLO's defaults
+      apply to both bases.
     - The paper's second stage (retraining the derived cell for 600 epochs) is outside the search
       strategy, as for NNI's :class:`DARTS`.
 
@@ -693,7 +730,9 @@ class TETLO(DARTS):
         of outputs and the input channels of the space's first ``nn.Conv2d``. A strategy object
         owns its auxiliary model: use a new one per experiment.
     base
-        The differentiable NAS method TETLO runs on: ``"darts"``.
+        The differentiable NAS method TETLO runs on: ``"darts"`` or ``"pcdarts"``.
+    partial_k
+        K of PC-DARTS (``base="pcdarts"`` only): 1/K of the channels go through the candidate ops.
     lambda_qrs
         λ, weight of the QRS loss in the auxiliary's objective.
     gamma
@@ -730,7 +769,7 @@ class TETLO(DARTS):
         Other parameters of :class:`~nni.nas.strategy.DARTS` (``mutation_hooks``).
     """
 
-    def __init__(self, *, aux_model: nn.Module | None = None, base: str = "darts",
+    def __init__(self, *, aux_model: nn.Module | None = None, base: str = "darts", partial_k: int = 4,
                  lambda_qrs: float = 1.0, gamma: float = 1.0, tau: float = 0.1, num_quadruples: int = 256,
                  warmup_epochs: int | None = None, hypergradient: str = "finite_difference",
                  unroll_lr_w: float | None = None, unroll_lr_v: float | None = None, fd_epsilon: float = 0.01,
@@ -748,6 +787,7 @@ class TETLO(DARTS):
             raise ValueError(f"TETLO: base must be one of {_BASES}, got {base!r}")
         if hypergradient not in _HYPERGRADIENTS:
             raise ValueError(f"TETLO: hypergradient must be one of {_HYPERGRADIENTS}, got {hypergradient!r}")
+        _check_number("partial_k", partial_k, minimum=1, integer=True)
         _check_number("lambda_qrs", lambda_qrs)
         _check_number("gamma", gamma)
         _check_number("tau", tau, strict=True)
@@ -774,7 +814,9 @@ class TETLO(DARTS):
         super().__init__(arc_learning_rate=arc_learning_rate, gradient_clip_val=gradient_clip_val,
                          log_prob_every_n_step=log_prob_every_n_step, warmup_epochs=warmup_epochs or 0, **kwargs)
         self.base = base
+        self.partial_k = partial_k
         self.warmup_epochs = warmup_epochs
+        self._arch_weights: SoftmaxWeights | None = None
         self._module_kwargs = dict(
             aux_model=aux_model, lambda_qrs=lambda_qrs, gamma=gamma, tau=tau, num_quadruples=num_quadruples,
             hypergradient=hypergradient, unroll_lr_w=unroll_lr_w, unroll_lr_v=unroll_lr_v, fd_epsilon=fd_epsilon,
@@ -782,6 +824,38 @@ class TETLO(DARTS):
             aux_lr_min=aux_lr_min, aux_gradient_clip_val=aux_gradient_clip_val,
             main_feature_module=main_feature_module, aux_feature_module=aux_feature_module,
             aux_criterion=aux_criterion)
+
+    def configure_softmax(self) -> nn.Module:
+        if self.base == "pcdarts":
+            if self._arch_weights is None:
+                self._arch_weights = SoftmaxWeights()
+            return self._arch_weights
+        return super().configure_softmax()
+
+    def default_mutation_hooks(self):
+        if self.base == "darts":
+            return super().default_mutation_hooks()
+        hooks = [MixedLayer.mutate, DifferentiableMixedInput.mutate, _EdgeNormalizedCell.mutate,
+                 DifferentiableMixedRepeat.mutate]
+        hooks += [operation.mutate for operation in NATIVE_MIXED_OPERATIONS]
+        hooks.append(no_default_hook)
+        return hooks
+
+    def mutate_model(self, model):
+        if self.base == "pcdarts":
+            check_searchable_space(model)
+            self._arch_weights = SoftmaxWeights()
+        return super().mutate_model(model)
+
+    def run_hook(self, hook, name, module, memo):
+        if self.base == "darts":
+            return super().run_hook(hook, name, module, memo)
+        if not memo.get("_validated"):
+            memo.update(self._arch_parameters)
+            memo["_validated"] = True
+        kwargs = {"mixed_op_sampling": MixedOpDifferentiablePolicy, "softmax": self.configure_softmax(),
+                  "partial_k": self.partial_k, "edge_weights": True, "zero_op": True}
+        return hook(module, name, memo, kwargs)
 
     def configure_oneshot_module(self, training_module) -> TETLOLightningModule:
         return TETLOLightningModule(

@@ -9,13 +9,14 @@ import torch.nn as nn
 import torch.nn.functional as F
 from nni.nas.evaluator.pytorch import Classification, DataLoader
 from nni.nas.evaluator.pytorch.lightning import ClassificationModule
-from nni.nas.nn.pytorch import InputChoice, LayerChoice, ModelSpace
+from nni.nas.nn.pytorch import Cell, InputChoice, LayerChoice, ModelSpace
 from torch.func import functional_call
 from torch.utils.data import TensorDataset
 
 from strategies import TETLO
 from strategies.aux_models import CifarResNet
-from strategies.tetlo import TETLOLightningModule, _StepCaller, qrs_loss, sample_quadruples
+from strategies.oneshot_common import MixedLayer
+from strategies.tetlo import TETLOLightningModule, _EdgeNormalizedCell, _StepCaller, qrs_loss, sample_quadruples
 
 
 class TinySpace(ModelSpace):
@@ -39,15 +40,32 @@ class TinySpace(ModelSpace):
         return self.classifier(self.pool(self.inp([a, b])).flatten(1))
 
 
+class TinyCellSpace(ModelSpace):
+    """An NNI Cell (two nodes, one input each) and a LayerChoice, for the PC-DARTS base."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Conv2d(3, 8, 3, padding=1)
+        self.cell = Cell({"conv": lambda n, o, i: nn.Conv2d(8, 8, 3, padding=1),
+                          "pool": lambda n, o, i: nn.AvgPool2d(3, 1, 1),
+                          "skip": lambda n, o, i: nn.Identity()},
+                         num_nodes=2, num_ops_per_node=1, num_predecessors=1, label="cell")
+        self.op = LayerChoice([nn.Conv2d(16, 16, 3, padding=1), nn.Identity()], label="op")
+        self.classifier = nn.Linear(16, 3)
+
+    def forward(self, x):
+        return self.classifier(self.op(self.cell(torch.tanh(self.stem(x)))).mean((2, 3)))
+
+
 def _tiny_aux(classes: int = 3) -> nn.Module:
     return nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.Tanh(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
                          nn.Linear(4, classes))
 
 
-def _module(dtype=torch.float32, bn=True, **kwargs) -> TETLOLightningModule:
-    """A prepared TETLO Lightning module on TinySpace, without a trainer."""
+def _module(dtype=torch.float32, bn=True, space=None, **kwargs) -> TETLOLightningModule:
+    """A prepared TETLO Lightning module on TinySpace (or ``space``), without a trainer."""
     torch.manual_seed(0)
-    space = TinySpace(bn=bn)
+    space = TinySpace(bn=bn) if space is None else space
     strategy = TETLO(aux_model=_tiny_aux(), unroll_lr_w=0.5, unroll_lr_v=0.5, **kwargs)
     strategy.mutate_model(space)
     training_module = ClassificationModule(num_classes=3)
@@ -81,6 +99,28 @@ def test_finite_difference_hypergradient_matches_exact(gamma):
     assert exact.norm() > 0
     assert F.cosine_similarity(fd, exact, dim=0) > 0.99
     assert torch.allclose(fd, exact, rtol=1e-3, atol=1e-7)
+
+
+def test_pcdarts_base_partial_channels_edge_normalisation_and_hypergradient():
+    module = _module(torch.float64, space=TinyCellSpace(), base="pcdarts", partial_k=2, gamma=0.0)
+    space = module.model
+    assert isinstance(space.cell, _EdgeNormalizedCell) and isinstance(space.op, MixedLayer)
+    assert space.op.partial_k == 2 and space.op[0].in_channels == 8  # 16 channels, half through the ops
+    edges = [p for p in module.arch_params if p.numel() == 2 and p is not space.op._arch_alpha]
+    assert edges, "PC-DARTS edge parameters are architecture parameters"
+    with torch.no_grad():
+        edges[0].copy_(torch.tensor([2.0, 0.0]))
+    assert torch.allclose(space.cell._edge_weight(2, 0, False), F.softmax(edges[0], -1))
+    probs = module.export_probs()
+    assert abs(sum(probs["cell/2/edges"].values()) - 1) < 1e-9 and probs["cell/2/edges"][0] > 0.8
+    train, val = _batches(torch.float64)
+    quads = sample_quadruples(8, 64, generator=torch.Generator().manual_seed(4))
+    fd = _flat(module.compute_hypergradient(train, val, quadruples=quads)[0])
+    exact = _flat(module.compute_hypergradient(train, val, quadruples=quads, mode="exact")[0])
+    assert exact.norm() > 0 and F.cosine_similarity(fd, exact, dim=0) > 0.99
+    sample = module.export()
+    assert sample["cell/input_2_0"] == [0] and sample["op"] in (0, 1)
+    TinyCellSpace().freeze(sample)
 
 
 def _unrolled_objective(module, train, val, quads, xi=0.5):
@@ -205,7 +245,7 @@ def test_end_to_end_nas_experiment_exports_valid_sample(tmp_path, monkeypatch):
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
     monkeypatch.setenv("NNI_CONFIG_DIR", str(tmp_path / "nni-config"))
     torch.manual_seed(0)
-    data = TensorDataset(torch.randn(32, 3, 8, 8), torch.randint(0, 3, (32,)))
+    data = TensorDataset(torch.randn(16, 3, 8, 8), torch.randint(0, 3, (16,)))
     evaluator = Classification(
         learning_rate=0.05, optimizer=torch.optim.SGD, num_classes=3,
         train_dataloaders=DataLoader(data, batch_size=8), val_dataloaders=DataLoader(data, batch_size=8),
@@ -235,7 +275,7 @@ def test_end_to_end_nas_experiment_exports_valid_sample(tmp_path, monkeypatch):
     tags = set(events.Tags()["scalars"])
     assert {"qrs_loss", "aux_acc", "prob/op/0", "prob/op2/1"} <= tags
     # Aux parameters are not in the evaluator's optimiser; the architecture moved away from its
-    # 1e-3-scale initialisation (4 Adam steps of lr 0.05).
+    # 1e-3-scale initialisation (2 Adam steps of lr 0.05).
     weight_opt = [o for o in module.trainer.optimizers if not getattr(o, "is_arch_optimizer", False)]
     assert len(weight_opt) == 1
     aux_ids = {id(p) for p in module.aux_model.parameters()}
@@ -286,6 +326,8 @@ def _prepare(space, **kwargs):
 def test_unsupported_models_raise_clear_errors():
     with pytest.raises(ValueError, match="_NoLinearSpace has no nn.Linear; pass main_feature_module"):
         _prepare(_NoLinearSpace())
+    with pytest.raises(ValueError, match="'op'.* cannot be searched"):
+        _prepare(TinySpace(), base="pcdarts", partial_k=3)  # 4 channels do not split into 3 parts
     with pytest.raises(ValueError, match="no submodule named 'head'"):
         _prepare(TinySpace(), main_feature_module="head")
     with pytest.raises(ValueError, match="auxiliary model.*Conv2d has no nn.Linear"):
