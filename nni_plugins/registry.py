@@ -19,7 +19,9 @@ class StrategySpec:
 
     ``target`` is ``"module:attr"``; ``kind`` is ``"multi-trial"`` or ``"one-shot"``;
     ``defaults`` are keyword arguments applied before the user's; ``seed_arg`` names the
-    constructor argument that takes the seed (``None`` when the strategy has none).
+    constructor argument that takes the seed (``None`` when the strategy has none);
+    ``forwards_to`` names the class that receives the strategy's ``**kwargs`` when that is not a
+    base class (NNI's ``TPE`` passes them to ``TpeTuner``).
     """
 
     name: str
@@ -28,6 +30,8 @@ class StrategySpec:
     description: str
     defaults: tuple[tuple[str, Any], ...] = ()
     seed_arg: str | None = None
+    forwards_to: str | None = None  # "module:Class" that receives the strategy's **kwargs
+
 
     def load(self) -> Callable[..., Any]:
         module, _, attr = self.target.partition(":")
@@ -37,8 +41,8 @@ class StrategySpec:
             raise ValueError(f"Strategy {self.name!r} ({self.target}) is not available: {err}") from err
 
 
-def _spec(name, target, kind, description, seed_arg=None, **defaults) -> StrategySpec:
-    return StrategySpec(name, target, kind, description, tuple(defaults.items()), seed_arg)
+def _spec(name, target, kind, description, seed_arg=None, forwards_to=None, **defaults) -> StrategySpec:
+    return StrategySpec(name, target, kind, description, tuple(defaults.items()), seed_arg, forwards_to)
 
 
 STRATEGIES: dict[str, StrategySpec] = {s.name: s for s in [
@@ -48,7 +52,9 @@ STRATEGIES: dict[str, StrategySpec] = {s.name: s for s in [
     _spec("rea", "nni.nas.strategy:RegularizedEvolution", "multi-trial",
           "NNI regularized evolution (population 20, sample 5, mutation 1/6)", seed_arg="seed",
           population_size=20, sample_size=5, mutation_prob=1 / 6, dedup=True),
-    _spec("tpe", "nni.nas.strategy:TPE", "multi-trial", "NNI TPE via its HPO tuner"),
+    # NNI's TPE() minimises by default; every metric here is an accuracy, so it maximises.
+    _spec("tpe", "nni.nas.strategy:TPE", "multi-trial", "NNI TPE via its HPO tuner (maximising)",
+          seed_arg="seed", forwards_to="nni.algorithms.hpo.tpe_tuner:TpeTuner", optimize_mode="maximize"),
     _spec("darts", "nni.nas.strategy:DARTS", "one-shot", "NNI DARTS (first order)"),
     _spec("gumbel-darts", "nni.nas.strategy:GumbelDARTS", "one-shot", "NNI GumbelDARTS"),
     _spec("proxyless", "nni.nas.strategy:Proxyless", "one-shot", "NNI ProxylessNAS"),
@@ -83,6 +89,10 @@ def make_strategy(name: str, seed: int | None = None, **kwargs: Any) -> Any:
         args[spec.seed_arg] = seed
     args.update(kwargs)
     known = _accepted_arguments(cls)
+    if known is not None and spec.forwards_to:
+        module, _, attr = spec.forwards_to.partition(":")
+        forwarded = _accepted_arguments(getattr(importlib.import_module(module), attr))
+        known = None if forwarded is None else known | forwarded
     unknown = sorted(set(args) - known) if known is not None else []
     if unknown:
         raise ValueError(f"Invalid arguments for strategy {spec.name!r}: {unknown}; it accepts {sorted(known)}")

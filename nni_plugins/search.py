@@ -29,7 +29,7 @@ __all__ = ["SearchConfig", "SearchResult", "load_config", "run_search"]
 
 _logger = logging.getLogger(__name__)
 
-_ONE_SHOT_EPOCHS = 3
+_ONE_SHOT_EPOCHS = 8
 _MULTI_TRIAL_EPOCHS = 2
 
 
@@ -197,7 +197,7 @@ def run_search(cfg: SearchConfig) -> SearchResult:
     output.mkdir(parents=True, exist_ok=True)
     tb_dir = output / "tensorboard"
     evaluator = build_evaluator(splits, kind=cfg.evaluator, max_epochs=cfg.epochs, batch_size=cfg.batch_size,
-                                output_dir=str(output), accelerator=cfg.accelerator, devices=cfg.devices)
+                                output_dir=str(tb_dir), accelerator=cfg.accelerator, devices=cfg.devices)
     (output / "config.yml").write_text(yaml.safe_dump(dataclasses.asdict(cfg), sort_keys=False))
 
     _seed_everything(cfg.seed)
@@ -211,7 +211,7 @@ def run_search(cfg: SearchConfig) -> SearchResult:
         finally:
             exp.stop()
     else:
-        from nni.nas.strategy import Chain
+        from nni.nas.strategy.middleware import Chain
 
         logger = TrialMetricsLogger(str(tb_dir / "search"), strategy=strategy)
         exp = NasExperiment(space, evaluator, Chain(strategy, logger))

@@ -102,7 +102,7 @@ def test_yaml_config_flags_override_file(tmp_path):
     assert (cfg.strategy, cfg.trials, cfg.seed, cfg.output) == ("rea", 3, 7, "a")
     assert cfg.experiment == {"trial_concurrency": 2}
     assert cfg.epochs == 2  # multi-trial default
-    assert SearchConfig(strategy="darts", output="x").validate().epochs == 3
+    assert SearchConfig(strategy="darts", output="x").validate().epochs == 8
 
 
 def test_python_dash_m_entry_point():

@@ -1,0 +1,115 @@
+"""End-to-end ``nni-plugins search`` and ``nni-plugins benchmark`` runs (real NasExperiments)."""
+from __future__ import annotations
+
+import csv
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from nni_plugins.cli import main
+from nni_plugins.spaces import build_space
+
+REPO = Path(__file__).resolve().parents[1]
+CIFAR_NPZ = REPO.parent / "shared" / "data" / "cifar10_subset.npz"
+
+
+@pytest.fixture(autouse=True)
+def _isolated(tmp_path, monkeypatch):
+    """NNI writes its experiment manifest under $HOME; keep it (and the cwd) in tmp."""
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("NNI_CONFIG_DIR", str(tmp_path / "nni-config"))
+    monkeypatch.chdir(tmp_path)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def _scalar_tags(root: Path) -> set[str]:
+    tags: set[str] = set()
+    for event_file in root.rglob("events.out.tfevents.*"):
+        acc = EventAccumulator(str(event_file))
+        acc.Reload()
+        tags.update(acc.Tags()["scalars"])
+    return tags
+
+
+def test_search_darts_on_digits_writes_json_and_events(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["search", "--strategy", "darts", "--epochs", "1", "--limit", "300", "--output", str(out)]) == 0
+    payload = json.loads((out / "best_architecture.json").read_text())
+    assert payload["strategy"] == "darts" and payload["space"] == "digits"
+    space = build_space("digits", 10, (1, 8, 8))
+    model = space.freeze(payload["sample"])  # a valid sample of the space
+    assert model(torch.zeros(2, 1, 8, 8)).shape == (2, 10)
+    tags = _scalar_tags(out / "tensorboard")
+    assert any(tag.startswith("prob/") for tag in tags), tags  # architecture distribution logged
+    assert not (tmp_path / "lightning_logs").exists()
+    assert "best_architecture.json" in capsys.readouterr().out
+    assert main(["export", str(out)]) == 0
+    assert json.loads(capsys.readouterr().out)["sample"] == payload["sample"]
+
+
+@pytest.mark.skipif(not CIFAR_NPZ.is_file(), reason="needs ../shared/data/cifar10_subset.npz")
+def test_search_yaml_nasbench201_on_cifar_npz_reports_arch_string(tmp_path):
+    config = tmp_path / "run.yml"
+    config.write_text(
+        "strategy: darts\n"
+        "space: nasbench201\n"
+        "space_args: {C: 4, N: 1}\n"
+        "dataset: npz\n"
+        f"data_path: {CIFAR_NPZ}\n"
+        "limit: 128\n"
+        "epochs: 1\n"
+        "batch_size: 32\n"
+        "accelerator: cpu\n"
+        "devices: 1\n"
+        f"output: {tmp_path / 'nb201'}\n"
+    )
+    assert main(["search", "--config", str(config)]) == 0
+    payload = json.loads((tmp_path / "nb201" / "best_architecture.json").read_text())
+    arch = payload["nb201_arch"]
+    assert arch.count("~") == 6 and arch.startswith("|")
+
+
+@pytest.mark.slow
+def test_search_multi_trial_rea_through_nni_manager(tmp_path):
+    """A multi-trial search: NNI manager, local training service, trials in their own processes."""
+    out = tmp_path / "mt"
+    config = tmp_path / "mt.yml"
+    config.write_text(
+        "strategy: rea\n"
+        "strategy_args: {population_size: 2, sample_size: 1}\n"
+        "trials: 3\nepochs: 1\nlimit: 200\n"
+        f"output: {out}\n"
+        "experiment:\n  trial_concurrency: 1\n  training_service: {platform: local, use_active_gpu: false}\n"
+    )
+    env = dict(os.environ)
+    proc = subprocess.run([sys.executable, "-m", "nni_plugins", "search", "--config", str(config)],
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    payload = json.loads((out / "best_architecture.json").read_text())
+    assert 0.0 < payload["metric"] <= 1.0
+    build_space("digits", 10, (1, 8, 8)).freeze(payload["sample"])
+    tags = _scalar_tags(out / "tensorboard")
+    assert {"trial/metric", "search/best_so_far"} <= tags
+    # Each trial's own Lightning logs went to its NNI output directory, not to the cwd.
+    assert list((out / "nni-experiments").rglob("trials/*/tensorboard/events.out.tfevents.*"))
+    assert not (tmp_path / "lightning_logs").exists()
+
+
+def test_benchmark_cli_random_rea(tmp_path, capsys):
+    out = tmp_path / "bench"
+    assert main(["benchmark", "--strategies", "random,rea", "--seeds", "2", "--budget", "30",
+                 "--checkpoints", "10,30", "--output", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "random" in text and "rea" in text and "@30" in text
+    rows = list(csv.DictReader((out / "benchmark.csv").open()))
+    assert {r["strategy"] for r in rows} == {"random", "rea"}
+    assert len(rows) == 2 * 2 * 30
