@@ -116,3 +116,12 @@ def test_export_prints_run_json(tmp_path, capsys):
     assert main(["export", str(tmp_path), "--output", str(tmp_path / "copy.json")]) == 0
     assert json.loads(capsys.readouterr().out) == {"sample": {"a": 1}}
     assert json.loads((tmp_path / "copy.json").read_text()) == {"sample": {"a": 1}}
+
+
+@pytest.mark.parametrize("name", ["search_oneshot.yml", "search_multitrial.yml"])
+def test_example_configs_are_valid(name):
+    from pathlib import Path
+
+    cfg = load_config(Path(__file__).resolve().parents[1] / "examples" / name)
+    strategy_spec(cfg.strategy)
+    assert cfg.output
