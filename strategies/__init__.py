@@ -5,7 +5,9 @@ One-shot (weight sharing): :class:`GAEA`, :class:`DrNAS`, :class:`TETLO`.
 """
 import nni_plugins.compat  # noqa: F401  (leaf module: NNI 3.0 fixes, depends only on nni/torch)
 
+from .drnas import DrNAS
+from .gaea import GAEA
 from .nasgem import NASGEM
 from .tetlo import TETLO
 
-__all__: list[str] = ["NASGEM", "TETLO"]
+__all__: list[str] = ["DrNAS", "GAEA", "NASGEM", "TETLO"]
