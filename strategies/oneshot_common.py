@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import math
 import warnings
 from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence, cast
 

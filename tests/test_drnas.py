@@ -12,7 +12,7 @@ from nni.nas.hub.pytorch import DARTS as DartsSpace, NasBench201
 
 from strategies import DrNAS
 from strategies.drnas import DrNASLightningModule, NB201_STAGES, ProgressiveStage
-from strategies.oneshot_common import DirichletWeights, MixedLayer
+from strategies.oneshot_common import DirichletWeights
 from nni_plugins.registry import make_strategy
 from tests.oneshot_helpers import TinySpace, classification, search
 
