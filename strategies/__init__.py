@@ -5,9 +5,10 @@ One-shot (weight sharing): :class:`GAEA`, :class:`DrNAS`, :class:`TETLO`.
 """
 import nni_plugins.compat  # noqa: F401  (leaf module: NNI 3.0 fixes, depends only on nni/torch)
 
+from .goal import GOAL
 from .drnas import DrNAS
 from .gaea import GAEA
 from .nasgem import NASGEM
 from .tetlo import TETLO
 
-__all__: list[str] = ["DrNAS", "GAEA", "NASGEM", "TETLO"]
+__all__: list[str] = ["GOAL", "DrNAS", "GAEA", "NASGEM", "TETLO"]

@@ -1,0 +1,302 @@
+"""GOAL strategy: surrogate maths, proposals, NNI engine contracts, checkpoints, an end-to-end run."""
+from __future__ import annotations
+
+import io
+import os
+import random
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import nni_plugins.compat  # noqa: F401
+from nni.nas.benchmark import BenchmarkModelSpace
+from nni.nas.evaluator import FunctionalEvaluator
+from nni.nas.execution import ExecutionEngine, SequentialExecutionEngine
+from nni.nas.execution.event import FinalMetricEvent, TrainingEndEvent
+from nni.nas.hub.pytorch import DARTS, NasBench101
+from nni.nas.space import ModelStatus, SimplifiedModelSpace
+
+from nni_plugins.table import NasBench201Table
+from search_spaces.graph import graph_view
+from search_spaces.nasbench201 import sample_to_arch_str
+from strategies import GOAL
+from strategies.goal import DirectedGNN, _Adam, _pairwise_loss, _tau
+
+SMALL = dict(n_init=5, batch_size=4, top_k=3, ascent_steps=8, hidden=16, num_layers=2, ensemble=2, epochs=30)
+
+
+@pytest.fixture(scope="module")
+def table():
+    return NasBench201Table()
+
+
+def run_on_table(table, budget, seed=0, strategy=None, **kwargs):
+    strategy = strategy or GOAL(seed=seed, **{**SMALL, **kwargs})
+    engine = SequentialExecutionEngine(max_model_count=budget)
+    strategy(BenchmarkModelSpace(table), engine)
+    return strategy, [sample_to_arch_str(m.sample) for m in engine.list_models()]
+
+
+# ---------------------------------------------------------------------------------------------------
+# Surrogate
+# ---------------------------------------------------------------------------------------------------
+def test_pairwise_loss_math():
+    y = torch.tensor([3.0, 2.0, 1.0])
+    better = (y[:, None] > y[None, :]).float()
+    good, bad = torch.tensor([30.0, 20.0, 10.0]), torch.tensor([10.0, 20.0, 30.0])
+    assert _pairwise_loss(good, better, "bpr", 0.05) < 1e-4
+    assert _pairwise_loss(bad, better, "bpr", 0.05) > 10
+    assert _pairwise_loss(good, better, "hinge", 0.05) == 0
+    assert torch.isclose(_pairwise_loss(torch.zeros(3), better, "hinge", 0.05), torch.tensor(0.05))
+    # one loss per ensemble member
+    assert _pairwise_loss(torch.stack([good, bad]), better, "bpr", 0.05).shape == (2,)
+
+
+def test_ranking_loss_decreases_and_ranks(table):
+    space = BenchmarkModelSpace(table)
+    view = graph_view(space)
+    rng = np.random.RandomState(0)
+    graphs, ys = [], []
+    for _ in range(60):
+        sample = view.random_sample(rng)
+        graphs.append(view.encode(view.to_graph(sample)))
+        ys.append(table.query(sample))
+    A = torch.from_numpy(np.stack([a for a, _ in graphs]))
+    X = torch.from_numpy(np.stack([x for _, x in graphs]))
+    y = torch.tensor(ys)
+    train, test = slice(0, 40), slice(40, 60)
+    better = (y[train, None] > y[None, train]).float()
+    model = DirectedGNN(len(view.op_vocab), hidden=32, num_layers=2, members=2,
+                        generator=torch.Generator().manual_seed(0))
+    params = list(model.parameters())
+    adam = _Adam(params, 1e-3, 0.0)
+    first = None
+    for _ in range(150):
+        loss = _pairwise_loss(model(A[train], X[train]), better, "bpr", 0.05).sum()
+        first = float(loss) if first is None else first
+        adam.step(torch.autograd.grad(loss, params))
+    assert float(loss) < 0.5 * first
+    with torch.no_grad():
+        pred = model(A[test], X[test]).mean(0).numpy()
+    assert _tau(pred, y[test].numpy()) > 0.3  # ranks unseen architectures better than chance
+
+
+def test_score_is_differentiable_in_graph():
+    view = graph_view(NasBench101(stem_out_channels=4, num_stacks=1, num_modules_per_stack=1))
+    A, X = view.encode(view.to_graph(view.random_sample(np.random.RandomState(0))))
+    A, X = torch.tensor(A[None], requires_grad=True), torch.tensor(X[None], requires_grad=True)
+    model = DirectedGNN(len(view.op_vocab), hidden=16, num_layers=2, members=1,
+                        generator=torch.Generator().manual_seed(0))
+    gA, gX = torch.autograd.grad(model(A, X).sum(), (A, X))
+    assert torch.isfinite(gA).all() and torch.isfinite(gX).all()
+    assert gA[0][torch.from_numpy(view.edge_mask())].abs().sum() > 0 and gX.abs().sum() > 0
+
+
+def test_invalid_arguments():
+    with pytest.raises(ValueError, match="batch_size"):
+        GOAL(batch_size=0)
+    with pytest.raises(TypeError, match="epochs"):
+        GOAL(epochs=1.5)
+    with pytest.raises(ValueError, match="loss"):
+        GOAL(loss="mse")
+    with pytest.raises(ValueError, match="epsilon"):
+        GOAL(epsilon=2)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Strategy on the NB201 table (NNI's SequentialExecutionEngine)
+# ---------------------------------------------------------------------------------------------------
+def test_runs_on_table_without_repeats(table):
+    strategy, archs = run_on_table(table, 30)
+    assert len(archs) == 30 and len(set(archs)) == 30
+    assert len(strategy.evaluated) == 30
+    assert strategy.num_proposals == 30 and strategy.proposal_seconds > 0
+    history = strategy.surrogate_history
+    assert len(history) >= 4 and all(r["num_train"] >= 5 for r in history)
+    assert any(r.get("kendall_tau") is not None for r in history)
+    assert all(-1 <= r["kendall_tau_all"] <= 1 for r in history if r.get("kendall_tau_all") is not None)
+    best = max(strategy.list_models(limit=1), key=lambda m: m.metric)
+    assert best.metric == max(v for _, v in strategy.evaluated)
+
+
+def test_same_seed_same_proposals(table):
+    _, first = run_on_table(table, 22, seed=3)
+    _, second = run_on_table(table, 22, seed=3)
+    _, other = run_on_table(table, 22, seed=4)
+    assert first == second
+    assert first != other
+
+
+def test_state_round_trip_continues_exactly(table):
+    _, straight = run_on_table(table, 26, seed=1)
+    part, head = run_on_table(table, 15, seed=1)
+    buffer = io.BytesIO()
+    torch.save(part.state_dict(), buffer)   # NNI's checkpoints go through a serializer too
+    buffer.seek(0)
+    state = torch.load(buffer, weights_only=False)
+    resumed = GOAL(seed=1, **SMALL)
+    engine = SequentialExecutionEngine(max_model_count=11)
+    resumed.initialize(BenchmarkModelSpace(table), engine)
+    resumed.load_state_dict(state)
+    resumed.run()
+    tail = [sample_to_arch_str(m.sample) for m in engine.list_models()]
+    assert head + tail == straight
+    assert len(resumed.evaluated) == 26
+
+
+# ---------------------------------------------------------------------------------------------------
+# Out-of-order results and failed trials
+# ---------------------------------------------------------------------------------------------------
+class ShuffledEngine(ExecutionEngine):
+    """``concurrency`` trials in flight; a random one finishes whenever a worker is needed; every
+    ``fail_every``-th finishing trial fails without a metric."""
+
+    def __init__(self, metric_fn, budget, concurrency=3, fail_every=0, seed=0):
+        super().__init__()
+        self.metric_fn, self.budget, self.concurrency, self.fail_every = metric_fn, budget, concurrency, fail_every
+        self.rng = random.Random(seed)
+        self.pending, self.history, self.finished = [], [], 0
+
+    def submit_models(self, *models):
+        for model in models:
+            model.status = ModelStatus.Training
+            self.pending.append(model)
+            self.history.append(model)
+
+    def _finish_one(self):
+        model = self.pending.pop(self.rng.randrange(len(self.pending)))
+        self.finished += 1
+        if self.fail_every and self.finished % self.fail_every == 0:
+            self.dispatch_model_event(TrainingEndEvent(model, ModelStatus.Failed))
+        else:
+            self.dispatch_model_event(FinalMetricEvent(model, self.metric_fn(model.sample)))
+            self.dispatch_model_event(TrainingEndEvent(model, ModelStatus.Trained))
+
+    def idle_worker_available(self):
+        if len(self.pending) >= self.concurrency:
+            self._finish_one()
+        return len(self.pending) < self.concurrency
+
+    def budget_available(self):
+        return len(self.history) < self.budget
+
+    def wait_models(self, *models):
+        while self.pending:
+            self._finish_one()
+
+    def list_models(self, status=None):
+        return [m for m in self.history if status is None or m.status == status]
+
+    def shutdown(self):
+        pass
+
+
+@pytest.mark.timeout(600)
+@pytest.mark.parametrize("fail_every", [4, 1])
+def test_out_of_order_and_failed_trials(table, fail_every):
+    engine = ShuffledEngine(table.query, budget=30, concurrency=3, fail_every=fail_every, seed=fail_every)
+    strategy = GOAL(seed=0, **SMALL)
+    strategy(BenchmarkModelSpace(table), engine)
+    archs = [sample_to_arch_str(m.sample) for m in engine.history]
+    assert len(archs) == 30 and len(set(archs)) == 30        # budget spent, nothing repeated
+    failed = [m for m in engine.history if m.status == ModelStatus.Failed]
+    assert len(failed) == 30 // fail_every
+    assert len(strategy.evaluated) == 30 - len(failed)
+    assert {sample_to_arch_str(s) for s, _ in strategy.evaluated}.isdisjoint(
+        {sample_to_arch_str(m.sample) for m in failed})
+    if fail_every == 4:
+        assert strategy.surrogate_history  # the surrogate was used despite out-of-order results
+
+
+def _graph_metric(view):
+    def metric(sample):
+        graph = view.to_graph(sample)
+        convs = sum(op.startswith(("conv3x3", "sep_conv", "conv_")) for op in graph.ops)
+        return convs + 0.1 * int(graph.adjacency.sum())
+    return metric
+
+
+@pytest.mark.parametrize("space_fn", [
+    lambda: NasBench101(stem_out_channels=4, num_stacks=1, num_modules_per_stack=1),
+    lambda: DARTS(width=4, num_cells=4),
+], ids=["nb101", "darts"])
+def test_valid_proposals_on_hub_spaces(space_fn):
+    space = SimplifiedModelSpace.from_model(space_fn(), FunctionalEvaluator(lambda model: None))
+    view = graph_view(space)
+    engine = ShuffledEngine(_graph_metric(view), budget=20, concurrency=2)
+    strategy = GOAL(seed=0, **SMALL)
+    strategy(space, engine)
+    keys = [view.to_graph(m.sample).key() for m in engine.history]
+    assert len(keys) == 20 and len(set(keys)) == 20
+    for model in engine.history:
+        for constraint in view.constraints:   # NB101: <= 9 edges, connected; NNI's own check
+            assert constraint.check_contains(dict(model.sample)) is None
+    assert strategy.surrogate_history
+
+
+# ---------------------------------------------------------------------------------------------------
+# End to end: a real NNI experiment that trains on digits
+# ---------------------------------------------------------------------------------------------------
+def train_digits(model_cls):
+    """Trial body: a few hundred SGD steps on scikit-learn's digits, report test accuracy."""
+    import nni
+    from sklearn.datasets import load_digits
+
+    torch.manual_seed(0)
+    data = load_digits()
+    x = torch.tensor(data.images, dtype=torch.float32)[:, None] / 16.0
+    y = torch.tensor(data.target)
+    model = model_cls()
+    opt = torch.optim.Adam(model.parameters(), lr=0.01)
+    for step in range(60):
+        idx = torch.randint(0, 1400, (64,))
+        loss = torch.nn.functional.cross_entropy(model(x[idx]), y[idx])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    model.eval()
+    with torch.no_grad():
+        acc = (model(x[1400:]).argmax(1) == y[1400:]).float().mean().item()
+    nni.report_final_result(acc)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_nas_experiment_on_digits(tmp_path, monkeypatch):
+    from nni.nas.experiment import NasExperiment, NasExperimentConfig
+    from search_spaces.digits import DigitsCellSpace
+    from tests.nni_harness import free_port, pid_alive, wait_dead
+
+    repo = Path(__file__).resolve().parents[1]
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("NNI_CONFIG_DIR", str(tmp_path / "nni_config"))
+    monkeypatch.setenv("PYTHONPATH", str(repo) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    (tmp_path / "home").mkdir()
+
+    space = DigitsCellSpace(channels=8, num_nodes=2, num_cells=1)
+    evaluator = FunctionalEvaluator(train_digits)
+    strategy = GOAL(n_init=3, batch_size=2, top_k=2, ascent_steps=5, hidden=8, num_layers=1, ensemble=1,
+                    epochs=10, seed=0)
+    config = NasExperimentConfig("ts", "simplified", "local")
+    config.trial_concurrency = 2
+    config.max_trial_number = 6
+    config.experiment_working_directory = str(tmp_path / "experiments")
+    exp = NasExperiment(space, evaluator, strategy, config)
+    try:
+        exp.run(port=free_port())
+        pid = exp._proc.pid if getattr(exp, "_proc", None) is not None else None
+        assert len(strategy.evaluated) + len(strategy._failed) == 6
+        assert len(strategy.evaluated) >= 5
+        assert all(0.1 < acc <= 1.0 for _, acc in strategy.evaluated)   # really trained: above chance
+        keys = {graph_view(space).to_graph(s).key() for s, _ in strategy.evaluated}
+        assert len(keys) == len(strategy.evaluated)
+        top = exp.export_top_models(top_k=1, formatter="dict")[0]
+        space.freeze(top)                                              # a valid architecture
+        assert top in [s for s, _ in strategy.evaluated] or \
+            any(all(top[k] == s[k] for k in top) for s, _ in strategy.evaluated)
+    finally:
+        exp.stop()
+    if pid is not None:
+        assert wait_dead(pid, 30) and not pid_alive(pid)
