@@ -24,7 +24,8 @@ Fixes (name: NNI call it repairs):
 - ``engine_pairs_reported_parameter``: ``TrainingServiceExecutionEngine._report_metric_data_callback``,
   ``._trial_end_callback`` and ``.list_models``
 - ``nnictl_view_profile``: ``NasExperiment._stop_nni_manager`` (the profile ``nnictl view`` reloads)
-- ``manager_dies_with_driver``: ``nni.experiment.launcher.start_experiment``
+- ``manager_dies_with_driver``: ``nni.experiment.launcher._start_rest_server``
+- ``manager_start_patience``: ``nni.experiment.launcher._check_rest_server``
 - ``oneshot_default_config``: ``NasExperimentConfig.default``
 - ``oneshot_log_every_n_steps``: ``nni.nas.oneshot.pytorch.strategy.OneShotStrategy.mutate_evaluator``
 """
@@ -433,7 +434,7 @@ def _fix_engine_pairs_reported_parameter() -> None:
                       for trial in trials if len(trial.hyperParameters) == 1}
             for trial in trials:
                 if len(trial.hyperParameters) == 1 and trial.finalMetricData:
-                    ran = trial.finalMetricData[-1].parameterId
+                    ran = int(trial.finalMetricData[-1].parameterId)
                     if ran in params and ran != trial.hyperParameters[0].parameter_id:
                         trial.hyperParameters = [params[ran]]
             # NNI's own rebuild, fed the corrected rows (materialised before the binding is restored).
@@ -569,28 +570,44 @@ if experiment_id in experiments.get_all_experiments():
 
 
 def _fix_manager_dies_with_driver() -> None:
-    """``nni.experiment.launcher.start_experiment`` starts ``node main.js`` in its own process
-    group and relies on ``atexit`` to stop it, so a driver killed by SIGKILL or SIGTERM (a job
-    timeout, the OOM killer) leaves the NNI manager running, holding its port and trials, and the
-    ``.experiment`` manifest listing the experiment as running. For managers started in background
-    or foreground mode (not ``detach``, which is meant to outlive the driver) a small watchdog
-    process now follows the driver: when the driver is gone it stops the manager (SIGTERM, then
-    SIGKILL) and marks the manifest entry ``STOPPED``."""
+    """``nni.experiment.launcher._start_rest_server`` starts ``node main.js`` in its own process
+    group, and NNI relies on ``atexit`` to stop it, so a driver killed by SIGKILL or SIGTERM (a job
+    time limit, the OOM killer) leaves the NNI manager running, holding its port and trials, and
+    the ``.experiment`` manifest listing the experiment as running. For managers started in
+    background or foreground mode (not ``detach``, which is meant to outlive the driver) a small
+    watchdog process, started right after the manager, now follows the driver: when the driver is
+    gone it stops the manager (SIGTERM, then SIGKILL) and marks the manifest entry ``STOPPED``."""
     from nni.experiment import launcher
 
     def make(original):
-        def start_experiment(action, exp_id, config, port, debug, run_mode, *args, **kwargs):
-            proc = original(action, exp_id, config, port, debug, run_mode, *args, **kwargs)
+        def _start_rest_server(nni_manager_args, run_mode):
+            proc = original(nni_manager_args, run_mode)
             if getattr(run_mode, 'value', run_mode) != 'detach' and sys.platform.startswith('linux'):
-                subprocess.Popen([sys.executable, '-c', _WATCHDOG, str(os.getpid()), str(proc.pid), exp_id],
+                subprocess.Popen([sys.executable, '-c', _WATCHDOG, str(os.getpid()), str(proc.pid),
+                                  nni_manager_args.experiment_id],
                                  stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                                  start_new_session=True)
             return proc
-        start_experiment.__doc__ = original.__doc__
-        return start_experiment
+        _start_rest_server.__doc__ = original.__doc__
+        return _start_rest_server
 
-    _patch('manager_dies_with_driver', launcher, 'start_experiment', make)
+    _patch('manager_dies_with_driver', launcher, '_start_rest_server', make)
 
+
+
+def _fix_manager_start_patience() -> None:
+    """``nni.experiment.launcher._check_rest_server`` gives the freshly started NNI manager 3
+    one-second tries to answer ``/check-status``. On a busy machine node takes longer; the check
+    then reads the web portal's HTML instead of JSON and ``NasExperiment.run()`` fails with
+    "Create experiment failed: Expecting value". The manager now gets up to 60 tries."""
+    from nni.experiment import launcher
+
+    def make(original):
+        def _check_rest_server(port, retry=3, url_prefix=None):
+            return original(port, max(retry, 60), url_prefix)
+        return _check_rest_server
+
+    _patch('manager_start_patience', launcher, '_check_rest_server', make)
 
 # ---------------------------------------------------------------------------------------------
 # One-shot runs.
@@ -690,6 +707,7 @@ def apply() -> None:
     _fix_engine_pairs_reported_parameter()
     _fix_nnictl_view_profile()
     _fix_manager_dies_with_driver()
+    _fix_manager_start_patience()
     _fix_oneshot_default_config()
     _fix_oneshot_log_every_n_steps()
     _fix_hpo_strategy_idle_sleep()

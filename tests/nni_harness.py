@@ -171,11 +171,27 @@ class Sandbox:
             if proc.poll() is None:
                 proc.kill()
                 proc.wait()
-        for entry in self.manifest().values():
-            pid = entry.get('pid')
+        pids = {entry.get('pid') for entry in self.manifest().values()} | set(self.manager_pids())
+        for pid in pids:
             if isinstance(pid, int) and pid_alive(pid) and _is_nni_manager(pid):
                 os.kill(pid, signal.SIGKILL)
                 wait_dead(pid, 10)
+
+    def manager_pids(self) -> list[int]:
+        """PIDs of NNI managers serving this sandbox's experiment directory (also those a killed
+        driver started but never recorded in the manifest)."""
+        marker = f'--experiments-directory\0{self.workdir}\0'.encode()
+        pids = []
+        for entry in os.listdir('/proc'):
+            if entry.isdigit():
+                try:
+                    with open(f'/proc/{entry}/cmdline', 'rb') as f:
+                        cmdline = f.read()
+                except OSError:
+                    continue
+                if b'main.js' in cmdline and marker in cmdline:
+                    pids.append(int(entry))
+        return pids
 
 
 def _is_nni_manager(pid: int) -> bool:

@@ -293,3 +293,105 @@ def test_oneshot_architecture_probabilities_reach_the_logger(tmp_path):
     with compat.unpatched('oneshot_log_every_n_steps'):
         assert _prob_columns_after_darts(tmp_path, 'unpatched') == set()
     assert _prob_columns_after_darts(tmp_path, 'patched') == {'prob/fc/0', 'prob/fc/1'}
+
+
+# --- the engine's pairing of metrics, TrialEnd and database rows -------------------------------------
+
+def _engine_with_trials(trials):
+    """A TrainingServiceExecutionEngine without NNI manager: its binding is a fixed trial list."""
+    from types import SimpleNamespace
+    from nni.nas.execution.engine import ExecutionEngine
+    from nni.nas.execution.training_service import TrainingServiceExecutionEngine
+    engine = object.__new__(TrainingServiceExecutionEngine)
+    ExecutionEngine.__init__(engine)             # no command channel
+    engine.nodejs_binding = SimpleNamespace(list_trial_jobs=lambda: trials)
+    engine.fetch_intermediates = False
+    engine._models, engine._submitted_cache, engine._stopped = {}, {}, False
+    return engine
+
+
+def test_engine_pairs_metric_and_trial_end_with_the_parameter_the_trial_reported():
+    """Trial X was submitted with parameter 0 but ran parameter 1 (and trial Y the reverse): its
+    metrics say 1, the database row and TrialEnd say 0."""
+    from types import SimpleNamespace
+    from nni.nas.space import SimplifiedModelSpace
+    from nni.runtime.tuner_command_channel.command_type import ReportMetricData
+    space = SimplifiedModelSpace.from_model(TinySpace(), FunctionalEvaluator(evaluate_model))
+    samples = [{'a': 0, 'b': 1}, {'a': 3, 'b': 2}]
+    models = [space.freeze(s) for s in samples]
+
+    def row(trial_id, submitted, ran):
+        param = SimpleNamespace(parameter_id=submitted, parameter_source='algorithm', parameters=models[submitted],
+                                parameter_index=0)
+        metric = SimpleNamespace(parameterId=str(ran), data=arch_metric(samples[ran]), type='FINAL')
+        return SimpleNamespace(trialJobId=trial_id, status='SUCCEEDED', hyperParameters=[param],
+                               finalMetricData=[metric])
+
+    def exported(engine):
+        return sorted((str(dict(m.sample)), m.metric) for m in engine.list_models())
+
+    truth = sorted((str(s), arch_metric(s)) for s in samples)
+    with compat.unpatched('engine_pairs_reported_parameter'):
+        assert exported(_engine_with_trials([row('X', 0, 1), row('Y', 1, 0)])) != truth
+    assert exported(_engine_with_trials([row('X', 0, 1), row('Y', 1, 0)])) == truth
+
+    def ended(engine):
+        live = [space.freeze(s) for s in samples]
+        import weakref
+        engine._models = {i: weakref.ref(m) for i, m in enumerate(live)}
+        events = []
+        engine.dispatch_model_event = lambda event: events.append(event)
+        engine._report_metric_data_callback(ReportMetricData(parameter_id=1, trial_job_id='X', type='FINAL',
+                                                             sequence=0, value=0.5))
+        engine._trial_end_callback(TrialEnd(trial_job_id='X', parameter_ids=[0], event='SUCCEEDED'))
+        return [dict(e.model.sample) for e in events if e.event_type.value == 'training_end']
+
+    with compat.unpatched('engine_pairs_reported_parameter'):
+        assert ended(_engine_with_trials([])) == [samples[0]]
+    assert ended(_engine_with_trials([])) == [samples[1]]
+
+
+def test_checkpoint_is_saved_after_each_finished_trial(tmp_path, monkeypatch):
+    """A driver killed mid-search must leave a checkpoint that knows the trials finished so far."""
+    from nni.nas.execution.engine import ExecutionEngine
+    from nni.nas.execution.event import TrainingEndEvent
+    from nni.nas.execution.training_service import TrainingServiceExecutionEngine
+    from nni.nas.space import ModelStatus
+    # An engine without NNI manager (its __init__ would connect to the tuner channel).
+    monkeypatch.setattr(TrainingServiceExecutionEngine, '__init__', lambda self, binding: ExecutionEngine.__init__(self))
+
+    def finish_one_trial(name):
+        config = NasExperimentConfig('ts', 'simplified', 'local')
+        config.trial_concurrency = 1
+        config.experiment_working_directory = str(tmp_path)
+        strategy = RegularizedEvolution(population_size=4, sample_size=2)
+        exp = NasExperiment(TinySpace(), FunctionalEvaluator(evaluate_model), strategy, config, id=name)
+        engine = exp.execution_engine_factory(config.canonical_copy().execution_engine)
+        exp._engine = engine
+        model = exp.executable_model_factory(config.canonical_copy().model_format).freeze({'a': 1, 'b': 2})
+        engine.dispatch_model_event(TrainingEndEvent(model, ModelStatus.Trained))
+        return (tmp_path / name / 'checkpoint' / 'state.ckpt.torch').exists()
+
+    with compat.unpatched('checkpoint_after_each_trial'):
+        assert not finish_one_trial('unpatched')
+    assert finish_one_trial('patched')
+
+
+def test_slow_manager_start_is_waited_for(monkeypatch):
+    """The NNI manager answers /check-status only after 5 s (a busy machine)."""
+    from nni.experiment import launcher
+    calls = []
+
+    def check_status(port, path, prefix):
+        calls.append(path)
+        if len(calls) <= 5:
+            raise ConnectionError('manager not up yet')
+        return {'status': 'INITIALIZED'}
+    monkeypatch.setattr(launcher.rest, 'get', check_status)
+    monkeypatch.setattr(launcher.time, 'sleep', lambda seconds: None)
+    with compat.unpatched('manager_start_patience'):
+        with pytest.raises(ConnectionError):
+            launcher._check_rest_server(8080)
+    calls.clear()
+    launcher._check_rest_server(8080)
+    assert len(calls) == 6
