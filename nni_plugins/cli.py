@@ -1,8 +1,9 @@
 """The ``nni-plugins`` command line (also ``python -m nni_plugins``).
 
 Subcommands: ``search`` (run a NAS experiment), ``benchmark`` (multi-trial strategies on the
-NAS-Bench-201 table), ``export`` (best architecture of a finished run as JSON) and
-``strategies`` (list the registered strategy names). Every bad input ends with one
+NAS-Bench-201 table), ``export`` (best architecture of a finished run as JSON),
+``strategies`` (list the registered strategy names) and ``register`` / ``unregister`` (GOAL and
+NASGEM as ``nnictl`` tuners, :mod:`nni_plugins.registration`). Every bad input ends with one
 ``error: ...`` line on stderr and exit status 2.
 """
 from __future__ import annotations
@@ -70,6 +71,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--output", help="also write the JSON to this file")
 
     sub.add_parser("strategies", help="list the registered strategies")
+    sub.add_parser("register", help="register GOAL and NASGEM as nnictl tuners (like `nnictl algo register --meta`)")
+    sub.add_parser("unregister", help="remove GOAL and NASGEM from NNI's algorithm registry")
     return parser
 
 
@@ -128,6 +131,22 @@ def _cmd_strategies(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_register(args: argparse.Namespace) -> int:
+    from .registration import register, registry_file
+
+    names = register()
+    print(f"registered tuners {', '.join(names)} in {registry_file()} (check with `nnictl algo list`)")
+    return 0
+
+
+def _cmd_unregister(args: argparse.Namespace) -> int:
+    from .registration import registry_file, unregister
+
+    names = unregister()
+    print(f"unregistered {', '.join(names)} from {registry_file()}" if names else "nothing to unregister")
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     try:
@@ -139,7 +158,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not args.verbose:
         for name in ("nni", "pytorch_lightning", "lightning", "lightning.pytorch"):
             logging.getLogger(name).setLevel(logging.WARNING)
-    commands = {"search": _cmd_search, "benchmark": _cmd_benchmark, "export": _cmd_export, "strategies": _cmd_strategies}
+    commands = {"search": _cmd_search, "benchmark": _cmd_benchmark, "export": _cmd_export, "strategies": _cmd_strategies,
+                "register": _cmd_register, "unregister": _cmd_unregister}
     try:
         return commands[args.command](args)
     except ValueError as err:

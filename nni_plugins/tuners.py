@@ -1,0 +1,503 @@
+"""GOAL and NASGEM as ``nnictl`` tuners (``tuner: {name: GOAL, classArgs: {...}}``).
+
+The tuner faces do not re-implement the algorithms: each runs the NNI strategy of
+:mod:`strategies` (in a background thread) against :class:`TunerEngine`, a small NNI
+``ExecutionEngine`` that turns the strategy's ``submit_models`` into the parameters NNI's dispatcher
+asks for through :meth:`~nni.tuner.Tuner.generate_parameters`, and turns
+:meth:`~nni.tuner.Tuner.receive_trial_result` / :meth:`~nni.tuner.Tuner.trial_end` into the
+``TrainingEnd`` events the strategy learns from. Results may arrive in any order; a trial that ends
+without a final metric becomes a ``Failed`` model (the strategies skip it), so nothing stalls.
+
+Search space. The tuner reads NNI's search-space JSON (``searchSpaceFile``) of ``choice``
+parameters, nested choices included (options that are dicts with a ``_name`` and their own
+``choice`` parameters, NNI's nested format)::
+
+    {"block": {"_type": "choice", "_value": [
+        {"_name": "conv", "kernel": {"_type": "choice", "_value": [3, 5]}},
+        {"_name": "pool"}]},
+     "width": {"_type": "choice", "_value": [16, 32]}}
+
+Every ``choice`` becomes an ``nni.mutable.Categorical`` (nested ones are labelled
+``block/conv/kernel``), and the strategy explores that space through a graph view of
+:mod:`search_spaces.graph`, chosen with the class argument ``space``:
+
+``auto`` (default)
+    :func:`search_spaces.graph.graph_view` decides from the labels.
+``nasbench201``
+    The six NAS-Bench-201 edges ``0_1 ... 2_3`` (op names in either spelling); an error names the
+    mismatch when the file is not that space.
+``nasbench101``
+    A NAS-Bench-101 cell: ``num_nodes`` (a ``choice`` of ints, at most 7) and ``op1 ... op<N-2>``
+    (``choice`` of op names). JSON cannot express multi-select, so the tuner adds the edge choices
+    itself exactly as NNI's hub ``NasBench101`` does (``input<i>`` = any subset of ``0 .. i-1``, at
+    most ``max_num_edges`` edges, pruned cells); the trial receives ``input<i>`` as lists.
+``generic``
+    One node per choice in a chain (any space of ``choice`` parameters).
+
+Trials receive parameters in NNI's own format: ``{"block": {"_name": "conv", "kernel": 3},
+"width": 16}`` (the sub-choices of inactive options are left out). Two samples that differ only in
+inactive sub-choices give the same parameters; the tuner then runs one trial and gives its metric
+to both, so no trial is spent twice on one configuration.
+
+Class arguments are validated in ``__init__`` (NNI's v2 experiment configs never call a
+``classArgsValidator``): ``optimize_mode`` (``maximize``/``minimize``), ``space`` (above),
+``max_num_edges`` (``nasbench101`` only), ``tensorboard_dir``, and any keyword argument of the
+strategy's constructor (e.g. ``n_init``, ``seed``), checked by the strategy itself. An unknown name
+is a ``ValueError`` listing the accepted ones.
+
+TensorBoard. The strategy runs chained with :class:`nni_plugins.tensorboard.TrialMetricsLogger`
+(each trial's metric and architecture, best-so-far, failed trials, surrogate quality), writing to
+``tensorboard_dir``; by default ``<experiment dir>/tensorboard/tuner`` (next to NNI's ``log/``
+directory of the experiment), open it with ``tensorboard --logdir``. The trials' own logs (in
+``$NNI_OUTPUT_DIR/tensorboard``) are what the web portal's TensorBoard button shows.
+
+Register the tuners with ``nni-plugins register`` (see :mod:`nni_plugins.registration`).
+"""
+from __future__ import annotations
+
+import inspect
+import json
+import logging
+import math
+import os
+import threading
+from typing import Any, Callable, Iterable, Mapping
+
+import nni
+from nni.mutable import Categorical, CategoricalMultiple, label_scope
+from nni.nas.benchmark.space import SlimBenchmarkSpace
+from nni.nas.execution import ExecutionEngine
+from nni.nas.execution.event import ModelEventType, TrainingEndEvent
+from nni.nas.space import ExecutableModelSpace, ModelStatus, RawFormatModelSpace
+from nni.nas.strategy.base import Strategy
+from nni.nas.strategy.middleware import Chain
+from nni.tuner import Tuner
+
+from search_spaces.graph import GenericView, NasBench101View, NasBench201View, register_graph_view
+
+__all__ = ["GOALTuner", "NASGEMTuner", "StrategyTuner", "TunerEngine", "build_space", "SPACE_KINDS"]
+
+_logger = logging.getLogger(__name__)
+
+#: Values of the ``space`` class argument.
+SPACE_KINDS = ("auto", "nasbench201", "nasbench101", "generic")
+
+
+# ----------------------------------------------------------------------------------------------------
+# Search-space JSON -> NNI mutable space
+# ----------------------------------------------------------------------------------------------------
+class JsonSpace(SlimBenchmarkSpace):
+    """The mutables built from an NNI search-space JSON, plus how to turn a sample back into NNI
+    parameters (:meth:`to_parameters`) and which graph view the strategies use (:attr:`graph_view_name`)."""
+
+    graph_view_name: str = "auto"
+    #: ``(key, label, options, children)`` per top-level parameter; ``children[i]`` is the list of
+    #: entries under option ``i`` (a dict option); kept outside the mutable dict.
+    _tree: list = []
+    _list_labels: tuple[str, ...] = ()
+
+    def to_parameters(self, sample: Mapping[str, Any]) -> dict:
+        """NNI parameters (nested ``_name`` dicts, inactive sub-choices dropped) of a sample."""
+        params = _tree_parameters(self._tree, sample)
+        for label in self._list_labels:
+            params[label] = [int(v) for v in sample[label]]
+        return params
+
+
+def _tree_parameters(tree: list, sample: Mapping[str, Any]) -> dict:
+    out: dict = {}
+    for key, label, options, children in tree:
+        value = sample[label]
+        index = next(i for i, opt in enumerate(options)
+                     if (opt["_name"] if isinstance(opt, dict) else opt) == value)
+        option = options[index]
+        if isinstance(option, dict):
+            out[key] = {"_name": option["_name"], **_tree_parameters(children[index], sample)}
+        else:
+            out[key] = option
+    return out
+
+
+def _parse_choices(space: Mapping[str, Any], mutables: dict, path: str) -> list:
+    if not isinstance(space, Mapping):
+        raise ValueError(f"search space{path and ' at ' + path}: expected a JSON object of parameters, "
+                         f"got {type(space).__name__}")
+    tree = []
+    for key, spec in space.items():
+        where = f"{path}/{key}" if path else key
+        if key == "_name":
+            continue
+        if not isinstance(key, str) or not key or "/" in key:
+            raise ValueError(f"search space: parameter name {key!r} must be a non-empty string without '/'")
+        if not isinstance(spec, Mapping) or "_type" not in spec or "_value" not in spec:
+            raise ValueError(f"search space: parameter {where!r} must be {{'_type': ..., '_value': ...}}, got {spec!r}")
+        if spec["_type"] != "choice":
+            raise ValueError(f"search space: parameter {where!r} has _type {spec['_type']!r}; the GOAL/NASGEM tuners "
+                             f"search architectures and accept only 'choice' (nested choices allowed)")
+        options = spec["_value"]
+        if not isinstance(options, list) or not options:
+            raise ValueError(f"search space: 'choice' {where!r} needs a non-empty list as _value, got {options!r}")
+        names, children = [], []
+        for option in options:
+            if isinstance(option, Mapping):
+                if "_name" not in option:
+                    raise ValueError(f"search space: option {dict(option)!r} of {where!r} is a dict without '_name' "
+                                     f"(NNI's nested-choice format needs one)")
+                with label_scope(key):
+                    with label_scope(str(option["_name"])):
+                        children.append(_parse_choices(option, mutables, f"{where}/{option['_name']}"))
+                names.append(option["_name"])
+            elif isinstance(option, (list, tuple)):
+                raise ValueError(f"search space: option {option!r} of {where!r} is a list; use a string or number")
+            else:
+                children.append([])
+                names.append(option)
+        if len({json.dumps(n) for n in names}) != len(names):
+            raise ValueError(f"search space: 'choice' {where!r} has duplicate options {names!r}")
+        choice = Categorical(names, label=key)
+        mutables[choice.label] = choice
+        tree.append((key, choice.label, list(options), children))
+    return tree
+
+
+def build_space(search_space: Mapping[str, Any], kind: str = "auto", max_num_edges: int = 9) -> JsonSpace:
+    """The :class:`JsonSpace` of an NNI search-space JSON for the graph view ``kind`` (see the module doc)."""
+    if kind not in SPACE_KINDS:
+        raise ValueError(f"space must be one of {list(SPACE_KINDS)}, got {kind!r}")
+    if not isinstance(search_space, Mapping) or not search_space:
+        raise ValueError("search space: expected a non-empty JSON object of 'choice' parameters")
+    mutables: dict = {}
+    tree = _parse_choices(search_space, mutables, "")
+    list_labels: tuple[str, ...] = ()
+    if kind == "nasbench101":
+        mutables, list_labels = _nb101_mutables(mutables, tree, max_num_edges)
+    space = JsonSpace(mutables)
+    space._tree, space._list_labels, space.graph_view_name = tree, list_labels, kind
+    if kind == "nasbench201":
+        NasBench201View(space)  # raises ValueError naming the labels when the file is not NB201
+    elif kind == "nasbench101":
+        NasBench101View(space)
+    return space
+
+
+def _nb101_mutables(mutables: dict, tree: list, max_num_edges: int) -> tuple[dict, tuple[str, ...]]:
+    from nni.nas.hub.pytorch.modules.nasbench101 import NasBench101CellConstraint
+
+    if isinstance(max_num_edges, bool) or not isinstance(max_num_edges, int) or max_num_edges < 1:
+        raise ValueError(f"max_num_edges must be a positive int, got {max_num_edges!r}")
+    if any(children and any(children) for _, _, _, children in tree):
+        raise ValueError("space 'nasbench101': nested choices are not allowed")
+    num_nodes = mutables.get("num_nodes")
+    if num_nodes is None or not all(isinstance(v, int) and not isinstance(v, bool) and 2 <= v <= 7
+                                    for v in num_nodes.values):
+        raise ValueError("space 'nasbench101': needs 'num_nodes', a choice of ints in 2..7 (input and output included)")
+    max_nodes = max(num_nodes.values)
+    op_labels = [f"op{i}" for i in range(1, max_nodes - 1)]
+    expected = {"num_nodes", *op_labels}
+    if set(mutables) != expected:
+        raise ValueError(f"space 'nasbench101': expected exactly the parameters {sorted(expected)} "
+                         f"(edges are added by the tuner), got {sorted(mutables)}")
+    ops = [mutables[label] for label in op_labels]
+    if any(list(op.values) != list(ops[0].values) for op in ops):
+        raise ValueError("space 'nasbench101': every op<i> must offer the same op names in the same order")
+    inputs = [CategoricalMultiple(list(range(i)), n_chosen=None, label=f"input{i}") for i in range(1, max_nodes)]
+    constraint = NasBench101CellConstraint(max_num_edges, num_nodes, ops, inputs)
+    out = dict(mutables)
+    out.update({m.label: m for m in inputs})
+    out[constraint.label] = constraint
+    return out, tuple(m.label for m in inputs)
+
+
+def _view_of(model_space: Any) -> str:
+    inner = getattr(model_space, "model_space", model_space)
+    return getattr(inner, "graph_view_name", "auto") if isinstance(inner, JsonSpace) else "auto"
+
+
+_VIEWS: dict[str, Callable[[Any], Any]] = {"nasbench201": NasBench201View, "nasbench101": NasBench101View,
+                                           "generic": GenericView}
+register_graph_view(lambda space: _view_of(space) != "auto",
+                    lambda space: _VIEWS[_view_of(space)](getattr(space, "model_space", space)))
+
+
+# ----------------------------------------------------------------------------------------------------
+# The engine a strategy runs against inside the tuner
+# ----------------------------------------------------------------------------------------------------
+class TunerEngine(ExecutionEngine):
+    """An NNI execution engine driven by a tuner: submitted models wait in a queue until NNI's
+    dispatcher asks for parameters; trial results become ``TrainingEnd`` events.
+
+    The strategy may submit only while a parameter request is waiting
+    (:meth:`idle_worker_available`), so the number of outstanding trials is NNI's
+    ``trialConcurrency``; the budget (``maxTrialNumber``/``maxExperimentDuration``) is enforced by
+    NNI's manager, which simply stops asking.
+
+    Parameters
+    ----------
+    to_parameters
+        Turns a model's sample into the parameters handed to the trial.
+    metric_sign
+        ``1`` to maximise the reported metric, ``-1`` to minimise it (the strategies maximise).
+    """
+
+    def __init__(self, to_parameters: Callable[[Mapping[str, Any]], dict], metric_sign: int = 1) -> None:
+        super().__init__()
+        self._to_parameters = to_parameters
+        self._sign = metric_sign
+        self._cv = threading.Condition()
+        self._queue: list[tuple[ExecutableModelSpace, dict, str]] = []
+        self._requests = 0
+        self._closed = False
+        self._models: list[ExecutableModelSpace] = []
+        self._by_id: dict[int, tuple[ExecutableModelSpace, str]] = {}
+        self._done: dict[str, Any] = {}                           # parameters key -> final metric (None: failed)
+        self._waiting: dict[str, list[ExecutableModelSpace]] = {}  # key of a running trial -> duplicates
+
+    # --- strategy side -------------------------------------------------------------------------
+    def submit_models(self, *models: ExecutableModelSpace) -> None:
+        for model in models:
+            if not model.status.frozen() or model.status.completed():
+                raise RuntimeError(f"Model must be frozen before submitting, but got {model}")
+            params = self._to_parameters(model.sample)
+            key = json.dumps(params, sort_keys=True, default=str)
+            with self._cv:
+                self._models.append(model)
+                if key in self._done:
+                    # same NNI parameters as a finished trial: reuse its result (off this thread, as
+                    # the strategy may hold a non-reentrant lock while submitting)
+                    threading.Thread(target=self._finish, args=(model, self._done[key]), daemon=True).start()
+                elif key in self._waiting:
+                    self._waiting[key].append(model)
+                else:
+                    self._waiting[key] = []
+                    self._queue.append((model, params, key))
+                    self._cv.notify_all()
+
+    def list_models(self, status: ModelStatus | None = None) -> Iterable[ExecutableModelSpace]:
+        with self._cv:
+            return [m for m in self._models if status is None or m.status == status]
+
+    def idle_worker_available(self) -> bool:
+        with self._cv:
+            return not self._closed and self._requests > len(self._queue)
+
+    def budget_available(self) -> bool:
+        return not self._closed
+
+    def wait_models(self, *models: ExecutableModelSpace) -> None:
+        """Returns at once: the trials finish under NNI's manager, whose dispatcher thread is the one
+        that delivers their results, so waiting here could only deadlock."""
+
+    def shutdown(self) -> None:
+        with self._cv:
+            self._closed = True
+            self._cv.notify_all()
+
+    def state_dict(self) -> dict:
+        return {}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        pass
+
+    # --- tuner side ----------------------------------------------------------------------------
+    def next_parameters(self, parameter_id: int, strategy_alive: Callable[[], bool]) -> dict:
+        """Block until the strategy submits a model; its parameters. Raises ``nni.NoMoreTrialError``
+        once the strategy has stopped proposing."""
+        with self._cv:
+            self._requests += 1
+            try:
+                while not self._queue:
+                    if self._closed or not strategy_alive():
+                        raise nni.NoMoreTrialError("the strategy proposes no more architectures")
+                    self._cv.wait(timeout=0.5)
+                model, params, key = self._queue.pop(0)
+                model.status = ModelStatus.Training
+                self._by_id[parameter_id] = (model, key)
+                return params
+            finally:
+                self._requests -= 1
+
+    def report(self, parameter_id: int, value: Any) -> None:
+        """Final metric of the trial of ``parameter_id``."""
+        with self._cv:
+            entry = self._by_id.get(parameter_id)
+        if entry is None:
+            _logger.warning("TunerEngine: result for unknown parameter id %s ignored", parameter_id)
+            return
+        self._end(entry, self._scalar(value))
+
+    def end(self, parameter_id: int, success: bool) -> None:
+        """Trial end: a trial that reported no final metric counts as failed."""
+        with self._cv:
+            entry = self._by_id.get(parameter_id)
+        if entry is not None and not entry[0].status.completed():
+            if success:
+                _logger.warning("TunerEngine: trial of parameter id %s succeeded without a final metric; "
+                                "counted as failed", parameter_id)
+            self._end(entry, None)
+
+    def _scalar(self, value: Any) -> float | None:
+        if isinstance(value, dict):
+            value = value.get("default")
+        try:
+            value = float(value)
+        except (TypeError, ValueError):
+            return None
+        return self._sign * value if math.isfinite(value) else None
+
+    def _end(self, entry: tuple[ExecutableModelSpace, str], metric: float | None) -> None:
+        model, key = entry
+        with self._cv:
+            if model.status.completed():
+                return
+            self._done[key] = metric
+            duplicates = self._waiting.pop(key, [])
+        for m in [model, *duplicates]:
+            self._finish(m, metric)
+
+    def _finish(self, model: ExecutableModelSpace, metric: float | None) -> None:
+        if metric is None:
+            model.status = ModelStatus.Failed
+        else:
+            model.metrics.final = metric
+            model.status = ModelStatus.Trained
+        self.dispatch_model_event(TrainingEndEvent(model, model.status))
+
+
+# ----------------------------------------------------------------------------------------------------
+# Tuners
+# ----------------------------------------------------------------------------------------------------
+class StrategyTuner(Tuner):
+    """An NNI tuner that runs a multi-trial NAS strategy of :mod:`strategies` (see the module doc).
+
+    Parameters
+    ----------
+    strategy_class
+        The ``nni.nas.strategy.base.Strategy`` subclass to run.
+    optimize_mode
+        ``'maximize'`` (default) or ``'minimize'`` the trials' final metric (a number, or a dict's
+        ``'default'``).
+    space
+        Graph view: ``'auto'``, ``'nasbench201'``, ``'nasbench101'`` or ``'generic'``.
+    max_num_edges
+        Edge limit of a ``'nasbench101'`` cell (NAS-Bench-101: 9).
+    tensorboard_dir
+        Where the search's TensorBoard events go (module doc); ``None`` (default):
+        ``<experiment dir>/tensorboard/tuner`` inside an NNI experiment, no logging elsewhere;
+        ``""``: no logging.
+    **strategy_args
+        Keyword arguments of ``strategy_class`` (validated by it).
+    """
+
+    def __init__(self, strategy_class: type[Strategy], optimize_mode: str = "maximize", space: str = "auto",
+                 max_num_edges: int = 9, tensorboard_dir: str | None = None, **strategy_args: Any) -> None:
+        name = strategy_class.__name__
+        if optimize_mode not in ("maximize", "minimize"):
+            raise ValueError(f"{name} tuner: optimize_mode must be 'maximize' or 'minimize', got {optimize_mode!r}")
+        if space not in SPACE_KINDS:
+            raise ValueError(f"{name} tuner: space must be one of {list(SPACE_KINDS)}, got {space!r}")
+        if isinstance(max_num_edges, bool) or not isinstance(max_num_edges, int) or max_num_edges < 1:
+            raise ValueError(f"{name} tuner: max_num_edges must be a positive int, got {max_num_edges!r}")
+        if tensorboard_dir is not None and not isinstance(tensorboard_dir, str):
+            raise ValueError(f"{name} tuner: tensorboard_dir must be a path string, got {tensorboard_dir!r}")
+        accepted = [p for p in inspect.signature(strategy_class.__init__).parameters if p not in ("self", "args", "kwargs")]
+        unknown = sorted(set(strategy_args) - set(accepted))
+        if unknown:
+            raise ValueError(f"{name} tuner: unknown class argument(s) {unknown}; accepted: "
+                             f"{sorted(['optimize_mode', 'space', 'max_num_edges', 'tensorboard_dir', *accepted])}")
+        self.strategy: Strategy = strategy_class(**strategy_args)
+        self.optimize_mode, self.space_kind, self.max_num_edges = optimize_mode, space, max_num_edges
+        if tensorboard_dir is None and os.environ.get("NNI_LOG_DIRECTORY"):
+            tensorboard_dir = os.path.join(os.path.dirname(os.path.abspath(os.environ["NNI_LOG_DIRECTORY"])),
+                                           "tensorboard", "tuner")
+        self.tensorboard_dir = tensorboard_dir or None
+        self.model_space: RawFormatModelSpace | None = None
+        self.engine: TunerEngine | None = None
+        self._thread: threading.Thread | None = None
+        self._error: BaseException | None = None
+
+    def update_search_space(self, search_space: dict) -> None:
+        if self._thread is not None:
+            raise ValueError(f"{type(self.strategy).__name__} tuner: the search space cannot be changed while "
+                             f"the experiment runs (create a new experiment instead)")
+        space = build_space(search_space, self.space_kind, self.max_num_edges)
+        self.model_space = RawFormatModelSpace(space, None)
+        self.engine = TunerEngine(space.to_parameters, 1 if self.optimize_mode == "maximize" else -1)
+        runner: Strategy = self.strategy
+        if self.tensorboard_dir is not None:
+            from .tensorboard import TrialMetricsLogger
+            runner = Chain(self.strategy, TrialMetricsLogger(self.tensorboard_dir, strategy=self.strategy))
+        runner.initialize(self.model_space, self.engine)
+        self._runner = runner
+        self._thread = threading.Thread(target=self._run_strategy, name=f"{type(self.strategy).__name__}-strategy",
+                                        daemon=True)
+        self._thread.start()
+
+    def _run_strategy(self) -> None:
+        try:
+            self._runner.run()
+        except BaseException as err:  # surfaced to NNI by the next generate_parameters
+            _logger.exception("%s strategy failed", type(self.strategy).__name__)
+            self._error = err
+
+    def generate_parameters(self, parameter_id: int, **kwargs: Any) -> dict:
+        if self.engine is None or self._thread is None:
+            raise RuntimeError("generate_parameters called before update_search_space")
+        thread = self._thread
+        try:
+            return self.engine.next_parameters(parameter_id, thread.is_alive)
+        except nni.NoMoreTrialError:
+            if self._error is not None:
+                raise RuntimeError(f"{type(self.strategy).__name__} strategy failed: {self._error!r}") from self._error
+            raise
+
+    def receive_trial_result(self, parameter_id: int, parameters: dict, value: Any, **kwargs: Any) -> None:
+        if kwargs.get("customized"):
+            return
+        assert self.engine is not None
+        self.engine.report(parameter_id, value)
+
+    def trial_end(self, parameter_id: int, success: bool, **kwargs: Any) -> None:
+        if self.engine is not None:
+            self.engine.end(parameter_id, success)
+
+    def _on_exit(self) -> None:
+        if self.engine is not None:
+            self.engine.shutdown()
+
+    _on_error = _on_exit
+
+
+def _tuner_doc(strategy: str) -> str:
+    return f"""``{strategy}`` (:class:`strategies.{strategy}`) as an NNI tuner for ``nnictl create``.
+
+    Parameters
+    ----------
+    optimize_mode
+        ``'maximize'`` (default) or ``'minimize'`` the trials' final metric.
+    space
+        Graph view: ``'auto'``, ``'nasbench201'``, ``'nasbench101'`` or ``'generic'`` (module doc).
+    max_num_edges
+        Edge limit of a ``'nasbench101'`` cell (default 9).
+    tensorboard_dir
+        TensorBoard directory of the search (default ``<experiment dir>/tensorboard/tuner``).
+    **strategy_args
+        Keyword arguments of :class:`strategies.{strategy}`.
+    """
+
+
+class GOALTuner(StrategyTuner):
+    __doc__ = _tuner_doc("GOAL")
+
+    def __init__(self, optimize_mode: str = "maximize", space: str = "auto", max_num_edges: int = 9,
+                 tensorboard_dir: str | None = None, **strategy_args: Any) -> None:
+        from strategies import GOAL
+        super().__init__(GOAL, optimize_mode, space, max_num_edges, tensorboard_dir, **strategy_args)
+
+
+class NASGEMTuner(StrategyTuner):
+    __doc__ = _tuner_doc("NASGEM")
+
+    def __init__(self, optimize_mode: str = "maximize", space: str = "auto", max_num_edges: int = 9,
+                 tensorboard_dir: str | None = None, **strategy_args: Any) -> None:
+        from strategies import NASGEM
+        super().__init__(NASGEM, optimize_mode, space, max_num_edges, tensorboard_dir, **strategy_args)

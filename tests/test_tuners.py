@@ -1,0 +1,170 @@
+"""The nnictl tuner faces (nni_plugins.tuners) driven the way NNI's dispatcher drives them:
+update_search_space, generate_parameters, receive_trial_result / trial_end (out of order, failures)."""
+from __future__ import annotations
+
+import json
+import random
+
+import nni
+import pytest
+import torch
+
+from nni_plugins.table import NasBench201Table
+from nni_plugins.tuners import GOALTuner, NASGEMTuner, build_space
+from search_spaces.graph import GenericView, NasBench101View, NasBench201View, graph_view
+
+torch.set_num_threads(1)
+
+EDGES = ["0_1", "0_2", "1_2", "0_3", "1_3", "2_3"]
+NB201_OPS = ["none", "skip_connect", "nor_conv_1x1", "nor_conv_3x3", "avg_pool_3x3"]
+NB201 = {e: {"_type": "choice", "_value": NB201_OPS} for e in EDGES}
+NESTED = {
+    "block": {"_type": "choice", "_value": [{"_name": "conv", "kernel": {"_type": "choice", "_value": [3, 5]}},
+                                           {"_name": "pool"}]},
+    "width": {"_type": "choice", "_value": [16, 32]},
+}
+NB101_OPS = ["conv3x3-bn-relu", "conv1x1-bn-relu", "maxpool3x3"]
+NB101 = {"num_nodes": {"_type": "choice", "_value": [2, 3, 4, 5]},
+         **{f"op{i}": {"_type": "choice", "_value": NB101_OPS} for i in (1, 2, 3)}}
+FAST_GOAL = dict(n_init=3, batch_size=2, epochs=5, ensemble=1, hidden=8, ascent_steps=3, seed=0, tensorboard_dir="")
+FAST_NASGEM = dict(num_init=2, batch_size=2, pool_size=30, pretrain_size=10, encoder_steps=2, hidden_dim=8,
+                   embedding_dim=4, predictor_epochs=5, seed=0, tensorboard_dir="")
+
+
+def _view(space):
+    from nni.nas.space import RawFormatModelSpace
+    return graph_view(RawFormatModelSpace(space, None))
+
+
+def test_build_space_views_and_nested_labels():
+    assert isinstance(_view(build_space(NB201, "nasbench201")), NasBench201View)
+    assert isinstance(_view(build_space(NB201, "generic")), GenericView)
+    assert isinstance(_view(build_space(NB201, "auto")), NasBench201View)
+    nested = build_space(NESTED)
+    assert sorted(nested) == ["block", "block/conv/kernel", "width"]
+    assert nested.to_parameters({"block": "conv", "block/conv/kernel": 5, "width": 16}) == \
+        {"block": {"_name": "conv", "kernel": 5}, "width": 16}
+    assert nested.to_parameters({"block": "pool", "block/conv/kernel": 5, "width": 32}) == \
+        {"block": {"_name": "pool"}, "width": 32}
+    nb101 = build_space(NB101, "nasbench101")
+    assert isinstance(_view(nb101), NasBench101View)
+    assert {"input1", "input2", "input3", "input4"} <= set(nb101)
+
+
+@pytest.mark.parametrize("space, kind, message", [
+    ({"lr": {"_type": "uniform", "_value": [0, 1]}}, "auto", "accept only 'choice'"),
+    ({"b": {"_type": "choice", "_value": [{"kernel": 3}]}}, "auto", "without '_name'"),
+    ({"b": {"_type": "choice", "_value": []}}, "auto", "non-empty list"),
+    ({"b": {"_type": "choice", "_value": [1, 1]}}, "auto", "duplicate options"),
+    ({"b": 3}, "auto", "must be {'_type'"),
+    ({"0_1": {"_type": "choice", "_value": NB201_OPS}}, "nasbench201", "NAS-Bench-201"),
+    ({"num_nodes": {"_type": "choice", "_value": [2, 3]}}, "nasbench101", "expected exactly the parameters"),
+    (NB201, "darts", "space must be one of"),
+])
+def test_build_space_rejects_bad_input(space, kind, message):
+    with pytest.raises(ValueError, match=message):
+        build_space(space, kind)
+
+
+@pytest.mark.parametrize("kwargs, error, message", [
+    (dict(optimize_mode="best"), ValueError, "optimize_mode"),
+    (dict(space="nb201"), ValueError, "space must be one of"),
+    (dict(max_num_edges=0), ValueError, "max_num_edges"),
+    (dict(n_init_typo=3), ValueError, r"unknown class argument\(s\) \['n_init_typo'\]"),
+    (dict(n_init=0), ValueError, "n_init must be >= 1"),
+    (dict(n_init="3"), TypeError, "n_init must be an int"),
+])
+def test_goal_tuner_validates_class_args(kwargs, error, message):
+    with pytest.raises(error, match=message):
+        GOALTuner(**kwargs)
+
+
+def test_nasgem_tuner_validates_class_args():
+    with pytest.raises(ValueError, match="unknown class argument"):
+        NASGEMTuner(n_init=3)  # NASGEM calls it num_init
+    with pytest.raises(ValueError, match="epsilon"):
+        NASGEMTuner(epsilon=2.0)
+
+
+def test_goal_tuner_out_of_order_results_and_failures():
+    """Concurrency 3, results delivered in random order, every 4th trial fails: the tuner keeps
+    handing out distinct NB201 cells in NNI's format and GOAL learns only from real metrics."""
+    table = NasBench201Table()
+    tuner = GOALTuner(space="nasbench201", **FAST_GOAL)
+    tuner.update_search_space(NB201)
+    rng = random.Random(0)
+    running, seen, failed = [], set(), 0
+    for pid in range(14):
+        params = tuner.generate_parameters(pid)
+        assert set(params) == set(EDGES) and all(op in NB201_OPS for op in params.values())
+        key = json.dumps(params, sort_keys=True)
+        assert key not in seen
+        seen.add(key)
+        running.append((pid, params))
+        while len(running) >= 3:
+            done_pid, done_params = running.pop(rng.randrange(len(running)))
+            if done_pid % 4 == 3:
+                failed += 1
+                tuner.trial_end(done_pid, False)
+            else:
+                tuner.receive_trial_result(done_pid, done_params, {"default": table.query(done_params), "x": 1})
+                tuner.trial_end(done_pid, True)
+    evaluated = tuner.strategy.evaluated
+    assert len(evaluated) == 14 - 2 - failed
+    for sample, metric in evaluated:
+        assert metric == pytest.approx(table.query(sample))
+    assert tuner.strategy.surrogate_history, "the surrogate was never fitted"
+    tuner._on_exit()
+
+
+def test_success_without_metric_counts_as_failed_and_minimize_negates():
+    tuner = GOALTuner(space="generic", optimize_mode="minimize", **FAST_GOAL)
+    tuner.update_search_space(NESTED)
+    first, second = tuner.generate_parameters(0), tuner.generate_parameters(1)
+    tuner.trial_end(0, True)                       # succeeded but never reported: failed
+    tuner.receive_trial_result(1, second, 0.25)
+    tuner.trial_end(1, True)
+    assert [m for _, m in tuner.strategy.evaluated] == [-0.25]
+    assert tuner.strategy._failed and first != second
+    tuner._on_exit()
+
+
+def test_nasgem_tuner_nested_space_exhausts_cleanly():
+    """The nested space has 6 distinct configurations: NASGEM hands out each once (in NNI's nested
+    format) and then the tuner raises NoMoreTrialError instead of blocking."""
+    tuner = NASGEMTuner(space="generic", **FAST_NASGEM)
+    tuner.update_search_space(NESTED)
+    configs = []
+    with pytest.raises(nni.NoMoreTrialError):
+        for pid in range(20):
+            params = tuner.generate_parameters(pid)
+            configs.append(json.dumps(params, sort_keys=True))
+            block = params["block"]
+            assert block["_name"] in ("conv", "pool")
+            assert set(block) == ({"_name", "kernel"} if block["_name"] == "conv" else {"_name"})
+            tuner.receive_trial_result(pid, params, params["width"] + (block.get("kernel", 0)))
+            tuner.trial_end(pid, True)
+    # pool x {16, 32} and conv x {3, 5} x {16, 32}: each configuration once, however many
+    # samples (which also differ in the inactive kernel) NASGEM proposed
+    assert len(configs) == len(set(configs)) == 6
+
+
+def test_nasbench101_parameters_are_valid_cells():
+    tuner = GOALTuner(space="nasbench101", max_num_edges=9, **FAST_GOAL)
+    tuner.update_search_space(NB101)
+    for pid in range(4):
+        params = tuner.generate_parameters(pid)
+        n = params["num_nodes"]
+        assert n in (2, 3, 4, 5)
+        assert all(isinstance(params[f"input{i}"], list) for i in range(1, 5))
+        assert all(0 <= j < i for i in range(1, n) for j in params[f"input{i}"])
+        tuner.receive_trial_result(pid, params, float(n))
+    tuner._on_exit()
+
+
+def test_search_space_cannot_change_while_running():
+    tuner = GOALTuner(**FAST_GOAL)
+    tuner.update_search_space(NESTED)
+    with pytest.raises(ValueError, match="cannot be changed"):
+        tuner.update_search_space(NESTED)
+    tuner._on_exit()
