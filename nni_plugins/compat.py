@@ -609,6 +609,37 @@ def _fix_manager_start_patience() -> None:
 
     _patch('manager_start_patience', launcher, '_check_rest_server', make)
 
+
+def _fix_tensorboard_button_dir() -> None:
+    """The web portal's TensorBoard button (``POST /api/v1/nni/tensorboard``, handled by
+    ``nni_node/extensions/nniTensorboardManager.js:44-46``) opens
+    ``getTrialOutputLocalPath(trial)/tensorboard``, which the local v3 training service answers
+    with ``<experiment>/trials/<trial>/output`` (``V3asV1.getTrialOutputLocalPath``,
+    ``nni_node/training_service/v3/compat.js:170``), while the trial itself runs with
+    ``NNI_OUTPUT_DIR=<experiment>/environments/<env>/trials/<trial>``
+    (``common/trial_keeper/process.js:91``): the button shows an empty directory.
+
+    Fix, Python side only: a trial of the local training service that imports any of our packages
+    links ``<experiment>/trials/<trial>/output`` to its ``NNI_OUTPUT_DIR`` (creating
+    ``NNI_OUTPUT_DIR/tensorboard``), so the directory NNI's manager opens is the one the trial
+    writes to. Nothing happens outside such a trial, when the layout is not NNI 3.0's, or when the
+    path already exists. Remote machines are not covered: NNI copies only ``trial.log`` back."""
+    output = os.environ.get('NNI_OUTPUT_DIR')
+    trial_id = os.environ.get('NNI_TRIAL_JOB_ID')
+    if os.environ.get('NNI_PLATFORM') != 'local' or not output or not trial_id:
+        return
+    trial_dir = Path(output).resolve()
+    if trial_dir.name != trial_id or trial_dir.parent.name != 'trials' or trial_dir.parents[2].name != 'environments':
+        return
+    link = trial_dir.parents[3] / 'trials' / trial_id / 'output'
+    try:
+        (trial_dir / 'tensorboard').mkdir(parents=True, exist_ok=True)
+        if not os.path.lexists(link):
+            link.parent.mkdir(parents=True, exist_ok=True)
+            link.symlink_to(trial_dir, target_is_directory=True)
+    except OSError as error:  # e.g. a read-only experiment directory: the portal just shows nothing
+        _logger.debug('Could not link %s to %s for the TensorBoard button: %r', link, trial_dir, error)
+
 # ---------------------------------------------------------------------------------------------
 # One-shot runs.
 # ---------------------------------------------------------------------------------------------
@@ -708,6 +739,7 @@ def apply() -> None:
     _fix_nnictl_view_profile()
     _fix_manager_dies_with_driver()
     _fix_manager_start_patience()
+    _fix_tensorboard_button_dir()
     _fix_oneshot_default_config()
     _fix_oneshot_log_every_n_steps()
     _fix_hpo_strategy_idle_sleep()

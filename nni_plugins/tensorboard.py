@@ -1,28 +1,44 @@
-"""TensorBoard logging of multi-trial NAS runs, as an NNI strategy middleware.
+"""TensorBoard logging of NAS runs.
 
-:class:`TrialMetricsLogger` sits between a strategy and NNI's execution engine
-(``nni.nas.strategy.Chain(strategy, TrialMetricsLogger(log_dir))``) and writes, as results
+Multi-trial: :class:`TrialMetricsLogger` sits between a strategy and NNI's execution engine
+(``nni.nas.strategy.Chain(strategy, TrialMetricsLogger(log_dir, strategy))``) and writes, as results
 arrive (in whatever order the training service delivers them):
 
 - ``trial/metric``: each finished trial's final metric, at step = its arrival index;
 - ``search/best_so_far``: the best metric so far;
 - ``search/failed_trials``: the count of trials that ended without a metric;
-- ``surrogate/<name>``: the strategy's surrogate/predictor quality (e.g. Kendall tau on
-  evaluated architectures it was not trained on), read from the strategy's
-  ``quality_history`` attribute when it has one;
+- ``surrogate/<name>``: the strategy's surrogate/predictor quality (Kendall tau on evaluated
+  architectures it was not trained on, ...), one point per refit, read from the strategy's history
+  attribute (:data:`QUALITY_ATTRIBUTES`: GOAL's ``surrogate_history``, NASGEM's
+  ``predictor_history``);
 - ``trial/architecture``: each trial's sample as text, with its metric.
+
+One-shot: :class:`ArchDistributionLogger`, a Lightning callback, writes at the end of every
+training epoch the architecture distribution of the supernet (``export_probs()`` of NNI's one-shot
+Lightning module): ``arch/<label>/<choice>`` scalars, ``arch_entropy/<label>``, the current argmax
+architecture as text, and an ``arch/distribution`` heat-map image (one row per choice label, one
+column per candidate, darker = more probable).
 """
 from __future__ import annotations
 
 import json
 import math
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Mapping
 
+import numpy as np
+from pytorch_lightning import Callback
 from nni.nas.execution.event import ModelEventType, TrainingEndEvent
 from nni.nas.space import ExecutableModelSpace, ModelStatus
 from nni.nas.strategy.middleware import StrategyMiddleware
 
-__all__ = ["TrialMetricsLogger", "scalar_metric"]
+__all__ = ["TrialMetricsLogger", "ArchDistributionLogger", "distribution_image", "scalar_metric",
+           "QUALITY_ATTRIBUTES"]
+
+#: Strategy attributes holding one dict of surrogate-quality scalars per refit, in lookup order
+#: (GOAL: ``surrogate_history``; NASGEM: ``predictor_history``; any other strategy may use either,
+#: or ``quality_history``). The step of an entry is its ``num_evaluated`` or ``num_train``.
+QUALITY_ATTRIBUTES = ("surrogate_history", "predictor_history", "quality_history")
+_STEP_KEYS = ("num_evaluated", "num_train")
 
 
 def scalar_metric(metric: Any) -> float | None:
@@ -46,8 +62,9 @@ class TrialMetricsLogger(StrategyMiddleware):
     log_dir
         Directory of the event files (created when missing).
     strategy
-        The main strategy, read for its ``quality_history`` (a list of dicts of scalars, one per
-        surrogate refit) after each trial; optional.
+        The main strategy, read for its surrogate-quality history (a list of dicts of scalars, one
+        per refit, in the first attribute of :data:`QUALITY_ATTRIBUTES` it has) after each trial;
+        optional.
     writer_factory
         Builds the summary writer from ``log_dir`` (default: ``torch.utils.tensorboard.SummaryWriter``).
     """
@@ -106,12 +123,107 @@ class TrialMetricsLogger(StrategyMiddleware):
         self._writer.flush()
 
     def _log_quality(self) -> None:
-        history = getattr(self._strategy, "quality_history", None) or []
+        history = next((getattr(self._strategy, name) for name in QUALITY_ATTRIBUTES
+                        if getattr(self._strategy, name, None) is not None), None) or []
         for index in range(self._quality_logged, len(history)):
             entry = history[index]
-            step = int(entry.get("num_evaluated", index)) if isinstance(entry, dict) else index
+            step_key = next((k for k in _STEP_KEYS if isinstance(entry, dict) and k in entry), None)
+            step = int(entry[step_key]) if step_key else index
             items = entry.items() if isinstance(entry, dict) else [("quality", entry)]
             for name, value in items:
-                if name != "num_evaluated" and isinstance(value, (int, float)) and not math.isnan(value):
+                if (name != step_key and isinstance(value, (int, float)) and not isinstance(value, bool)
+                        and not math.isnan(value)):
                     self._writer.add_scalar(f"surrogate/{name}", value, step)
         self._quality_logged = len(history)
+
+
+def distribution_image(probs: Mapping[str, Mapping[Any, float]], cell: int = 12) -> np.ndarray:
+    """Heat map of an architecture distribution as a ``(3, H, W)`` uint8 image (CHW, RGB).
+
+    One row per label (in ``probs`` order), one column per candidate (rows with fewer candidates
+    are padded with a neutral grey); each probability ``p`` is a ``cell`` x ``cell`` block coloured
+    from white (0) to dark blue (1).
+    """
+    if not probs:
+        raise ValueError("distribution_image: empty distribution")
+    width = max(len(dist) for dist in probs.values())
+    grid = np.full((len(probs), width), np.nan)
+    for row, dist in enumerate(probs.values()):
+        grid[row, :len(dist)] = np.clip(np.asarray([float(v) for v in dist.values()], dtype=np.float64), 0.0, 1.0)
+    white, blue = np.array([255.0, 255.0, 255.0]), np.array([8.0, 48.0, 107.0])
+    rgb = white + grid[..., None] * (blue - white)
+    rgb[np.isnan(grid)] = 200.0
+    rgb = np.repeat(np.repeat(rgb, cell, axis=0), cell, axis=1)
+    return rgb.round().astype(np.uint8).transpose(2, 0, 1)
+
+
+class ArchDistributionLogger(Callback):
+    """Lightning callback: the one-shot supernet's architecture distribution, every training epoch.
+
+    Works with any NNI one-shot Lightning module (``BaseOneShotLightningModule``: DARTS, GumbelDARTS,
+    ENAS-style and this project's GAEA, DrNAS, TETLO), through its ``export_probs()``. Pass it to the
+    evaluator's trainer, e.g. ``Classification(..., callbacks=[ArchDistributionLogger(log_dir)])``.
+
+    Writes, at step = epoch: ``arch/<label>/<choice>`` (probability), ``arch_entropy/<label>``
+    (natural-log entropy), ``arch/argmax`` (the most probable choice of every label, as JSON text)
+    and the image ``arch/distribution`` (:func:`distribution_image`).
+
+    Parameters
+    ----------
+    log_dir
+        Directory of the event files. ``None``: the trainer logger's own ``SummaryWriter`` (a
+        Lightning ``TensorBoardLogger``); it is an error if the trainer has none.
+    writer_factory
+        Builds the summary writer from ``log_dir`` (default ``torch.utils.tensorboard.SummaryWriter``).
+    """
+
+    def __init__(self, log_dir: str | None = None, writer_factory: Callable[[str], Any] | None = None) -> None:
+        super().__init__()
+        self.log_dir = None if log_dir is None else str(log_dir)
+        self._writer_factory = writer_factory
+        self._writer: Any = None
+        self._own_writer = False
+
+    def _get_writer(self, trainer: Any) -> Any:
+        if self._writer is None:
+            if self.log_dir is not None:
+                factory = self._writer_factory
+                if factory is None:
+                    from torch.utils.tensorboard import SummaryWriter
+                    factory = SummaryWriter
+                self._writer, self._own_writer = factory(self.log_dir), True
+            else:
+                experiment = getattr(getattr(trainer, "logger", None), "experiment", None)
+                if not (hasattr(experiment, "add_scalar") and hasattr(experiment, "add_image")):
+                    raise ValueError("ArchDistributionLogger: the trainer has no TensorBoard logger; "
+                                     "give the callback a log_dir")
+                self._writer = experiment
+        return self._writer
+
+    def on_train_epoch_end(self, trainer: Any, pl_module: Any) -> None:
+        export_probs = getattr(pl_module, "export_probs", None)
+        if export_probs is None:
+            raise TypeError(f"ArchDistributionLogger: {type(pl_module).__name__} is not an NNI one-shot module "
+                            f"(it has no export_probs())")
+        if getattr(trainer, "global_rank", 0) != 0:
+            return
+        probs = {label: dict(dist) for label, dist in export_probs().items()}
+        if not probs:
+            return
+        writer, epoch = self._get_writer(trainer), int(trainer.current_epoch)
+        argmax = {}
+        for label, dist in probs.items():
+            values = np.asarray([float(v) for v in dist.values()], dtype=np.float64)
+            for choice, p in zip(dist, values):
+                writer.add_scalar(f"arch/{label}/{choice}", p, epoch)
+            nonzero = values[values > 0]
+            writer.add_scalar(f"arch_entropy/{label}", float(-(nonzero * np.log(nonzero)).sum()), epoch)
+            argmax[label] = list(dist)[int(values.argmax())]
+        writer.add_text("arch/argmax", json.dumps(argmax, default=str), epoch)
+        writer.add_image("arch/distribution", distribution_image(probs), epoch, dataformats="CHW")
+        writer.flush()
+
+    def teardown(self, trainer: Any, pl_module: Any, stage: str) -> None:
+        if self._own_writer and self._writer is not None:
+            self._writer.close()
+            self._writer, self._own_writer = None, False
