@@ -16,7 +16,6 @@ Three levels, with A the architecture (DARTS α), W the supernet weights and V a
 from __future__ import annotations
 
 import contextlib
-import logging
 import math
 import warnings
 from typing import Any, Callable, Iterator, Sequence
@@ -37,8 +36,6 @@ from .aux_models import CifarResNet
 from .oneshot_common import MixedCell, MixedLayer, SoftmaxWeights, check_searchable_space
 
 __all__ = ["TETLO", "TETLOLightningModule", "qrs_loss", "sample_quadruples"]
-
-_logger = logging.getLogger(__name__)
 
 _HYPERGRADIENTS = ("finite_difference", "exact")
 _BASES = ("darts", "pcdarts")
@@ -199,6 +196,13 @@ class _StepCaller(nn.Module):
         return self.module.training_step(batch, batch_idx)
 
 
+def _accuracy(logits: torch.Tensor, target: torch.Tensor) -> float | None:
+    """Top-1 accuracy for class-index targets; ``None`` for other tasks."""
+    if logits.dim() == 2 and target.dim() == 1 and not torch.is_floating_point(target):
+        return float((logits.detach().argmax(1) == target).float().mean())
+    return None
+
+
 def _loss_of(output: Any) -> torch.Tensor:
     loss = output["loss"] if isinstance(output, dict) else output
     if not isinstance(loss, torch.Tensor):
@@ -224,10 +228,12 @@ class TETLOLightningModule(DartsLightningModule):
     3. an auxiliary step, SGD on ``L_tr^X(V) + λ·L_QRS(V; W)`` with the main model's features from
        step 2 (detached; the same batch).
 
-    Logs ``qrs_loss``, ``aux_loss``, ``aux_acc`` (classification targets), ``aux_val_loss``,
+    Logs ``qrs_loss``, ``aux_loss``, ``aux_acc`` (on the training batch; classification targets),
+    ``aux_val_loss``, ``aux_val_acc`` (on the architecture batch, with the unrolled V'),
     ``hypergrad_norm`` and ``hypergrad_unrolled_norm`` (the part of the hypergradient that is not
-    ``γ·∇_A L_val^M``: the transfer and second-order terms) per step and as epoch means, ``aux_lr`` per epoch, and ``prob/<label>/<choice>`` every
-    ``log_prob_every_n_step`` steps and at every epoch end.
+    ``γ·∇_A L_val^M``: the transfer and second-order terms) per step and as epoch means, ``aux_lr``
+    per epoch, and ``prob/<label>/<choice>`` every ``log_prob_every_n_step`` steps and at every
+    epoch end.
     """
 
     def __init__(self, training_module: nn.Module, *,
@@ -302,8 +308,9 @@ class TETLOLightningModule(DartsLightningModule):
         if self.aux_criterion is None:
             criterion = getattr(self.training_module, "criterion", None)
             if not callable(criterion):
-                raise ValueError(f"TETLO trains the auxiliary model with the evaluator's criterion, but the evaluator's "
-                                 f"module {type(self.training_module).__name__} has no callable 'criterion'; "
+                raise ValueError("TETLO trains the auxiliary model with the evaluator's criterion, but the "
+                                 f"evaluator's module {type(self.training_module).__name__} has no callable "
+                                 "'criterion'; "
                                  "pass aux_criterion=<loss function (logits, target) -> loss>")
             self.aux_criterion = criterion
         self._arch_params = self.arch_parameters()
@@ -385,7 +392,8 @@ class TETLOLightningModule(DartsLightningModule):
             optimizers = [getattr(o, "optimizer", o) for o in self._all_optimizers()
                           if not getattr(getattr(o, "optimizer", o), "is_arch_optimizer", False)]
             if len(optimizers) != 1:
-                raise ValueError(f"TETLO needs exactly one weight optimiser from the evaluator, found {len(optimizers)}")
+                raise ValueError("TETLO needs exactly one weight optimiser from the evaluator, "
+                                 f"found {len(optimizers)}")
             optimizer = optimizers[0]
         else:
             optimizer = self._aux_optimizer
@@ -474,7 +482,7 @@ class TETLOLightningModule(DartsLightningModule):
         with torch.no_grad():
             for p, p0 in zip(V, V0):
                 p.copy_(p0)
-        # dL_val^X/dW' and its direct A part: −λ ∂²L_QRS/∂(W',A)∂V · (ξ_v ⊙ v), by central differences in V
+        # dL_val^X/dW' and its direct A part: −λ ∂²L_QRS/∂(W',A)∂V · (ξ_v ⊙ v), central differences in V
         # around V (one backward through the main graph of the difference of the two QRS losses).
         direction_v = [g * lr for g, lr in zip(v, xi_v)]
         norm_v = _norm(direction_v)
@@ -516,13 +524,17 @@ class TETLOLightningModule(DartsLightningModule):
                 loss = self._main_loss(train_batch, batch_idx)
                 grads_a.append(_grads_or_zeros(torch.autograd.grad(loss, A, allow_unused=True), A))
             hyper = [h - (gp - gm) / (2 * eps_w) for h, gp, gm in zip(hyper, *grads_a)]
-        return hyper, self._stats(hyper, direct, val_main, aux_val)
+        return hyper, self._stats(hyper, direct, val_main, aux_val, logits_val, y_v)
 
-    def _stats(self, hyper, direct, val_main, aux_val) -> dict[str, float]:
-        return {"main_val_loss": float(val_main.detach()), "aux_val_loss": float(aux_val.detach()),
-                "hypergrad_norm": float(_norm(hyper)),
-                # the part of the hypergradient that comes from unrolling (transfer + second order)
-                "hypergrad_unrolled_norm": float(_norm([h - d for h, d in zip(hyper, direct)]))}
+    def _stats(self, hyper, direct, val_main, aux_val, logits_val, y_v) -> dict[str, float]:
+        stats = {"main_val_loss": float(val_main.detach()), "aux_val_loss": float(aux_val.detach()),
+                 "hypergrad_norm": float(_norm(hyper)),
+                 # the part of the hypergradient that comes from unrolling (transfer + second order)
+                 "hypergrad_unrolled_norm": float(_norm([h - d for h, d in zip(hyper, direct)]))}
+        accuracy = _accuracy(logits_val, y_v)
+        if accuracy is not None:
+            stats["aux_val_acc"] = accuracy
+        return stats
 
     def _hypergradient_exact(self, train_batch, val_batch, batch_idx, quads):
         """Autograd through both unrolled steps (``create_graph=True``); memory grows accordingly."""
@@ -548,7 +560,7 @@ class TETLOLightningModule(DartsLightningModule):
         val_main = self._main_loss(val_batch, batch_idx, w1)
         direct = _grads_or_zeros(torch.autograd.grad(self.gamma * val_main, A, retain_graph=True, allow_unused=True), A)
         hyper = _grads_or_zeros(torch.autograd.grad(aux_val + self.gamma * val_main, A, allow_unused=True), A)
-        return hyper, self._stats(hyper, direct, val_main, aux_val)
+        return hyper, self._stats(hyper, direct, val_main, aux_val, logits_val, y_v)
 
     # ---- training loop ---------------------------------------------------------------------
     def training_step(self, batch, batch_idx):
@@ -564,8 +576,9 @@ class TETLOLightningModule(DartsLightningModule):
             for p, g in zip(self._arch_params, hyper):
                 p.grad = g.detach().to(p.dtype)
             arc_optim.step()
-            for key in ("hypergrad_norm", "hypergrad_unrolled_norm", "aux_val_loss"):
-                self._log_step(key, stats[key])
+            for key in ("hypergrad_norm", "hypergrad_unrolled_norm", "aux_val_loss", "aux_val_acc"):
+                if key in stats:
+                    self._log_step(key, stats[key])
 
         # Level 1: weight step with the evaluator's optimiser.
         self.resample()
@@ -589,8 +602,9 @@ class TETLOLightningModule(DartsLightningModule):
 
         self._log_step("qrs_loss", float(transfer.detach()))
         self._log_step("aux_loss", float(task_loss.detach()))
-        if logits.dim() == 2 and y_t.dim() == 1 and not torch.is_floating_point(y_t):
-            self._log_step("aux_acc", float((logits.detach().argmax(1) == y_t).float().mean()))
+        accuracy = _accuracy(logits, y_t)
+        if accuracy is not None:
+            self._log_step("aux_acc", accuracy)
         if batch_idx % self.log_prob_every_n_step == 0:
             self.log_probs(self.export_probs())
         return loss_and_metrics
@@ -606,7 +620,8 @@ class TETLOLightningModule(DartsLightningModule):
             # [D] Cosine decay of the auxiliary's lr per epoch (NNI has no schedulers for these optimisers).
             lr = self.aux_learning_rate
             if isinstance(total, int) and total > 0:
-                lr = self.aux_lr_min + 0.5 * (self.aux_learning_rate - self.aux_lr_min) * (1 + math.cos(math.pi * epoch / total))
+                cosine = 0.5 * (1 + math.cos(math.pi * epoch / total))
+                lr = self.aux_lr_min + (self.aux_learning_rate - self.aux_lr_min) * cosine
             for group in self._aux_optimizer.param_groups:
                 group["lr"] = lr
         self._epoch_sums, self._epoch_counts = {}, {}
@@ -805,7 +820,8 @@ class TETLO(DARTS):
         _check_number("gradient_clip_val", gradient_clip_val, strict=True, allow_none=True)
         _check_number("log_prob_every_n_step", log_prob_every_n_step, minimum=1, integer=True)
         if aux_lr_min > aux_learning_rate:
-            raise ValueError(f"TETLO: aux_lr_min ({aux_lr_min}) must not exceed aux_learning_rate ({aux_learning_rate})")
+            raise ValueError(f"TETLO: aux_lr_min ({aux_lr_min}) must not exceed "
+                             f"aux_learning_rate ({aux_learning_rate})")
         for name, value in (("main_feature_module", main_feature_module), ("aux_feature_module", aux_feature_module)):
             if value is not None and (not isinstance(value, str) or not value):
                 raise TypeError(f"TETLO: {name} must be a module name (non-empty str) or None, got {value!r}")

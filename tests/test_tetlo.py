@@ -268,7 +268,8 @@ def test_end_to_end_nas_experiment_exports_valid_sample(tmp_path, monkeypatch):
     assert isinstance(module.aux_model, CifarResNet) and module.aux_model.classifier.out_features == 3
     assert module._main_tap is None  # hooks removed after fit
     metrics = module.trainer.callback_metrics
-    for key in ("qrs_loss", "aux_acc", "aux_loss", "hypergrad_norm", "prob/op/0", "prob/inp/1"):
+    for key in ("qrs_loss", "aux_acc", "aux_loss", "aux_val_acc", "hypergrad_norm", "hypergrad_unrolled_norm",
+                "prob/op/0", "prob/inp/1"):
         assert key in metrics, key
     events = EventAccumulator(str(next((tmp_path / "tb").rglob("events.out.tfevents*")).parent))
     events.Reload()
@@ -354,3 +355,28 @@ def test_registry_builds_tetlo():
 
     strategy = make_strategy("tetlo", gamma=0.5)
     assert isinstance(strategy, TETLO) and strategy._module_kwargs["gamma"] == 0.5
+
+
+def test_evaluator_without_criterion_needs_aux_criterion():
+    from nni.nas.evaluator.pytorch import LightningModule
+
+    class NoCriterion(LightningModule):
+        def training_step(self, batch, batch_idx):
+            x, y = batch
+            return F.cross_entropy(self.model(x), y)
+
+    space = TinySpace()
+    strategy = TETLO(aux_model=_tiny_aux())
+    strategy.mutate_model(space)
+    training_module = NoCriterion()
+    training_module.set_model(space)
+    with pytest.raises(ValueError, match="NoCriterion has no callable 'criterion'; pass aux_criterion"):
+        strategy.configure_oneshot_module(training_module).prepare()
+    strategy = TETLO(aux_model=_tiny_aux(), aux_criterion=F.cross_entropy, unroll_lr_w=0.1, unroll_lr_v=0.1)
+    space = TinySpace()
+    strategy.mutate_model(space)
+    training_module = NoCriterion()
+    training_module.set_model(space)
+    module = strategy.configure_oneshot_module(training_module)
+    hyper, _ = module.compute_hypergradient(*_batches())
+    assert _flat(hyper).norm() > 0
