@@ -149,44 +149,57 @@ class NASGEM(Strategy):
     1. **Encoder pre-training, without labels** (once, before the first proposal). ``pretrain_size``
        graphs are drawn from the space through its graph view (:func:`search_spaces.graph.graph_view`).
        Their WL subtree features (``wl_iterations`` = h = 3, directed, normalised kernel
-       ``k(G,G')/sqrt(k(G,G)k(G',G'))``) are computed once. A directed dense GIN (4 layers, hidden 128,
-       sum readout, linear map to ``embedding_dim`` = 32) is trained with Adam so that the cosine of two
-       embeddings matches their kernel value: MSE over ``encoder_pairs`` = 256 pairs per step for
-       ``encoder_steps`` steps [D]. Half of the pairs are uniform; the other half pair a graph with one of
-       its 10 most WL-similar graphs in the pre-training set, so the embedding also resolves near
-       neighbours (uniform pairs almost never are) [D]. Initial WL labels are the ops; when the space has
-       a single hidden op (the wide cell) the labels also carry (in-degree, out-degree), per the notes.
+       ``k(G,G')/sqrt(k(G,G)k(G',G'))``, :mod:`strategies.wl_kernel`) are computed once. A directed dense
+       GIN (4 layers, sum readout over every layer, linear map to ``embedding_dim`` = 32) is trained with
+       Adam so that the cosine of two embeddings matches their kernel value (MSE over random pairs).
+       Initial WL labels are the ops; when the space has a single hidden op (the wide cell) they also
+       carry (in-degree, out-degree), per the notes. Half of each step's pairs are uniform; the other
+       half pair a graph with one of its 10 most WL-similar graphs in the pre-training set, so that the
+       embedding also resolves near neighbours, which uniform pairs almost never are [D, ours].
     2. **Predictor.** An MLP (2 x 64) on the frozen embeddings, fitted by MSE to the standardised
        metrics of all evaluated cells (Adam, ``predictor_epochs`` full-batch steps), refitted from
-       scratch before every batch; the mean of ``ensemble_size`` such MLPs is the score [D].
-    3. **Bootstrap selection.** The first ``num_init`` proposals are random. Then each round draws a
-       pool of ``pool_size`` graphs (10^4) from the space, drops those already proposed, scores them, and
-       takes the top ``batch_size`` (10) greedily, skipping a candidate whose embedding has cosine
-       > ``diversity_threshold`` (0.98) with one already taken; each slot is instead a random pool
-       member with probability ``epsilon`` (0.1). Steps 2-3 repeat until the budget is spent.
+       scratch before every batch; the mean of ``ensemble_size`` such MLPs is the score.
+    3. **Bootstrap selection.** The first ``num_init`` proposals are random. Then each round scores a
+       pool of up to ``pool_size`` (M = 10^4) graphs sampled from the space, minus those already
+       proposed, and takes the top ``batch_size`` (B = 10) greedily, skipping a candidate whose
+       embedding has cosine > ``diversity_threshold`` (0.98) with one already taken; each slot is
+       instead a random pool member with probability ``epsilon`` (0.1). Steps 2-3 repeat until the
+       budget is spent.
 
-    Departures and additions, named:
+    Departures from the notes' defaults, named (all chosen so that the strategy costs well under a
+    second per proposal on two CPU cores; see ``docs/benchmarks.md``):
 
-    - ``num_init`` defaults to 10 rather than the notes' 20: with batches of 10 the predictor then
-      chooses 15 of the first 25 queries.
-    - The encoder stays frozen after pre-training (the notes' optional fine-tuning is not done), so
-      the embedding of a graph is computed once and cached.
+    - GIN width ``hidden_dim`` = 64 (notes: 128), ``encoder_pairs`` = 128 pairs per step (notes: 256),
+      ``encoder_steps`` = 150, ``pretrain_size`` = 1000 graphs (notes: 10^4-10^5).
+    - The pool is kept across rounds rather than redrawn in full: every round adds ``pool_refresh``
+      fresh draws to a bank holding the ``pool_size`` most recent distinct graphs (the pre-training
+      graphs included), so each graph is sampled and embedded once.
+    - ``num_init`` = 10 (notes: 20): with batches of 10 the predictor chooses 15 of the first 25 queries.
+    - The encoder stays frozen after pre-training (the notes' optional fine-tuning is not done) and no
+      adjacency-reconstruction loss is added, so the embedding of a graph is computed once and cached.
+    - The strategy's tensor work runs on one intra-op thread (restored afterwards): the models are
+      tiny and multi-threaded kernels were many times slower on a shared CPU.
+
+    Additions:
+
     - ``wl_loss=False`` is the ablation "GNN encoder without the WL loss": no pre-training; encoder and
       predictor are trained together, from scratch, on the evaluated cells at every round.
     - The predictor's quality is measured at every refit: a fit on all but ``holdout_fraction`` of the
       evaluated cells is scored by Kendall's tau on the rest. Each value is logged and appended to
-      :attr:`quality_history` (which ``nni_plugins``' TensorBoard logger reads); the proposals use the fit on all cells.
-    - The pool sampler is the graph view's ``random_sample`` (for NASGEM's wide cells: edges with
-      probability 0.2-0.3, notes [D]), not NNI's ``model_space.random``.
+      :attr:`predictor_history` (read by ``nni_plugins``' TensorBoard logger); proposals use the fit
+      on all cells.
+    - Pools and random proposals come from the graph view's ``random_sample`` (for the wide cell,
+      edges with probability 0.2-0.3 as in the notes), not from NNI's ``model_space.random``.
 
     Behaviour under NNI's training services: results may arrive in any order and while proposals are
     being made (the metric callback only records; each round uses whatever has finished). A trial that
-    ends without a metric is logged and skipped; until ``num_init`` cells have metrics, proposals stay
+    ends without a metric is logged and skipped; until enough cells have metrics, proposals stay
     random, so failures never stall the search. A cell (by graph, see ``ArchGraph.key``) is never
     proposed twice. :meth:`state_dict` holds the evaluated cells, the proposed ones, the pending batch,
-    the random state and the encoder weights, so a resumed experiment continues without repeating
-    finished trials or the pre-training; cells that were still running when the state was saved may be
-    proposed again. The same ``seed`` gives the same sequence of proposals (for the same results).
+    the pool, the random state and the encoder weights (the predictor is refitted from these), so a
+    resumed experiment continues without repeating finished trials or the pre-training; cells that were
+    still running when the state was saved may be proposed again. The same ``seed`` gives the same
+    sequence of proposals (for the same results).
 
     Parameters
     ----------
@@ -195,7 +208,9 @@ class NASGEM(Strategy):
     batch_size
         Cells chosen per bootstrap round (B).
     pool_size
-        Graphs sampled per round (M).
+        Largest number of sampled graphs scored per round (M).
+    pool_refresh
+        Fresh graphs sampled into the pool per round.
     pretrain_size
         Graphs sampled for the label-free encoder pre-training.
     wl_iterations
@@ -238,9 +253,9 @@ class NASGEM(Strategy):
     def __init__(self, *, num_init: int = 10, batch_size: int = 10, pool_size: int = 10000, pool_refresh: int = 1000,
                  pretrain_size: int = 1000,
                  wl_iterations: int = 3, degree_labels: bool | str = "auto", embedding_dim: int = 32,
-                 hidden_dim: int = 128, num_layers: int = 4, encoder_steps: int = 300, encoder_pairs: int = 256,
+                 hidden_dim: int = 64, num_layers: int = 4, encoder_steps: int = 150, encoder_pairs: int = 128,
                  encoder_lr: float = 1e-3, wl_loss: bool = True, predictor_hidden: int = 64,
-                 predictor_epochs: int = 300, predictor_lr: float = 1e-3, ensemble_size: int = 1,
+                 predictor_epochs: int = 200, predictor_lr: float = 1e-3, ensemble_size: int = 1,
                  holdout_fraction: float = 0.2, epsilon: float = 0.1, diversity_threshold: float = 0.98,
                  seed: int | None = None):
         super().__init__()
@@ -290,7 +305,7 @@ class NASGEM(Strategy):
         self._queue: list[dict] = []              # samples chosen by the last round, not yet submitted
         self._num_submitted = 0
         #: One entry per predictor refit: ``num_evaluated``, ``num_heldout``, ``kendall_tau`` and ``seconds``.
-        self.quality_history: list[dict[str, float]] = []
+        self.predictor_history: list[dict[str, float]] = []
         #: Wall-clock seconds spent in the strategy: ``pretrain``, ``rounds``, ``proposals``.
         self.timing: dict[str, float] = {"pretrain": 0.0, "rounds": 0.0, "proposals": 0.0}
 
@@ -371,7 +386,7 @@ class NASGEM(Strategy):
                 "random_state": self._rng.get_state(),
                 "encoder": None if not self._encoder_ready else
                 {k: v.detach().clone() for k, v in self._encoder.state_dict().items()},
-                "quality_history": [dict(p) for p in self.quality_history],
+                "predictor_history": [dict(p) for p in self.predictor_history],
             }
 
     def load_state_dict(self, state_dict: dict) -> None:
@@ -394,7 +409,7 @@ class NASGEM(Strategy):
                 self._bank[graph.key()] = (dict(sample), graph)
             self._num_submitted = int(state_dict["num_submitted"])
             self._rng.set_state(state_dict["random_state"])
-            self.quality_history = [dict(p) for p in state_dict["quality_history"]]
+            self.predictor_history = [dict(p) for p in state_dict["predictor_history"]]
             self._embed_cache = {}
             if state_dict["encoder"] is not None:
                 self._encoder = self._new_encoder()
@@ -649,6 +664,6 @@ class NASGEM(Strategy):
         predict = self._fit_once(graphs, y)
         entry = {"num_evaluated": float(len(y)), "num_heldout": float(num_heldout), "kendall_tau": tau,
                  "seconds": time.perf_counter() - start}
-        self.quality_history.append(entry)
+        self.predictor_history.append(entry)
         _logger.info("[NASGEM] predictor refit on %d cells; Kendall tau %.3f on %d held out", len(y), tau, num_heldout)
         return predict

@@ -79,11 +79,11 @@ def test_runs_on_table_without_repeats_and_measures_the_predictor(table):
     strategy, archs = run_on_table(table, 30, seed=0)
     assert len(archs) == 30 and len(set(archs)) == 30
     assert len(strategy.evaluated) == 30
-    taus = [entry["kendall_tau"] for entry in strategy.quality_history]
+    taus = [entry["kendall_tau"] for entry in strategy.predictor_history]
     assert len(taus) == (30 - SMALL["num_init"] + SMALL["batch_size"] - 1) // SMALL["batch_size"]
     assert all(-1 <= t <= 1 for t in taus[1:])
-    assert [e["num_evaluated"] for e in strategy.quality_history] == sorted(e["num_evaluated"]
-                                                                            for e in strategy.quality_history)
+    assert [e["num_evaluated"] for e in strategy.predictor_history] == sorted(e["num_evaluated"]
+                                                                            for e in strategy.predictor_history)
 
 
 def test_same_seed_same_proposals(table):
@@ -186,9 +186,9 @@ def test_out_of_order_and_failed_trials(table, fail_every):
     assert {sample_to_arch_str(s) for s, _ in strategy.evaluated}.isdisjoint(
         {sample_to_arch_str(m.sample) for m in failed})
     if fail_every == 4:
-        assert strategy.quality_history      # the predictor was used despite out-of-order results
+        assert strategy.predictor_history      # the predictor was used despite out-of-order results
     else:
-        assert not strategy.quality_history  # never any data: random proposals, still no stall
+        assert not strategy.predictor_history  # never any data: random proposals, still no stall
 
 
 def test_wide_cell_proposals_are_valid_and_distinct():
@@ -208,14 +208,14 @@ def test_wide_cell_proposals_are_valid_and_distinct():
     for model in engine.history:
         for constraint in view.constraints:
             assert constraint.check_contains(dict(model.sample)) is None
-    assert strategy.quality_history
+    assert strategy.predictor_history
 
 
 def test_wl_loss_off_ablation_trains_encoder_with_predictor(table):
     strategy, archs = run_on_table(table, 14, seed=0, wl_loss=False)
     assert len(set(archs)) == 14
     assert strategy._encoder is None and strategy.timing["pretrain"] == 0.0
-    assert strategy.quality_history
+    assert strategy.predictor_history
 
 
 def test_invalid_arguments():
@@ -234,7 +234,7 @@ def test_invalid_arguments():
 # ---------------------------------------------------------------------------------------------------
 # End to end: a real NNI experiment on the wide cell space that trains on digits
 # ---------------------------------------------------------------------------------------------------
-def train_digits(model_cls):
+def train_digits(model):
     """Trial body: a few dozen Adam steps on scikit-learn's digits, report held-out accuracy."""
     import nni
     from sklearn.datasets import load_digits
@@ -243,7 +243,6 @@ def train_digits(model_cls):
     data = load_digits()
     x = torch.tensor(data.images, dtype=torch.float32)[:, None] / 16.0
     y = torch.tensor(data.target)
-    model = model_cls()
     opt = torch.optim.Adam(model.parameters(), lr=0.02)
     for _ in range(60):
         idx = torch.randint(0, 1400, (64,))
@@ -287,7 +286,7 @@ def test_nas_experiment_on_wide_cell_digits(tmp_path, monkeypatch):
         view = graph_view(space)
         keys = {view.to_graph(s).key() for s, _ in strategy.evaluated}
         assert len(keys) == len(strategy.evaluated)
-        assert strategy.quality_history                                 # the predictor chose some trials
+        assert strategy.predictor_history                                 # the predictor chose some trials
         top = exp.export_top_models(top_k=1, formatter="dict")[0]
         space.freeze(top)                                               # a valid architecture
         assert view.to_graph(top).key() in keys
