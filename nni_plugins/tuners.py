@@ -51,6 +51,14 @@ TensorBoard. The strategy runs chained with :class:`nni_plugins.tensorboard.Tria
 directory of the experiment), open it with ``tensorboard --logdir``. The trials' own logs (in
 ``$NNI_OUTPUT_DIR/tensorboard``) are what the web portal's TensorBoard button shows.
 
+Trial scripts should ``import nni_plugins`` before ``nni.get_next_parameter()``. With
+``trialConcurrency > 1`` NNI 3.0's local training service hands queued parameters to whichever
+trial asks first; the trial then reports its metric under the parameter it really ran (which this
+tuner pairs correctly) but NNI's trial-end event, the web portal and ``nnictl experiment export``
+name the parameter recorded for the trial. The import applies the project's fix
+(``nni_plugins.compat``, ``trial_runs_own_parameter``): every trial runs its recorded parameter.
+Without it a trial that ends before the one that ran its parameter is counted as failed here.
+
 Register the tuners with ``nni-plugins register`` (see :mod:`nni_plugins.registration`).
 """
 from __future__ import annotations

@@ -1,0 +1,216 @@
+"""The nnictl path for real: ``nni-plugins register``, ``nnictl create`` of the examples under
+examples/nnictl on a free loopback port, poll until DONE, check the results through
+``nnictl experiment export`` and the REST API, stop, ``nni-plugins unregister``.
+
+Every command runs with HOME and NNI_CONFIG_DIR in a temporary sandbox (experiment directories,
+``.experiment`` manifest, algorithm registry); the NNI manager is stopped with ``nnictl stop`` and,
+if still alive, killed by its PID.
+"""
+from __future__ import annotations
+
+import csv
+import gzip
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+EXAMPLES = REPO / "examples" / "nnictl"
+BIN = Path(sys.executable).parent
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class NnictlSandbox:
+    """HOME / NNI_CONFIG_DIR in ``root``; runs nnictl and nni-plugins there."""
+
+    def __init__(self, root: Path):
+        self.root = root
+        (root / "home").mkdir()
+        (root / "config").mkdir()
+        self.env = dict(os.environ, HOME=str(root / "home"), NNI_CONFIG_DIR=str(root / "config"),
+                        PATH=f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}", PYTHONUNBUFFERED="1")
+        self.experiments: list[str] = []
+
+    def run(self, *args: str, timeout: float = 120, check: bool = True) -> subprocess.CompletedProcess:
+        proc = subprocess.run(list(args), env=self.env, cwd=self.root, capture_output=True, text=True, timeout=timeout)
+        if check and proc.returncode != 0:
+            raise AssertionError(f"{' '.join(args)} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
+        return proc
+
+    def nnictl(self, *args: str, **kwargs) -> subprocess.CompletedProcess:
+        return self.run(str(BIN / "nnictl"), *args, **kwargs)
+
+    def algo_names(self) -> set[str]:
+        out = self.nnictl("algo", "list").stdout
+        return {line.split("|")[1].strip() for line in out.splitlines() if line.startswith("|") and "user" in line}
+
+    def create(self, config: Path, port: int) -> str:
+        out = self.nnictl("create", "--config", str(config), "--port", str(port), timeout=180).stdout
+        for token in out.split():
+            token = token.strip().replace("\x1b[36m", "").replace("\x1b[0m", "")
+            if token in self.manifest():
+                self.experiments.append(token)
+                return token
+        raise AssertionError(f"no experiment id in nnictl output:\n{out}")
+
+    def manifest(self) -> dict:
+        path = self.root / "home" / "nni-experiments" / ".experiment"
+        return json.loads(path.read_text()) if path.exists() else {}
+
+    def experiment_dir(self, exp_id: str) -> Path:
+        return self.root / "home" / "nni-experiments" / exp_id
+
+    def wait_done(self, port: int, exp_id: str, timeout: float) -> None:
+        deadline = time.time() + timeout
+        status = None
+        while time.time() < deadline:
+            status = rest(port, "check-status")
+            if status["status"] in ("DONE", "ERROR", "STOPPED"):
+                break
+            time.sleep(2)
+        if status is None or status["status"] != "DONE":
+            logs = self.experiment_dir(exp_id) / "log"
+            tails = {p.name: p.read_text()[-1500:] for p in logs.glob("*.log")} if logs.exists() else {}
+            raise AssertionError(f"experiment {exp_id} ended as {status}, not DONE; logs: {json.dumps(tails, indent=1)}")
+
+    def stop_all(self) -> None:
+        for exp_id in self.experiments:
+            pid = self.manifest().get(exp_id, {}).get("pid")
+            self.nnictl("stop", exp_id, check=False, timeout=120)
+            if pid and _alive(pid):
+                os.kill(pid, signal.SIGKILL)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+    except OSError:
+        return False
+
+
+def rest(port: int, path: str, data: dict | None = None, method: str | None = None):
+    url = f"http://127.0.0.1:{port}/api/v1/nni/{path}"
+    body = None if data is None else json.dumps(data).encode()
+    request = urllib.request.Request(url, data=body, headers={"Content-Type": "application/json"}, method=method)
+    with urllib.request.urlopen(request, timeout=30) as resp:
+        return json.loads(resp.read())
+
+
+@pytest.fixture()
+def sandbox(tmp_path):
+    box = NnictlSandbox(tmp_path)
+    # the examples are copied so that nothing is written into the repository
+    shutil.copytree(EXAMPLES, tmp_path / "nnictl")
+    try:
+        yield box
+    finally:
+        box.stop_all()
+
+
+def _nb201_table() -> dict[str, float]:
+    with gzip.open(REPO / "nni_plugins" / "data" / "nb201_cifar10.csv.gz", "rt", newline="") as f:
+        return {row["arch"]: float(row["cifar10_test_acc"]) for row in csv.DictReader(f)}
+
+
+def _arch(params: dict) -> str:
+    return "+".join("|" + "|".join(f"{params[f'{j}_{i}']}~{j}" for j in range(i)) + "|" for i in (1, 2, 3))
+
+
+def _export(box: NnictlSandbox, exp_id: str) -> list[dict]:
+    path = box.root / f"{exp_id}.json"
+    box.nnictl("experiment", "export", exp_id, "--type", "json", "--filename", str(path))
+    return json.loads(path.read_text())
+
+
+def test_register_is_idempotent_and_unregister_removes(sandbox):
+    for _ in range(2):
+        sandbox.run(str(BIN / "nni-plugins"), "register")
+        assert {"GOAL", "NASGEM"} <= sandbox.algo_names()
+    shown = json.loads(sandbox.nnictl("algo", "show", "GOAL").stdout)
+    assert shown["className"] == "nni_plugins.tuners.GOALTuner" and shown["source"] == "user"
+    for _ in range(2):
+        sandbox.run(str(BIN / "nni-plugins"), "unregister")
+        assert not {"GOAL", "NASGEM"} & sandbox.algo_names()
+
+
+def test_goal_nb201_example_reaches_done(sandbox):
+    """examples/nnictl/goal_nb201.yml: 10 trials, each reporting the table's accuracy of the cell it
+    ran, which is the cell NNI recorded for it (export pairs parameters and metrics correctly)."""
+    sandbox.run(str(BIN / "nni-plugins"), "register")
+    port = _free_port()
+    exp_id = sandbox.create(sandbox.root / "nnictl" / "goal_nb201.yml", port)
+    sandbox.wait_done(port, exp_id, timeout=420)
+    records = _export(sandbox, exp_id)
+    table = _nb201_table()
+    assert len(records) == 10
+    archs = set()
+    for record in records:
+        params, value = record["parameter"], record["value"]
+        value = json.loads(value) if isinstance(value, str) else value
+        arch = _arch(params)
+        assert value["default"] == pytest.approx(table[arch]) and value["arch"] == arch
+        archs.add(arch)
+    assert len(archs) == 10, "GOAL proposed an architecture twice"
+    sandbox.stop_all()
+    sandbox.run(str(BIN / "nni-plugins"), "unregister")
+    assert not {"GOAL", "NASGEM"} & sandbox.algo_names()
+
+
+@pytest.mark.slow
+def test_nasgem_digits_example_trains_and_logs(sandbox):
+    """examples/nnictl/nasgem_digits.yml: 6 trials that train a CNN on digits, with 5 intermediate
+    and one final accuracy each; the TensorBoard directory the web portal opens holds the trial's
+    event files (compat link), and the tuner's own search log is written."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    sandbox.run(str(BIN / "nni-plugins"), "register")
+    port = _free_port()
+    exp_id = sandbox.create(sandbox.root / "nnictl" / "nasgem_digits.yml", port)
+    sandbox.wait_done(port, exp_id, timeout=540)
+    records = _export(sandbox, exp_id)
+    assert len(records) == 6
+    configs = {json.dumps(r["parameter"], sort_keys=True) for r in records}
+    assert len(configs) == 6
+    for record in records:
+        assert record["parameter"]["block"]["_name"] in ("conv", "pool", "identity")
+        assert 0.0 <= float(record["value"]) <= 1.0
+    best = max(float(r["value"]) for r in records)
+    assert best > 0.3, "no trained network beat chance (0.1) on digits by a wide margin"
+    trials = rest(port, "trial-jobs")
+    assert len(trials) == 6 and all(t["status"] == "SUCCEEDED" for t in trials)
+    exp_dir = sandbox.experiment_dir(exp_id)
+    for trial in trials:
+        metrics = rest(port, f"metric-data/{trial['trialJobId']}")
+        assert sum(m["type"] == "PERIODICAL" for m in metrics) == 5
+        assert sum(m["type"] == "FINAL" for m in metrics) == 1
+        # what the TensorBoard button opens (V3asV1.getTrialOutputLocalPath + /tensorboard)
+        opened = exp_dir / "trials" / trial["trialJobId"] / "output" / "tensorboard"
+        acc = EventAccumulator(str(opened))
+        acc.Reload()
+        assert [e.step for e in acc.Scalars("val_acc")] == [0, 1, 2, 3, 4]
+    # the web portal's button: the manager starts TensorBoard on that directory (stopped right away)
+    task = rest(port, "tensorboard", {"trials": trials[0]["trialJobId"]})
+    try:
+        assert task["trialLogDirectoryList"] == [str(exp_dir / "trials" / trials[0]["trialJobId"] / "output" / "tensorboard")]
+    finally:
+        rest(port, f"tensorboard/{task['id']}", method="DELETE")
+    search = EventAccumulator(str(exp_dir / "tensorboard" / "tuner"))
+    search.Reload()
+    assert len(search.Scalars("trial/metric")) == 6 and len(search.Scalars("search/best_so_far")) == 6
+    sandbox.stop_all()
+    sandbox.run(str(BIN / "nni-plugins"), "unregister")
