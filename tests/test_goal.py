@@ -239,7 +239,7 @@ def test_valid_proposals_on_hub_spaces(space_fn):
 # ---------------------------------------------------------------------------------------------------
 # End to end: a real NNI experiment that trains on digits
 # ---------------------------------------------------------------------------------------------------
-def train_digits(model_cls):
+def train_digits(model):
     """Trial body: a few hundred SGD steps on scikit-learn's digits, report test accuracy."""
     import nni
     from sklearn.datasets import load_digits
@@ -248,7 +248,6 @@ def train_digits(model_cls):
     data = load_digits()
     x = torch.tensor(data.images, dtype=torch.float32)[:, None] / 16.0
     y = torch.tensor(data.target)
-    model = model_cls()
     opt = torch.optim.Adam(model.parameters(), lr=0.01)
     for step in range(60):
         idx = torch.randint(0, 1400, (64,))
@@ -299,4 +298,4 @@ def test_nas_experiment_on_digits(tmp_path, monkeypatch):
     finally:
         exp.stop()
     if pid is not None:
-        assert wait_dead(pid, 30) and not pid_alive(pid)
+        assert wait_dead(pid, 60) and not pid_alive(pid)
