@@ -37,7 +37,8 @@ Every ``choice`` becomes an ``nni.mutable.Categorical`` (nested ones are labelle
 Trials receive parameters in NNI's own format: ``{"block": {"_name": "conv", "kernel": 3},
 "width": 16}`` (the sub-choices of inactive options are left out). Two samples that differ only in
 inactive sub-choices give the same parameters; the tuner then runs one trial and gives its metric
-to both, so no trial is spent twice on one configuration.
+to both, so no trial is spent twice on one configuration (the search's TensorBoard log below counts
+both queries).
 
 Class arguments are validated in ``__init__`` (NNI's v2 experiment configs never call a
 ``classArgsValidator``): ``optimize_mode`` (``maximize``/``minimize``), ``space`` (above),
