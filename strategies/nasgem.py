@@ -301,7 +301,9 @@ class NASGEM(Strategy):
         self._history_graphs: list[ArchGraph] = []
         self._failed: list[dict] = []
         self._proposed: set[str] = set()          # graph keys ever submitted (or invalid)
-        self._running: dict[str, dict] = {}       # graph key -> sample, submitted and not finished
+        # graph key -> (sample, model), submitted and not finished. Holding the model matters: NNI's
+        # training-service engine keeps only weak references and drops the events of collected models.
+        self._running: dict[str, tuple[dict, ExecutableModelSpace]] = {}
         self._queue: list[dict] = []              # samples chosen by the last round, not yet submitted
         self._num_submitted = 0
         #: One entry per predictor refit: ``num_evaluated``, ``num_heldout``, ``kendall_tau`` and ``seconds``.
@@ -348,7 +350,7 @@ class NASGEM(Strategy):
                 break
             sample, model, key = proposal
             with self._lock:
-                self._running[key] = sample
+                self._running[key] = (sample, model)
                 self._num_submitted += 1
             _logger.info("[NASGEM] proposal %d: %s", self._num_submitted, sample)
             self.engine.submit_models(model)
@@ -379,7 +381,7 @@ class NASGEM(Strategy):
                 "history": [(dict(s), m) for s, m in self._history],
                 "failed": [dict(s) for s in self._failed],
                 "proposed": sorted(self._proposed),
-                "running": [dict(s) for s in self._running.values()],
+                "running": [dict(s) for s, _ in self._running.values()],
                 "queue": [dict(s) for s in self._queue],
                 "bank": [dict(s) for s, _ in self._bank.values()],
                 "num_submitted": self._num_submitted,
