@@ -148,6 +148,7 @@ def test_register_is_idempotent_and_unregister_removes(sandbox):
         assert not {"GOAL", "NASGEM"} & sandbox.algo_names()
 
 
+@pytest.mark.slow
 def test_goal_nb201_example_reaches_done(sandbox):
     """examples/nnictl/goal_nb201.yml: 10 trials, each reporting the table's accuracy of the cell it
     ran, which is the cell NNI recorded for it (export pairs parameters and metrics correctly)."""
