@@ -17,7 +17,6 @@ Fixes (name: NNI call it repairs):
 - ``failed_resume_keeps_checkpoint``: ``nni.nas.experiment.NasExperiment.save_checkpoint`` / ``load_checkpoint``
 - ``checkpoint_after_each_trial``: ``NasExperiment.execution_engine_factory`` /
   ``ExecutionEngine.dispatch_model_event`` (checkpoint only at start and stop)
-- ``resume_cancels_interrupted_trials``: ``TrainingServiceExecutionEngine.load_state_dict``
 - ``websocket_keep_comments``: ``nni.runtime.command_channel.websocket.connection.WsConnection.receive``
   (its ``nni.load``) and ``TunerCommandChannel.receive`` (its ``load``)
 - ``trial_runs_own_parameter``: ``nni.runtime.trial_command_channel.v3.TrialCommandChannelV3.receive_parameter``
@@ -258,33 +257,6 @@ def _fix_checkpoint_after_each_trial() -> None:
 
     _patch('checkpoint_after_each_trial', NasExperiment, 'execution_engine_factory', make_factory)
     _patch('checkpoint_after_each_trial', TrainingServiceExecutionEngine, 'dispatch_model_event', make_dispatch)
-
-
-def _fix_resume_cancels_interrupted_trials() -> None:
-    """On resume the NNI manager re-runs the trials that were running when the experiment died
-    (``nni_node/core/nnimanager.js:128-150``), but their results cannot reach the strategy: the
-    resumed engine never submitted them, so ``TrainingServiceExecutionEngine`` drops their metrics
-    and ``TrialEnd`` ("garbage-collected. Skip."). A strategy that does not know they were in flight
-    samples the same architecture again and it is trained twice (seen with GOAL). The resumed
-    engine (``TrainingServiceExecutionEngine.load_state_dict``, a no-op in NNI) now cancels those
-    interrupted trials, so every architecture is trained under the strategy's control, once."""
-    from nni.nas.execution.training_service import TrainingServiceExecutionEngine
-
-    def make(original):
-        def load_state_dict(self, state_dict: dict) -> None:
-            original(self, state_dict)
-            for trial in self.nodejs_binding.list_trial_jobs():
-                if trial.status in ('WAITING', 'RUNNING', 'UNKNOWN'):
-                    _logger.warning('Trial %s was interrupted with the experiment and its result could not reach '
-                                    'the strategy; cancelling it.', trial.trialJobId)
-                    try:
-                        self.nodejs_binding.kill_trial_job(trial.trialJobId)
-                    except Exception as error:
-                        _logger.warning('Could not cancel trial %s: %r', trial.trialJobId, error)
-        load_state_dict.__doc__ = original.__doc__
-        return load_state_dict
-
-    _patch('resume_cancels_interrupted_trials', TrainingServiceExecutionEngine, 'load_state_dict', make)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -761,7 +733,6 @@ def apply() -> None:
     _fix_tuner_channel_resume_commands()
     _fix_failed_resume_keeps_checkpoint()
     _fix_checkpoint_after_each_trial()
-    _fix_resume_cancels_interrupted_trials()
     _fix_websocket_keep_comments()
     _fix_trial_runs_own_parameter()
     _fix_engine_pairs_reported_parameter()

@@ -396,22 +396,3 @@ def test_slow_manager_start_is_waited_for(monkeypatch):
     launcher._check_rest_server(8080)
     assert len(calls) == 6
 
-
-def test_resumed_engine_cancels_trials_interrupted_with_the_experiment():
-    """After a resume the NNI manager re-runs the trials that were running at the crash; their
-    results cannot reach the strategy, so the resumed engine cancels them."""
-    from types import SimpleNamespace
-    trials = [SimpleNamespace(trialJobId='done', status='SUCCEEDED'),
-              SimpleNamespace(trialJobId='running', status='RUNNING'),
-              SimpleNamespace(trialJobId='waiting', status='WAITING')]
-
-    def cancelled_after_load():
-        engine = _engine_with_trials(trials)
-        killed = []
-        engine.nodejs_binding.kill_trial_job = killed.append
-        engine.load_state_dict({})
-        return killed
-
-    with compat.unpatched('resume_cancels_interrupted_trials'):
-        assert cancelled_after_load() == []
-    assert cancelled_after_load() == ['running', 'waiting']
