@@ -28,6 +28,8 @@ Fixes (name: NNI call it repairs):
 - ``manager_start_patience``: ``nni.experiment.launcher._check_rest_server``
 - ``oneshot_default_config``: ``NasExperimentConfig.default``
 - ``oneshot_log_every_n_steps``: ``nni.nas.oneshot.pytorch.strategy.OneShotStrategy.mutate_evaluator``
+- ``hpo_strategy_idle_sleep``: ``nni.nas.strategy.hpo.HPOTunerStrategy._run``
+- ``sequential_engine_trial_params``: ``nni.nas.execution.SequentialExecutionEngine._run_single_model``
 """
 from __future__ import annotations
 
@@ -723,6 +725,31 @@ def _fix_hpo_strategy_idle_sleep() -> None:
     _patch('hpo_strategy_idle_sleep', hpo.HPOTunerStrategy, '_run', make)
 
 
+def _fix_sequential_engine_trial_params() -> None:
+    """``SequentialExecutionEngine._run_single_model`` (``nni/nas/execution/sequential.py:76-90``)
+    installs its own trial command channel and calls ``nni.get_next_parameter()``, which sets
+    ``nni.trial._params``; afterwards it restores the channel but not ``_params``. Every in-process
+    run (a one-shot ``NasExperiment``, a table benchmark) therefore leaves the last model as the
+    process's "current trial parameter": ``nni.get_current_parameter()`` returns it, and a later
+    ``Evaluator.mock_runtime`` raises "Cannot mock trial when trial APIs are already available."
+    The parameter record and the intermediate-result counter are restored after each model, as
+    ``Evaluator.mock_runtime`` does for its own context."""
+    from nni.nas.execution import sequential
+
+    def make(original):
+        def _run_single_model(self, model) -> None:
+            import nni.trial
+            params, seq = nni.trial._params, nni.trial._intermediate_seq
+            try:
+                return original(self, model)
+            finally:
+                nni.trial._params, nni.trial._intermediate_seq = params, seq
+        _run_single_model.__doc__ = original.__doc__
+        return _run_single_model
+
+    _patch('sequential_engine_trial_params', sequential.SequentialExecutionEngine, '_run_single_model', make)
+
+
 def apply() -> None:
     """Apply every fix once (idempotent)."""
     global _APPLIED
@@ -743,6 +770,7 @@ def apply() -> None:
     _fix_oneshot_default_config()
     _fix_oneshot_log_every_n_steps()
     _fix_hpo_strategy_idle_sleep()
+    _fix_sequential_engine_trial_params()
     _APPLIED = True
 
 

@@ -396,3 +396,25 @@ def test_slow_manager_start_is_waited_for(monkeypatch):
     launcher._check_rest_server(8080)
     assert len(calls) == 6
 
+
+
+def test_in_process_run_leaves_no_current_trial_parameter():
+    """After a SequentialExecutionEngine run, ``Evaluator.mock_runtime`` must still be usable."""
+    import nni.trial
+    from nni.nas.execution import SequentialExecutionEngine
+    from nni.nas.space import RawFormatModelSpace
+    from nni.nas.strategy import Random
+
+    def run():
+        nni.trial._params = None
+        space = RawFormatModelSpace(TinySpace(), FunctionalEvaluator(evaluate_model))
+        Random()(space, SequentialExecutionEngine(max_model_count=2))
+        return nni.get_current_parameter()
+
+    with compat.unpatched('sequential_engine_trial_params'):
+        assert run() is not None                    # NNI leaves the last model as the current parameter
+    nni.trial._params = None
+    assert run() is None
+    frozen = RawFormatModelSpace(TinySpace(), FunctionalEvaluator(evaluate_model)).freeze({'a': 1, 'b': 1})
+    with FunctionalEvaluator.mock_runtime(frozen):
+        assert nni.get_current_parameter() is frozen
