@@ -17,6 +17,8 @@ Fixes (name: NNI call it repairs):
 - ``failed_resume_keeps_checkpoint``: ``nni.nas.experiment.NasExperiment.save_checkpoint`` / ``load_checkpoint``
 - ``checkpoint_after_each_trial``: ``NasExperiment.execution_engine_factory`` /
   ``ExecutionEngine.dispatch_model_event`` (checkpoint only at start and stop)
+- ``resumed_trials_rejoin_strategy``: ``TrainingServiceExecutionEngine.submit_models``,
+  ``._report_metric_data_callback`` and ``._trial_end_callback`` (trials the resumed manager re-runs)
 - ``websocket_keep_comments``: ``nni.runtime.command_channel.websocket.connection.WsConnection.receive``
   (its ``nni.load``) and ``TunerCommandChannel.receive`` (its ``load``)
 - ``trial_runs_own_parameter``: ``nni.runtime.trial_command_channel.v3.TrialCommandChannelV3.receive_parameter``
@@ -42,10 +44,11 @@ import shlex
 import sqlite3
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -59,34 +62,68 @@ class _Patch:
     name: str
     owner: Any          # module or class whose attribute is replaced
     attr: str
-    original: Any       # the raw attribute (``owner.__dict__`` entry for classes)
-    replacement: Any
-    inherited: bool     # the class inherited the attribute: undoing the fix deletes the override
-
-    def install(self) -> None:
-        setattr(self.owner, self.attr, self.replacement)
-
-    def uninstall(self) -> None:
-        if self.inherited:
-            if self.attr in self.owner.__dict__:
-                delattr(self.owner, self.attr)
-        else:
-            setattr(self.owner, self.attr, self.original)
+    make: Callable[[Any], Any]   # builds the replacement from the attribute it wraps
+    active: bool = True
+    builds: list = field(default_factory=list)   # (attribute wrapped, replacement built on it)
 
 
 _PATCHES: dict[str, list[_Patch]] = {}
+# Per patched attribute: (owner, NNI's raw attribute or None when inherited, its patches bottom to top).
+_STACKS: dict[tuple[int, str], tuple[Any, Any, list[_Patch]]] = {}
+
+
+def _raw(owner: Any, attr: str) -> Any:
+    """The attribute as a patch wraps it (``owner.__dict__`` entry for classes, so classmethods stay)."""
+    if isinstance(owner, type) and attr in owner.__dict__:
+        return owner.__dict__[attr]
+    return getattr(owner, attr)
+
+
+def _rebuild(owner: Any, attr: str) -> None:
+    """Install the active patches of one attribute over NNI's original, bottom to top. A patch is
+    built once on each attribute it wraps, so undoing a fix below it rebuilds it on what is left
+    (undoing one fix never drops another) and reinstalling gives back the same objects."""
+    _, raw, stack = _STACKS[(id(owner), attr)]
+    if raw is None:                                   # inherited: undoing every fix deletes the override
+        if attr in owner.__dict__:
+            delattr(owner, attr)
+    else:
+        setattr(owner, attr, raw)
+    for patch in stack:
+        if not patch.active:
+            continue
+        current = _raw(owner, attr)
+        replacement = next((built for wrapped, built in patch.builds if wrapped is current), None)
+        if replacement is None:
+            replacement = patch.make(current)
+            if isinstance(current, classmethod) and not isinstance(replacement, classmethod):
+                replacement = classmethod(replacement)
+            patch.builds.append((current, replacement))
+        setattr(owner, attr, replacement)
 
 
 def _patch(name: str, owner: Any, attr: str, make: Callable[[Any], Any]) -> None:
     """Replace ``owner.attr`` by ``make(original)`` and remember both under fix ``name``."""
-    inherited = isinstance(owner, type) and attr not in owner.__dict__
-    original = owner.__dict__[attr] if isinstance(owner, type) and not inherited else getattr(owner, attr)
-    replacement = make(original)
-    if isinstance(original, classmethod) and not isinstance(replacement, classmethod):
-        replacement = classmethod(replacement)
-    patch = _Patch(name, owner, attr, original, replacement, inherited)
+    key = (id(owner), attr)
+    if key not in _STACKS:
+        inherited = isinstance(owner, type) and attr not in owner.__dict__
+        _STACKS[key] = (owner, None if inherited else _raw(owner, attr), [])
+    _STACKS[key][2].append(patch := _Patch(name, owner, attr, make))
     _PATCHES.setdefault(name, []).append(patch)
-    patch.install()
+    _rebuild(owner, attr)
+
+
+def _set_active(names: tuple[str, ...], active: bool) -> None:
+    for name in names:
+        if name not in _PATCHES:
+            raise ValueError(f'Unknown NNI compatibility fix {name!r}; known fixes: {patch_names()}')
+    touched = {}
+    for name in names:
+        for patch in _PATCHES[name]:
+            patch.active = active
+            touched[(id(patch.owner), patch.attr)] = (patch.owner, patch.attr)
+    for owner, attr in touched.values():
+        _rebuild(owner, attr)
 
 
 def patch_names() -> list[str]:
@@ -96,11 +133,7 @@ def patch_names() -> list[str]:
 
 def revert(*names: str) -> None:
     """Undo the named fixes for the rest of this process (all fixes if no name is given)."""
-    for name in names or list(_PATCHES):
-        if name not in _PATCHES:
-            raise ValueError(f'Unknown NNI compatibility fix {name!r}; known fixes: {patch_names()}')
-        for patch in _PATCHES[name]:
-            patch.uninstall()
+    _set_active(names or tuple(_PATCHES), False)
 
 
 @contextlib.contextmanager
@@ -111,9 +144,7 @@ def unpatched(*names: str) -> Iterator[None]:
     try:
         yield
     finally:
-        for name in names:
-            for patch in _PATCHES[name]:
-                patch.install()
+        _set_active(names, True)
 
 
 def _silence_layer_wrapping_warnings() -> None:
@@ -171,6 +202,9 @@ def _fix_tuner_channel_resume_commands() -> None:
             if command_type in ignored:
                 _logger.debug('Ignoring %s sent by the NNI manager (NAS strategies resume from their '
                               'own checkpoint).', command_type)
+                if command_type == CommandType.AddCustomizedTrialJob:
+                    # The trials the manager re-runs; the engine rebinds them (resumed_trials_rejoin_strategy).
+                    self.__dict__.setdefault('_nni_plugins_resumed_trials', []).append(content)
                 return IgnoredCommand(command_type, content)
             # Hand the command already read to NNI's own decoder.
             self._receive = lambda: (command_type, content)
@@ -259,6 +293,113 @@ def _fix_checkpoint_after_each_trial() -> None:
 
     _patch('checkpoint_after_each_trial', NasExperiment, 'execution_engine_factory', make_factory)
     _patch('checkpoint_after_each_trial', TrainingServiceExecutionEngine, 'dispatch_model_event', make_dispatch)
+
+
+class _ResumedTrials:
+    """The trials a resumed NNI manager re-runs, as one engine sees them (see
+    :func:`_fix_resumed_trials_rejoin_strategy`)."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.unbound: dict[int, dict] = {}        # parameter id -> sample, not yet proposed again
+        self.pending: dict[int, list] = {}        # parameter id -> [(callback, command)] held back
+        self.replaying: set[int] = set()
+
+    def take_announced(self, channel: Any) -> None:
+        """Read the ``AddCustomizedTrialJob`` contents the channel received (call with the lock held)."""
+        import nni
+        for content in (channel.__dict__.pop('_nni_plugins_resumed_trials', None) or []) if channel else []:
+            try:
+                items = json.loads(content)
+            except ValueError:
+                items = None
+            for item in items if isinstance(items, list) else []:
+                try:
+                    model = nni.load(json.dumps(item['parameters']))
+                    self.unbound[int(item['parameter_id'])] = dict(model.sample)
+                except Exception as error:   # not a model of ours: NNI runs it, nobody rebinds it
+                    _logger.warning('Cannot read the trial the NNI manager resumes (%s): %s', error, item)
+
+
+def _resumed_trials(engine: Any) -> _ResumedTrials:
+    state = engine.__dict__.get('_nni_plugins_resumed')
+    if state is None:
+        state = engine.__dict__.setdefault('_nni_plugins_resumed', _ResumedTrials())
+    return state
+
+
+def _fix_resumed_trials_rejoin_strategy() -> None:
+    """On resume the NNI manager re-runs the trials that were waiting or running when the experiment
+    died (``NNIManager.addRecoveredTrialJob``, ``nni_node/core/nnimanager.js:123-157``: same trial,
+    same parameter id) and announces them to the tuner as ``AddCustomizedTrialJob``. The resumed
+    ``TrainingServiceExecutionEngine`` has no model for those parameter ids, so it drops their
+    metrics and ``TrialEnd`` (``_report_metric_data_callback``, ``_trial_end_callback``), while the
+    strategy, whose checkpoint saw them in flight or not at all, proposes the same architectures
+    again (``submit_models``): they were trained twice. The engine now remembers the re-run trials'
+    samples. A model the strategy submits with one of those samples is bound to the re-run trial
+    instead of starting a new one, and receives that trial's metrics and end, those that arrived
+    before the binding replayed in order. A re-run trial that is never proposed again still
+    finishes and is listed by ``list_models`` (and so ``export_top_models``)."""
+    import weakref
+    from nni.nas.execution.training_service import TrainingServiceExecutionEngine
+    from nni.nas.space import ModelStatus
+
+    def replay(engine, state: _ResumedTrials, parameter_id: int) -> None:
+        while True:
+            with state.lock:
+                held = state.pending.pop(parameter_id, [])
+                if not held:
+                    state.replaying.discard(parameter_id)
+                    return
+            for callback, command in held:
+                callback(engine, command)
+
+    def make_submit(original):
+        def submit_models(self, *models) -> None:
+            state = _resumed_trials(self)
+            fresh, bound = [], []
+            with state.lock:
+                state.take_announced(getattr(self, '_channel', None))
+                for model in models:
+                    sample = dict(model.sample)
+                    parameter_id = next((p for p, s in state.unbound.items() if s == sample), None)
+                    if parameter_id is None:
+                        fresh.append(model)
+                        continue
+                    del state.unbound[parameter_id]
+                    self._models[parameter_id] = weakref.ref(model)
+                    model.status = ModelStatus.Training
+                    self._workers -= 1
+                    state.replaying.add(parameter_id)
+                    bound.append(parameter_id)
+            for parameter_id in bound:
+                _logger.info('Model with parameter id %d is already being trained by the resumed NNI manager; '
+                             'bound to it instead of submitting it again.', parameter_id)
+                threading.Thread(target=replay, args=(self, state, parameter_id), daemon=True,
+                                 name=f'nni-plugins-replay-{parameter_id}').start()
+            if fresh:
+                original(self, *fresh)
+        submit_models.__doc__ = original.__doc__
+        return submit_models
+
+    def make_callback(original, parameter_ids):
+        def callback(self, command):
+            state = _resumed_trials(self)
+            with state.lock:
+                state.take_announced(getattr(self, '_channel', None))
+                for parameter_id in parameter_ids(command):
+                    if parameter_id in state.unbound or parameter_id in state.replaying:
+                        state.pending.setdefault(parameter_id, []).append((original, command))
+                        return None
+            return original(self, command)
+        callback.__doc__ = original.__doc__
+        return callback
+
+    _patch('resumed_trials_rejoin_strategy', TrainingServiceExecutionEngine, 'submit_models', make_submit)
+    _patch('resumed_trials_rejoin_strategy', TrainingServiceExecutionEngine, '_report_metric_data_callback',
+           lambda original: make_callback(original, lambda command: [command.parameter_id]))
+    _patch('resumed_trials_rejoin_strategy', TrainingServiceExecutionEngine, '_trial_end_callback',
+           lambda original: make_callback(original, lambda command: list(command.parameter_ids)))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -760,6 +901,7 @@ def apply() -> None:
     _fix_tuner_channel_resume_commands()
     _fix_failed_resume_keeps_checkpoint()
     _fix_checkpoint_after_each_trial()
+    _fix_resumed_trials_rejoin_strategy()
     _fix_websocket_keep_comments()
     _fix_trial_runs_own_parameter()
     _fix_engine_pairs_reported_parameter()

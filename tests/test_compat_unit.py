@@ -48,6 +48,21 @@ def test_unpatched_restores_inherited_and_own_attributes():
     assert NasExperiment.__dict__['save_checkpoint'] is own
 
 
+
+def test_undoing_one_fix_keeps_another_on_the_same_call():
+    """Two fixes wrap ``_trial_end_callback``; undoing either leaves the other in place."""
+    from nni.nas.execution.training_service import TrainingServiceExecutionEngine as Engine
+    both = Engine.__dict__['_trial_end_callback']
+    with compat.unpatched('engine_pairs_reported_parameter'):
+        assert Engine.__dict__['_trial_end_callback'].__name__ == 'callback'            # the resume fix
+    with compat.unpatched('resumed_trials_rejoin_strategy'):
+        top = Engine.__dict__['_trial_end_callback']
+        assert top is not both and top.__name__ == '_trial_end_callback'                # the pairing fix
+    with compat.unpatched('resumed_trials_rejoin_strategy', 'engine_pairs_reported_parameter'):
+        assert Engine.__dict__['_trial_end_callback'].__module__.startswith('nni.')      # NNI's own
+    assert Engine.__dict__['_trial_end_callback'] is both
+
+
 # --- resume: torch.load and a failed resume -------------------------------------------------------
 
 def _sequential_experiment(workdir, exp_id):
@@ -418,3 +433,45 @@ def test_in_process_run_leaves_no_current_trial_parameter():
     frozen = RawFormatModelSpace(TinySpace(), FunctionalEvaluator(evaluate_model)).freeze({'a': 1, 'b': 1})
     with FunctionalEvaluator.mock_runtime(frozen):
         assert nni.get_current_parameter() is frozen
+
+
+def test_trial_rerun_by_resumed_manager_is_bound_not_trained_again():
+    """The resumed manager re-runs parameter 4 (announced by AddCustomizedTrialJob); its final metric
+    arrives before the strategy proposes that architecture again, its end after."""
+    import time
+    import weakref
+    from types import SimpleNamespace
+    from nni.nas.space import SimplifiedModelSpace
+    from nni.runtime.tuner_command_channel.command_type import ReportMetricData
+    space = SimplifiedModelSpace.from_model(TinySpace(), FunctionalEvaluator(evaluate_model))
+    rerun, other = {'a': 1, 'b': 2}, {'a': 3, 'b': 0}
+    announced = json.dumps([{'parameter_id': 4, 'parameter_source': 'resumed', 'parameter_index': 0,
+                             'parameters': json.loads(nni.dump(space.freeze(rerun)))}])
+
+    def resume(name):
+        channel = _ScriptedChannel([(CommandType.AddCustomizedTrialJob, announced)])
+        channel.receive()
+        sent = []
+        channel.send_trial = lambda parameter_id, parameters, placement_constraint=None: sent.append(
+            (parameter_id, dict(parameters.sample)))
+        engine = _engine_with_trials([])
+        engine._channel, engine._workers, engine._current_parameter_id = channel, 2, 4
+        events = []
+        engine.dispatch_model_event = lambda event: events.append((event.event_type.value, dict(event.model.sample)))
+        engine._report_metric_data_callback(ReportMetricData(parameter_id=4, trial_job_id='R', type='FINAL',
+                                                             sequence=0, value=arch_metric(rerun)))
+        models = [space.freeze(rerun), space.freeze(other)]
+        engine.submit_models(*models)
+        engine._trial_end_callback(TrialEnd(trial_job_id='R', parameter_ids=[4], event='SUCCEEDED'))
+        deadline = time.time() + 10
+        while len(events) < 2 and time.time() < deadline:
+            time.sleep(0.01)
+        return sent, events, engine
+
+    with compat.unpatched('resumed_trials_rejoin_strategy'):
+        sent, events, _ = resume('unpatched')
+    assert sent == [(5, rerun), (6, other)] and events == []     # trained twice, its result dropped
+    sent, events, engine = resume('patched')
+    assert sent == [(5, other)]                                  # only the new architecture starts
+    assert events == [('final_metric', rerun), ('training_end', rerun)]
+    assert engine._workers == 0 and isinstance(engine._models[4], weakref.ref)
