@@ -39,7 +39,7 @@ CIFAR_STD = (0.2470, 0.2435, 0.2616)
 
 def make_strategy(name: str):
     from nni.nas.strategy import DARTS, GumbelDARTS
-    from strategies import DrNAS, GAEA
+    from strategies import DrNAS, GAEA, TETLO
     factories = {
         "darts": DARTS,
         "gumbel-darts": GumbelDARTS,
@@ -50,12 +50,14 @@ def make_strategy(name: str):
         "gaea-bilevel": lambda: GAEA(single_level=False),
         "gaea-pc-darts": lambda: GAEA(base="pc-darts"),
         "gaea-gdas": lambda: GAEA(base="gdas"),
+        "tetlo": TETLO,
+        "tetlo-pcdarts": lambda: TETLO(base="pcdarts"),
     }
     return factories[name]()
 
 
 STRATEGIES = ("darts", "gumbel-darts", "drnas", "drnas-kl", "drnas-progressive", "gaea", "gaea-bilevel",
-              "gaea-pc-darts", "gaea-gdas")
+              "gaea-pc-darts", "gaea-gdas", "tetlo", "tetlo-pcdarts")
 
 
 def load_splits(path: Path, seed: int, limit: int):

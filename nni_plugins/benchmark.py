@@ -52,7 +52,7 @@ from search_spaces.nasbench201 import sample_to_arch_str
 
 from .registry import make_strategy, strategy_spec
 from .table import DEFAULT_COLUMN, NasBench201Table
-from .tensorboard import scalar_metric
+from strategies.metrics import scalar_metric
 
 __all__ = ["run_benchmark", "run_one", "BenchmarkResult", "RunCurve", "DEDUP_PATIENCE", "DEFAULT_CHECKPOINTS"]
 

@@ -184,7 +184,8 @@ def run_search(cfg: SearchConfig) -> SearchResult:
 
     from .datasets import build_datasets
     from .evaluators import build_evaluator
-    from .tensorboard import TrialMetricsLogger, scalar_metric
+    from .tensorboard import TrialMetricsLogger
+    from strategies.metrics import scalar_metric
 
     cfg.validate()
     spec = strategy_spec(cfg.strategy)

@@ -31,6 +31,8 @@ from nni.nas.execution.event import ModelEventType, TrainingEndEvent
 from nni.nas.space import ExecutableModelSpace, ModelStatus
 from nni.nas.strategy.middleware import StrategyMiddleware
 
+from strategies.metrics import scalar_metric
+
 __all__ = ["TrialMetricsLogger", "ArchDistributionLogger", "distribution_image", "scalar_metric",
            "QUALITY_ATTRIBUTES"]
 
@@ -39,19 +41,6 @@ __all__ = ["TrialMetricsLogger", "ArchDistributionLogger", "distribution_image",
 #: or ``quality_history``). The step of an entry is its ``num_evaluated`` or ``num_train``.
 QUALITY_ATTRIBUTES = ("surrogate_history", "predictor_history", "quality_history")
 _STEP_KEYS = ("num_evaluated", "num_train")
-
-
-def scalar_metric(metric: Any) -> float | None:
-    """The scalar NNI ranks by: a number, or a dict's ``'default'`` entry; ``None`` if absent/NaN."""
-    if isinstance(metric, dict):
-        metric = metric.get("default")
-    if metric is None:
-        return None
-    try:
-        value = float(metric)
-    except (TypeError, ValueError):
-        return None
-    return None if math.isnan(value) else value
 
 
 class TrialMetricsLogger(StrategyMiddleware):

@@ -76,7 +76,7 @@ import nni
 from nni.mutable import Categorical, CategoricalMultiple, label_scope
 from nni.nas.benchmark.space import SlimBenchmarkSpace
 from nni.nas.execution import ExecutionEngine
-from nni.nas.execution.event import ModelEventType, TrainingEndEvent
+from nni.nas.execution.event import TrainingEndEvent
 from nni.nas.space import ExecutableModelSpace, ModelStatus, RawFormatModelSpace
 from nni.nas.strategy.base import Strategy
 from nni.nas.strategy.middleware import Chain

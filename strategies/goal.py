@@ -25,6 +25,8 @@ from nni.nas.strategy.base import Strategy
 
 from search_spaces.graph import ArchGraph, GraphView, InvalidGraph, graph_view
 
+from .metrics import scalar_metric
+
 __all__ = ["GOAL", "DirectedGNN"]
 
 _logger = logging.getLogger(__name__)
@@ -125,19 +127,6 @@ class _Adam:
             m.mul_(b1).add_(g, alpha=1 - b1)
             v.mul_(b2).addcmul_(g, g, value=1 - b2)
             p.addcdiv_(m, (v / c2).sqrt_().add_(self.eps), value=-self.lr / c1)
-
-
-def _metric_value(metric: Any) -> float | None:
-    """NNI final metric as a float (``dict`` metrics use their ``'default'`` entry)."""
-    if isinstance(metric, dict):
-        metric = metric.get("default")
-    if metric is None:
-        return None
-    try:
-        value = float(metric)
-    except (TypeError, ValueError):
-        return None
-    return value if math.isfinite(value) else None
 
 
 class GOAL(Strategy):
@@ -342,7 +331,7 @@ class GOAL(Strategy):
             if self._running.pop(key, None) is None:
                 _logger.debug("GOAL: ignoring a model it did not submit: %s", sample)
                 return
-            metric = _metric_value(event.model.metric)
+            metric = scalar_metric(event.model.metric)
             if metric is None:
                 _logger.warning("GOAL: trial %s ended with status %s and no metric; skipped.", sample, event.status)
                 self._failed.append(dict(sample))

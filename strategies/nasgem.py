@@ -24,6 +24,7 @@ from nni.nas.space import ExecutableModelSpace
 from nni.nas.strategy.base import Strategy
 
 from search_spaces.graph import ArchGraph, graph_view
+from .metrics import scalar_metric
 from .wl_kernel import WLSubtreeKernel
 
 __all__ = ["NASGEM", "GINEncoder"]
@@ -106,16 +107,6 @@ def _torch_single_thread() -> Iterator[None]:
         yield
     finally:
         torch.set_num_threads(previous)
-
-
-def _metric_value(metric: Any) -> float | None:
-    """The scalar of an NNI final metric (a number or a dict with ``'default'``); ``None`` if unusable."""
-    if isinstance(metric, Mapping):
-        metric = metric.get("default")
-    if isinstance(metric, bool) or not isinstance(metric, (int, float, np.integer, np.floating)):
-        return None
-    value = float(metric)
-    return value if math.isfinite(value) else None
 
 
 def _check_int(name: str, value: Any, minimum: int) -> int:
@@ -366,7 +357,7 @@ class NASGEM(Strategy):
             if self._running.pop(key, None) is None:
                 _logger.warning("NASGEM: %s was not submitted by this strategy; ignored.", sample)
                 return
-            value = _metric_value(event.model.metric)
+            value = scalar_metric(event.model.metric)
             if value is None:
                 _logger.warning("NASGEM: trial %s has no usable metric (%r); skipped.", sample, event.model.metric)
                 self._failed.append(dict(sample))

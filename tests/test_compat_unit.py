@@ -440,7 +440,6 @@ def test_trial_rerun_by_resumed_manager_is_bound_not_trained_again():
     arrives before the strategy proposes that architecture again, its end after."""
     import time
     import weakref
-    from types import SimpleNamespace
     from nni.nas.space import SimplifiedModelSpace
     from nni.runtime.tuner_command_channel.command_type import ReportMetricData
     space = SimplifiedModelSpace.from_model(TinySpace(), FunctionalEvaluator(evaluate_model))

@@ -1,7 +1,6 @@
 """Tests of nni_plugins.evaluators: DARTS training recipe, log placement, serialisation, one-shot DARTS."""
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import nni
