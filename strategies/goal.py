@@ -184,8 +184,10 @@ class GOAL(Strategy):
     - Determinism: numpy ``RandomState(seed)`` drives every random choice and seeds each network
       initialisation (through a forked torch RNG), so a given seed on a sequential engine yields the
       same proposals. :meth:`state_dict` holds history, dedup keys, queue, RNG state and surrogate
-      weights; a resumed experiment continues without repeating finished trials (trials still
-      running at checkpoint time may be proposed again).
+      weights; a resumed experiment continues without repeating finished trials. Trials still
+      running at checkpoint time are forgotten and may be proposed again; on NNI's training
+      services such a proposal joins the trial the resumed manager re-runs instead of training it
+      a second time (``resumed_trials_rejoin_strategy`` in :mod:`nni_plugins.compat`).
     - Any NNI model space works through :func:`search_spaces.graph.graph_view` (NB201, NB101, DARTS
       cells, and a generic decision-chain graph for other spaces).
 
@@ -539,7 +541,8 @@ class GOAL(Strategy):
             self._failed = [dict(s) for s in state_dict["failed"]]
             running = set(state_dict["running"])
             if running:
-                _logger.warning("GOAL: %d trials were running at checkpoint time; they may be proposed again.",
+                _logger.warning("GOAL: %d trials were running at checkpoint time; they may be proposed again "
+                                "(a re-proposal joins the trial the resumed NNI manager re-runs).",
                                 len(running))
             self._seen = set(state_dict["seen"]) - running
             self._running = {}

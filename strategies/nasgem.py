@@ -189,7 +189,9 @@ class NASGEM(Strategy):
     proposed twice. :meth:`state_dict` holds the evaluated cells, the proposed ones, the pending batch,
     the pool, the random state and the encoder weights (the predictor is refitted from these), so a
     resumed experiment continues without repeating finished trials or the pre-training; cells that were
-    still running when the state was saved may be proposed again. The same ``seed`` gives the same
+    still running when the state was saved may be proposed again, and on NNI's training services such
+    a proposal joins the trial the resumed manager re-runs instead of training it a second time
+    (``resumed_trials_rejoin_strategy`` in :mod:`nni_plugins.compat`). The same ``seed`` gives the same
     sequence of proposals (for the same results).
 
     Parameters
@@ -392,7 +394,8 @@ class NASGEM(Strategy):
             running_keys = {self._key_of(s) for s in state_dict["running"]}
             if running_keys:
                 _logger.warning("NASGEM: %d cells were still running when the state was saved; they may be "
-                                "proposed again.", len(running_keys))
+                                "proposed again (a re-proposal joins the trial the resumed NNI manager re-runs).",
+                                len(running_keys))
             self._proposed = set(state_dict["proposed"]) - running_keys
             self._running = {}
             self._queue = [dict(s) for s in state_dict["queue"]]
