@@ -308,7 +308,8 @@ class _ResumedTrials:
     def take_announced(self, channel: Any) -> None:
         """Read the ``AddCustomizedTrialJob`` contents the channel received (call with the lock held)."""
         import nni
-        for content in (channel.__dict__.pop('_nni_plugins_resumed_trials', None) or []) if channel else []:
+        announced = channel.__dict__.pop('_nni_plugins_resumed_trials', []) if channel is not None else []
+        for content in announced:
             try:
                 items = json.loads(content)
             except ValueError:
@@ -322,10 +323,10 @@ class _ResumedTrials:
 
 
 def _resumed_trials(engine: Any) -> _ResumedTrials:
-    state = engine.__dict__.get('_nni_plugins_resumed')
-    if state is None:
-        state = engine.__dict__.setdefault('_nni_plugins_resumed', _ResumedTrials())
-    return state
+    """The engine's re-run trials (created on first use: tests build engines without ``__init__``)."""
+    if '_nni_plugins_resumed' not in engine.__dict__:
+        engine.__dict__.setdefault('_nni_plugins_resumed', _ResumedTrials())
+    return engine.__dict__['_nni_plugins_resumed']
 
 
 def _fix_resumed_trials_rejoin_strategy() -> None:

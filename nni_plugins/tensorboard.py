@@ -33,8 +33,7 @@ from nni.nas.strategy.middleware import StrategyMiddleware
 
 from strategies.metrics import scalar_metric
 
-__all__ = ["TrialMetricsLogger", "ArchDistributionLogger", "distribution_image", "scalar_metric",
-           "QUALITY_ATTRIBUTES"]
+__all__ = ["TrialMetricsLogger", "ArchDistributionLogger", "distribution_image", "QUALITY_ATTRIBUTES"]
 
 #: Strategy attributes holding one dict of surrogate-quality scalars per refit, in lookup order
 #: (GOAL: ``surrogate_history``; NASGEM: ``predictor_history``; any other strategy may use either,

@@ -48,7 +48,6 @@ def test_unpatched_restores_inherited_and_own_attributes():
     assert NasExperiment.__dict__['save_checkpoint'] is own
 
 
-
 def test_undoing_one_fix_keeps_another_on_the_same_call():
     """Two fixes wrap ``_trial_end_callback``; undoing either leaves the other in place."""
     from nni.nas.execution.training_service import TrainingServiceExecutionEngine as Engine
@@ -412,7 +411,6 @@ def test_slow_manager_start_is_waited_for(monkeypatch):
     assert len(calls) == 6
 
 
-
 def test_in_process_run_leaves_no_current_trial_parameter():
     """After a SequentialExecutionEngine run, ``Evaluator.mock_runtime`` must still be usable."""
     import nni.trial
@@ -447,7 +445,7 @@ def test_trial_rerun_by_resumed_manager_is_bound_not_trained_again():
     announced = json.dumps([{'parameter_id': 4, 'parameter_source': 'resumed', 'parameter_index': 0,
                              'parameters': json.loads(nni.dump(space.freeze(rerun)))}])
 
-    def resume(name):
+    def resume():
         channel = _ScriptedChannel([(CommandType.AddCustomizedTrialJob, announced)])
         channel.receive()
         sent = []
@@ -468,9 +466,9 @@ def test_trial_rerun_by_resumed_manager_is_bound_not_trained_again():
         return sent, events, engine
 
     with compat.unpatched('resumed_trials_rejoin_strategy'):
-        sent, events, _ = resume('unpatched')
+        sent, events, _ = resume()
     assert sent == [(5, rerun), (6, other)] and events == []     # trained twice, its result dropped
-    sent, events, engine = resume('patched')
+    sent, events, engine = resume()
     assert sent == [(5, other)]                                  # only the new architecture starts
     assert events == [('final_metric', rerun), ('training_end', rerun)]
     assert engine._workers == 0 and isinstance(engine._models[4], weakref.ref)
