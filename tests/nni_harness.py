@@ -70,6 +70,30 @@ def evaluate_model(model, sleep: float = 0.0):
     nni.report_final_result({'default': arch_metric(arch), 'arch': arch})
 
 
+def train_digits(model, lr: float = 0.01, steps: int = 60):
+    """Trial body: ``steps`` Adam steps on scikit-learn's digits from seeded weights, report held-out accuracy."""
+    from sklearn.datasets import load_digits
+
+    torch.manual_seed(0)
+    for module in model.modules():                  # the weights NNI built are unseeded: redraw them
+        if hasattr(module, "reset_parameters"):
+            module.reset_parameters()
+    data = load_digits()
+    x = torch.tensor(data.images, dtype=torch.float32)[:, None] / 16.0
+    y = torch.tensor(data.target)
+    opt = torch.optim.Adam(model.parameters(), lr=lr)
+    for _ in range(steps):
+        idx = torch.randint(0, 1400, (64,))
+        loss = torch.nn.functional.cross_entropy(model(x[idx]), y[idx])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    model.eval()
+    with torch.no_grad():
+        acc = (model(x[1400:]).argmax(1) == y[1400:]).float().mean().item()
+    nni.report_final_result(acc)
+
+
 class UntracedBox:
     """A non-traced evaluator argument: ``nni.dump`` pickles it to base64, which is where ``//``
     sequences come from (NNI's comment stripper then mangles the message)."""

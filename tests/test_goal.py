@@ -239,34 +239,12 @@ def test_valid_proposals_on_hub_spaces(space_fn):
 # ---------------------------------------------------------------------------------------------------
 # End to end: a real NNI experiment that trains on digits
 # ---------------------------------------------------------------------------------------------------
-def train_digits(model):
-    """Trial body: a few hundred SGD steps on scikit-learn's digits, report test accuracy."""
-    import nni
-    from sklearn.datasets import load_digits
-
-    torch.manual_seed(0)
-    data = load_digits()
-    x = torch.tensor(data.images, dtype=torch.float32)[:, None] / 16.0
-    y = torch.tensor(data.target)
-    opt = torch.optim.Adam(model.parameters(), lr=0.01)
-    for step in range(60):
-        idx = torch.randint(0, 1400, (64,))
-        loss = torch.nn.functional.cross_entropy(model(x[idx]), y[idx])
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    model.eval()
-    with torch.no_grad():
-        acc = (model(x[1400:]).argmax(1) == y[1400:]).float().mean().item()
-    nni.report_final_result(acc)
-
-
 @pytest.mark.slow
 @pytest.mark.timeout(900)
 def test_nas_experiment_on_digits(tmp_path, monkeypatch):
     from nni.nas.experiment import NasExperiment, NasExperimentConfig
     from search_spaces.digits import DigitsCellSpace
-    from tests.nni_harness import free_port, pid_alive, wait_dead
+    from tests.nni_harness import free_port, pid_alive, train_digits, wait_dead
 
     repo = Path(__file__).resolve().parents[1]
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
