@@ -218,6 +218,37 @@ def test_wl_loss_off_ablation_trains_encoder_with_predictor(table):
     assert strategy.predictor_history
 
 
+def test_rank_targets_ignore_the_metric_scale(table):
+    """With ``score_transform="rank"`` the predictor sees only the order of the metrics: an increasing
+    transform of every metric leaves its scores unchanged; with ``"standardize"`` it does not."""
+    strategy = NASGEM(seed=0, **SMALL)
+    space = BenchmarkModelSpace(table)
+    strategy.initialize(space, SequentialExecutionEngine(max_model_count=1))
+    strategy._pretrain_encoder()
+    view = graph_view(space)
+    rng = np.random.RandomState(1)
+    samples = [view.random_sample(rng) for _ in range(40)]
+    graphs = [view.to_graph(s) for s in samples]
+    y = np.array([table.evaluate(s) for s in samples], dtype=np.float64)
+    pool = [view.to_graph(view.random_sample(rng)) for _ in range(200)]
+    z_pool = strategy._embed(pool, [g.key() for g in pool])
+
+    def scores(transform, metrics):
+        strategy.score_transform = transform
+        torch.manual_seed(0)
+        predict = strategy._fit_once(graphs, metrics)
+        with torch.no_grad():
+            return predict(pool, z_pool)[0]
+
+    warped = np.exp(y / 4.0) - 1000.0 * (y < 50)          # increasing, with a far lower tail
+    assert np.allclose(scores("rank", y), scores("rank", warped), atol=1e-5)
+    assert not np.allclose(scores("standardize", y), scores("standardize", warped), atol=1e-2)
+    strategy.score_transform = "rank"
+    targets = strategy._targets(y)
+    assert np.argsort(targets, kind="stable").tolist() == np.argsort(y, kind="stable").tolist()
+    assert abs(targets.mean()) < 1e-9 and targets.std() < 1.0
+
+
 def test_invalid_arguments():
     with pytest.raises(ValueError, match="batch_size must be >= 1"):
         NASGEM(batch_size=0)
@@ -229,6 +260,8 @@ def test_invalid_arguments():
         NASGEM(degree_labels="yes")
     with pytest.raises(TypeError, match="wl_loss"):
         NASGEM(wl_loss=1)
+    with pytest.raises(ValueError, match="score_transform must be 'rank' or 'standardize'"):
+        NASGEM(score_transform="minmax")
 
 
 # ---------------------------------------------------------------------------------------------------
