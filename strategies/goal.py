@@ -165,8 +165,11 @@ class GOAL(Strategy):
     5. **Acquisition [D].** Candidates are ranked by the ensemble's mean score and the best
        ``batch_size`` form the next batch; each slot is replaced by a random architecture with
        probability ``epsilon``; random architectures also fill in when ascent finds nothing new.
-       Departure: the default ``batch_size`` is 3, below the notes' 5-10; smaller batches refit
-       more often (more adaptive, same query count) and the refits are cheap enough.
+       Departure: the default ``batch_size`` is 1, below the notes' 5-10: the surrogate is
+       refitted (warm-started) whenever a new result has arrived, and each free worker gets the
+       best candidate of the latest fit (sequential model-based optimisation; with concurrency
+       > 1 and no new result, the next-best candidate). Same query count, more adaptive; the
+       refits are cheap enough (``docs/benchmarks.md``: Protocol A with B = 1, 2, 3).
     6. Repeat until the experiment's budget (``max_trial_number``) is spent.
 
     Departures and platform behaviour:
@@ -233,7 +236,7 @@ class GOAL(Strategy):
         Random seed.
     """
 
-    def __init__(self, *, n_init: int = 10, batch_size: int = 3, top_k: int = 5, random_starts: int = 1,
+    def __init__(self, *, n_init: int = 10, batch_size: int = 1, top_k: int = 5, random_starts: int = 1,
                  ascent_steps: int = 30, step_size: float = 0.2, epsilon: float = 0.1, hidden: int = 32,
                  num_layers: int = 3, ensemble: int = 3, epochs: int = 100, lr: float = 1e-3,
                  weight_decay: float = 0.0, loss: str = "bpr", margin: float = 0.05, reinit_every: int = 5,
