@@ -173,8 +173,8 @@ class NASGEM(Strategy):
       barely train; with plain MSE they dominate the fit, and the predictor spends itself telling bad
       cells from poor ones instead of ordering the good ones. Ranks make the fit invariant to every
       increasing transform of the metric (accuracy, error, log-loss scale), so nothing depends on a
-      dataset's scale. On Protocol A (20 seeds) this lifted the mean best-so-far at 50 queries from
-      93.89 to 94.18 (``docs/benchmarks.md``).
+      dataset's scale. On Protocol A (20 seeds, one sitting) this lifted the mean best-so-far at 50
+      queries from 94.01 to 94.24, and at 100 from 94.21 to 94.36 (``docs/benchmarks.md``).
     - The encoder stays frozen after pre-training (the notes' optional fine-tuning is not done) and no
       adjacency-reconstruction loss is added, so the embedding of a graph is computed once and cached.
     - The strategy's tensor work runs on one intra-op thread (restored afterwards): the models are
