@@ -1,6 +1,7 @@
 """Protocol B: one-shot search on real CIFAR-10 images, judged by the NAS-Bench-201 table.
 
-Space: NNI hub ``NasBench201(stem_out_channels=16, num_modules_per_stack=2)``. Data: the CIFAR-10
+Space: NNI hub ``NasBench201(stem_out_channels=16, num_modules_per_stack=2)`` (``--stem-channels``,
+``--modules-per-stack`` change it for cost measurements; the protocol's results use the defaults). Data: the CIFAR-10
 subset (``cifar10_subset.npz``), shuffled with the seed; the first ``--limit`` images train the
 weights, the next ``--limit`` drive the architecture steps; CIFAR mean/std normalisation, batch 64.
 Evaluator: NNI's default ``Classification`` (the baselines' setting). The search runs through
@@ -14,6 +15,7 @@ Examples::
 
     python examples/protocol_b.py --strategy drnas --seed 0 --epochs 10 --output runs/b_drnas_0.json
     python examples/protocol_b.py --strategy darts --seed 0 --epochs 1 --limit 500   # smoke test
+    python examples/protocol_b.py --strategy tetlo --strategy-kwargs '{"gamma": 0.5}' --seed 0
 """
 from __future__ import annotations
 
@@ -37,23 +39,24 @@ CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR_STD = (0.2470, 0.2435, 0.2616)
 
 
-def make_strategy(name: str):
+def make_strategy(name: str, kwargs: dict | None = None):
     from nni.nas.strategy import DARTS, GumbelDARTS
     from strategies import DrNAS, GAEA, TETLO
+    kwargs = kwargs or {}
     factories = {
         "darts": DARTS,
         "gumbel-darts": GumbelDARTS,
         "drnas": DrNAS,
-        "drnas-kl": lambda: DrNAS(reg_type="kl"),
-        "drnas-progressive": lambda: DrNAS(stages="nb201"),
+        "drnas-kl": lambda **kw: DrNAS(reg_type="kl", **kw),
+        "drnas-progressive": lambda **kw: DrNAS(stages="nb201", **kw),
         "gaea": GAEA,
-        "gaea-bilevel": lambda: GAEA(single_level=False),
-        "gaea-pc-darts": lambda: GAEA(base="pc-darts"),
-        "gaea-gdas": lambda: GAEA(base="gdas"),
+        "gaea-bilevel": lambda **kw: GAEA(single_level=False, **kw),
+        "gaea-pc-darts": lambda **kw: GAEA(base="pc-darts", **kw),
+        "gaea-gdas": lambda **kw: GAEA(base="gdas", **kw),
         "tetlo": TETLO,
-        "tetlo-pcdarts": lambda: TETLO(base="pcdarts"),
+        "tetlo-pcdarts": lambda **kw: TETLO(base="pcdarts", **kw),
     }
-    return factories[name]()
+    return factories[name](**kwargs)
 
 
 STRATEGIES = ("darts", "gumbel-darts", "drnas", "drnas-kl", "drnas-progressive", "gaea", "gaea-bilevel",
@@ -90,12 +93,19 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--epochs", type=int, default=10)
     parser.add_argument("--limit", type=int, default=2500, help="images per split (weights / architecture)")
     parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--stem-channels", type=int, default=16, help="C of the hub NasBench201 space")
+    parser.add_argument("--modules-per-stack", type=int, default=2,
+                        help="cells per stage of the hub NasBench201 space (the benchmark's networks use 5)")
     parser.add_argument("--data", type=Path, default=DATA / "cifar10_subset.npz")
     parser.add_argument("--table", type=Path, default=DATA / "nb201_cifar10.csv")
     parser.add_argument("--output", type=Path, help="write the result JSON here")
     parser.add_argument("--logdir", type=Path, help="TensorBoard log directory (default: no logger)")
     parser.add_argument("--threads", type=int, help="torch intra-op threads")
+    parser.add_argument("--strategy-kwargs", type=json.loads, default={}, metavar="JSON",
+                        help='extra keyword arguments of the strategy, e.g. \'{"gamma": 0.5}\'')
     args = parser.parse_args(argv)
+    if not isinstance(args.strategy_kwargs, dict):
+        parser.error("--strategy-kwargs must be a JSON object")
 
     sys.path.insert(0, str(ROOT))
     import pytorch_lightning as pl
@@ -133,8 +143,8 @@ def main(argv: list[str] | None = None) -> dict:
         val_dataloaders=DataLoader(TensorDataset(x_a, y_a), batch_size=args.batch_size, shuffle=True),
         max_epochs=args.epochs, num_classes=10, logger=logger, callbacks=[timer],
         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False, log_every_n_steps=10)
-    space = NasBench201(stem_out_channels=16, num_modules_per_stack=2)
-    strategy = make_strategy(args.strategy)
+    space = NasBench201(stem_out_channels=args.stem_channels, num_modules_per_stack=args.modules_per_stack)
+    strategy = make_strategy(args.strategy, args.strategy_kwargs)
 
     workdir = tempfile.mkdtemp(prefix="protocol_b_")
     experiment = NasExperiment(space, evaluator, strategy)
@@ -151,7 +161,8 @@ def main(argv: list[str] | None = None) -> dict:
     arch = sample_to_arch_str(sample)
     ops = list(edge_ops(sample).values())
     result = {
-        "strategy": args.strategy, "seed": args.seed, "epochs": args.epochs, "limit": args.limit,
+        "strategy": args.strategy, "strategy_kwargs": args.strategy_kwargs, "seed": args.seed, "epochs": args.epochs, "limit": args.limit,
+        "stem_channels": args.stem_channels, "modules_per_stack": args.modules_per_stack,
         "arch": arch, "cifar10_test_acc": table.get(arch), "num_skip": ops.count("skip_connect"),
         "num_none": ops.count("none"), "wall_s": round(wall, 1),
         "epoch_s": round(sum(timer.times) / len(timer.times), 2) if timer.times else None,
