@@ -25,6 +25,7 @@ import json
 import os
 import random
 import resource
+import shutil
 import sys
 import tempfile
 import time
@@ -156,6 +157,7 @@ def main(argv: list[str] | None = None) -> dict:
         sample = experiment.export_top_models(formatter="dict")[0]
     finally:
         experiment.stop()
+        shutil.rmtree(workdir, ignore_errors=True)  # NNI's checkpoint of the run; the record below is the result
     wall = time.perf_counter() - start
 
     arch = sample_to_arch_str(sample)

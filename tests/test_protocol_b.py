@@ -1,0 +1,60 @@
+"""examples/protocol_b.py, the Protocol B benchmark script: its options reach the strategy and the
+space, a wrong option is refused before anything runs, and a tiny run writes a complete record."""
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA = ROOT.parent / "shared" / "data"
+
+
+def _load_script():
+    spec = importlib.util.spec_from_file_location("protocol_b", ROOT / "examples" / "protocol_b.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_strategy_kwargs_reach_the_strategy():
+    script = _load_script()
+    tetlo = script.make_strategy("tetlo", {"gamma": 0.5})
+    assert tetlo._module_kwargs["gamma"] == 0.5
+    drnas = script.make_strategy("drnas-progressive", {"reg_scale": 0.01})
+    assert drnas.reg_scale == 0.01 and drnas.stages is not None
+    with pytest.raises(TypeError):
+        script.make_strategy("gaea", {"no_such_argument": 1})
+
+
+def test_strategy_kwargs_must_be_a_json_object(capsys):
+    script = _load_script()
+    with pytest.raises(SystemExit):
+        script.main(["--strategy", "darts", "--strategy-kwargs", "[1, 2]"])
+    assert "--strategy-kwargs must be a JSON object" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(not (DATA / "cifar10_subset.npz").exists(), reason="needs ../shared/data")
+def test_tiny_run_writes_a_complete_record(tmp_path, monkeypatch):
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.setenv("NNI_CONFIG_DIR", str(tmp_path / "nni"))
+    monkeypatch.setenv("TMPDIR", str(tmp_path / "tmp"))
+    (tmp_path / "tmp").mkdir()
+    monkeypatch.setattr("tempfile.tempdir", None)
+    script = _load_script()
+    output = tmp_path / "record.json"
+    script.main(["--strategy", "drnas", "--strategy-kwargs", '{"reg_scale": 0.002}', "--epochs", "1",
+                 "--limit", "64", "--stem-channels", "8", "--modules-per-stack", "1", "--threads", "1",
+                 "--output", str(output)])
+    record = json.loads(output.read_text())
+    assert record["strategy_kwargs"] == {"reg_scale": 0.002}
+    assert "reg_scale=0.002" in record["strategy_repr"]
+    assert (record["stem_channels"], record["modules_per_stack"]) == (8, 1)
+    # every exported cell is a cell of the table, and its accuracy is the table's
+    assert 10.0 <= record["cifar10_test_acc"] <= 94.37
+    assert record["num_skip"] + record["num_none"] <= 6
+    assert len(record["epoch_times_s"]) == 1
+    assert record["peak_rss_mb"] >= record["rss_before_search_mb"] > 0
+    assert list((tmp_path / "tmp").iterdir()) == []    # the experiment's working directory is removed
