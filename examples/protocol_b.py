@@ -40,28 +40,31 @@ CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR_STD = (0.2470, 0.2435, 0.2616)
 
 
+#: strategy name -> (class name, fixed keyword arguments of the variant)
+VARIANTS: dict[str, tuple[str, dict]] = {
+    "darts": ("DARTS", {}),
+    "gumbel-darts": ("GumbelDARTS", {}),
+    "drnas": ("DrNAS", {}),
+    "drnas-kl": ("DrNAS", {"reg_type": "kl"}),
+    "drnas-progressive": ("DrNAS", {"stages": "nb201"}),
+    "gaea": ("GAEA", {}),
+    "gaea-bilevel": ("GAEA", {"single_level": False}),
+    "gaea-pc-darts": ("GAEA", {"base": "pc-darts"}),
+    "gaea-gdas": ("GAEA", {"base": "gdas"}),
+    "tetlo": ("TETLO", {}),
+    "tetlo-pcdarts": ("TETLO", {"base": "pcdarts"}),
+}
+STRATEGIES = tuple(VARIANTS)
+
+
 def make_strategy(name: str, kwargs: dict | None = None):
+    """The strategy ``name`` with its variant's arguments plus ``kwargs`` (giving one of the
+    variant's own arguments again is a ``TypeError``, as for any repeated keyword)."""
     from nni.nas.strategy import DARTS, GumbelDARTS
     from strategies import DrNAS, GAEA, TETLO
-    kwargs = kwargs or {}
-    factories = {
-        "darts": DARTS,
-        "gumbel-darts": GumbelDARTS,
-        "drnas": DrNAS,
-        "drnas-kl": lambda **kw: DrNAS(reg_type="kl", **kw),
-        "drnas-progressive": lambda **kw: DrNAS(stages="nb201", **kw),
-        "gaea": GAEA,
-        "gaea-bilevel": lambda **kw: GAEA(single_level=False, **kw),
-        "gaea-pc-darts": lambda **kw: GAEA(base="pc-darts", **kw),
-        "gaea-gdas": lambda **kw: GAEA(base="gdas", **kw),
-        "tetlo": TETLO,
-        "tetlo-pcdarts": lambda **kw: TETLO(base="pcdarts", **kw),
-    }
-    return factories[name](**kwargs)
-
-
-STRATEGIES = ("darts", "gumbel-darts", "drnas", "drnas-kl", "drnas-progressive", "gaea", "gaea-bilevel",
-              "gaea-pc-darts", "gaea-gdas", "tetlo", "tetlo-pcdarts")
+    classes = {"DARTS": DARTS, "GumbelDARTS": GumbelDARTS, "DrNAS": DrNAS, "GAEA": GAEA, "TETLO": TETLO}
+    class_name, fixed = VARIANTS[name]
+    return classes[class_name](**fixed, **(kwargs or {}))
 
 
 def load_splits(path: Path, seed: int, limit: int):
@@ -163,7 +166,8 @@ def main(argv: list[str] | None = None) -> dict:
     arch = sample_to_arch_str(sample)
     ops = list(edge_ops(sample).values())
     result = {
-        "strategy": args.strategy, "strategy_kwargs": args.strategy_kwargs, "seed": args.seed, "epochs": args.epochs, "limit": args.limit,
+        "strategy": args.strategy, "strategy_kwargs": args.strategy_kwargs, "seed": args.seed,
+        "epochs": args.epochs, "limit": args.limit,
         "stem_channels": args.stem_channels, "modules_per_stack": args.modules_per_stack,
         "arch": arch, "cifar10_test_acc": table.get(arch), "num_skip": ops.count("skip_connect"),
         "num_none": ops.count("none"), "wall_s": round(wall, 1),
