@@ -8,14 +8,17 @@ Evaluator: NNI's default ``Classification`` (the baselines' setting). The search
 ``NasExperiment``; the exported cell is looked up in the N=5 NB201 table.
 
 GAEA's single-level (ERM) mode takes both its weight and its architecture batches from the
-``--limit`` training images (the architecture images are not used), so that an epoch has as many
-batches as the other strategies'.
+training images. By default (``--erm-data train``) those are the ``--limit`` weight images (the
+architecture images are not used), so that an epoch has as many batches as the other strategies'.
+``--erm-data all`` trains on both halves, as the paper's ERM trains on the whole training set where
+bilevel methods split it; run it with half the epochs to keep the other strategies' step count.
 
 Examples::
 
     python examples/protocol_b.py --strategy drnas --seed 0 --epochs 10 --output runs/b_drnas_0.json
     python examples/protocol_b.py --strategy darts --seed 0 --epochs 1 --limit 500   # smoke test
     python examples/protocol_b.py --strategy tetlo --strategy-kwargs '{"gamma": 0.5}' --seed 0
+    python examples/protocol_b.py --strategy gaea --erm-data all --epochs 5 --seed 0
 """
 from __future__ import annotations
 
@@ -67,6 +70,12 @@ def make_strategy(name: str, kwargs: dict | None = None):
     return classes[class_name](**fixed, **(kwargs or {}))
 
 
+def is_single_level(name: str, kwargs: dict) -> bool:
+    """Whether the variant trains weights and architecture on the same (training) data."""
+    class_name, fixed = VARIANTS[name]
+    return class_name == "GAEA" and bool({**fixed, **kwargs}.get("single_level", True))
+
+
 def load_splits(path: Path, seed: int, limit: int):
     with np.load(path) as data:
         x, y = data["x_train"], data["y_train"]
@@ -107,9 +116,14 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--threads", type=int, help="torch intra-op threads")
     parser.add_argument("--strategy-kwargs", type=json.loads, default={}, metavar="JSON",
                         help='extra keyword arguments of the strategy, e.g. \'{"gamma": 0.5}\'')
+    parser.add_argument("--erm-data", choices=("train", "all"), default="train",
+                        help="training images of a single-level (ERM) strategy: the weight split, or both splits")
     args = parser.parse_args(argv)
     if not isinstance(args.strategy_kwargs, dict):
         parser.error("--strategy-kwargs must be a JSON object")
+    if args.erm_data == "all" and not is_single_level(args.strategy, args.strategy_kwargs):
+        parser.error(f"--erm-data all is for single-level strategies (gaea, gaea-pc-darts, gaea-gdas); "
+                     f"{args.strategy} steps its architecture on the second split")
 
     sys.path.insert(0, str(ROOT))
     import pytorch_lightning as pl
@@ -127,6 +141,8 @@ def main(argv: list[str] | None = None) -> dict:
     torch.manual_seed(args.seed)
 
     (x_w, y_w), (x_a, y_a) = load_splits(args.data, args.seed, args.limit)
+    if args.erm_data == "all":
+        x_w, y_w = torch.cat([x_w, x_a]), torch.cat([y_w, y_a])
     table = load_table(args.table)
 
     class EpochTimer(pl.Callback):
@@ -167,7 +183,7 @@ def main(argv: list[str] | None = None) -> dict:
     ops = list(edge_ops(sample).values())
     result = {
         "strategy": args.strategy, "strategy_kwargs": args.strategy_kwargs, "seed": args.seed,
-        "epochs": args.epochs, "limit": args.limit,
+        "epochs": args.epochs, "limit": args.limit, "erm_data": args.erm_data,
         "stem_channels": args.stem_channels, "modules_per_stack": args.modules_per_stack,
         "arch": arch, "cifar10_test_acc": table.get(arch), "num_skip": ops.count("skip_connect"),
         "num_none": ops.count("none"), "wall_s": round(wall, 1),

@@ -58,3 +58,13 @@ def test_tiny_run_writes_a_complete_record(tmp_path, monkeypatch):
     assert len(record["epoch_times_s"]) == 1
     assert record["peak_rss_mb"] >= record["rss_before_search_mb"] > 0
     assert list((tmp_path / "tmp").iterdir()) == []    # the experiment's working directory is removed
+
+
+def test_erm_data_all_is_only_for_single_level_strategies(capsys):
+    script = _load_script()
+    assert script.is_single_level("gaea", {}) and script.is_single_level("gaea-gdas", {})
+    assert not script.is_single_level("gaea", {"single_level": False})
+    assert not script.is_single_level("gaea-bilevel", {}) and not script.is_single_level("drnas", {})
+    with pytest.raises(SystemExit):
+        script.main(["--strategy", "drnas", "--erm-data", "all"])
+    assert "--erm-data all is for single-level strategies" in capsys.readouterr().err
