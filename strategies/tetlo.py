@@ -878,3 +878,9 @@ class TETLO(DARTS):
             training_module, arc_learning_rate=self.arc_learning_rate, gradient_clip_val=self.gradient_clip_val,
             log_prob_every_n_step=self.log_prob_every_n_step, warmup_epochs=self.warmup_epochs,
             **self._module_kwargs)
+
+    def __repr__(self) -> str:
+        kw = self._module_kwargs
+        return (f"TETLO(base={self.base!r}, lambda_qrs={kw['lambda_qrs']}, gamma={kw['gamma']}, tau={kw['tau']}, "
+                f"num_quadruples={kw['num_quadruples']}, warmup_epochs={self.warmup_epochs}, "
+                f"hypergradient={kw['hypergradient']!r}, arc_learning_rate={self.arc_learning_rate})")

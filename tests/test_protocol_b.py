@@ -68,3 +68,12 @@ def test_erm_data_all_is_only_for_single_level_strategies(capsys):
     with pytest.raises(SystemExit):
         script.main(["--strategy", "drnas", "--erm-data", "all"])
     assert "--erm-data all is for single-level strategies" in capsys.readouterr().err
+
+
+def test_record_names_the_arguments_of_every_strategy_class():
+    script = _load_script()
+    assert "gamma=0.5" in repr(script.make_strategy("tetlo", {"gamma": 0.5}))
+    assert "warmup_epochs=3" in repr(script.make_strategy("tetlo", {"warmup_epochs": 3}))
+    assert "base='pcdarts'" in repr(script.make_strategy("tetlo-pcdarts"))
+    assert "reg_type='kl'" in repr(script.make_strategy("drnas-kl"))
+    assert "single_level=False" in repr(script.make_strategy("gaea-bilevel"))
