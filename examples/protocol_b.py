@@ -122,7 +122,8 @@ def main(argv: list[str] | None = None) -> dict:
     if not isinstance(args.strategy_kwargs, dict):
         parser.error("--strategy-kwargs must be a JSON object")
     if args.erm_data == "all" and not is_single_level(args.strategy, args.strategy_kwargs):
-        parser.error(f"--erm-data all is for single-level strategies (gaea, gaea-pc-darts, gaea-gdas); "
+        single = ", ".join(name for name in STRATEGIES if is_single_level(name, {}))
+        parser.error(f"--erm-data all is for single-level strategies ({single}); "
                      f"{args.strategy} steps its architecture on the second split")
 
     sys.path.insert(0, str(ROOT))
