@@ -39,6 +39,7 @@ __all__ = ["TETLO", "TETLOLightningModule", "qrs_loss", "sample_quadruples"]
 
 _HYPERGRADIENTS = ("finite_difference", "exact")
 _BASES = ("darts", "pcdarts")
+_UNROLLS = ("gradient", "optimizer")
 
 
 # --------------------------------------------------------------------------------------------
@@ -184,6 +185,75 @@ def _grads_or_zeros(grads: Sequence[torch.Tensor | None], like: Sequence[torch.T
     return [torch.zeros_like(p) if g is None else g for g, p in zip(grads, like)]
 
 
+def _optimizer_step(optimizer: torch.optim.Optimizer, params: Sequence[nn.Parameter], grads: Sequence[torch.Tensor]
+                    ) -> tuple[list[torch.Tensor], list[torch.Tensor | float]]:
+    """The step ``s`` that ``optimizer.step()`` would take from its current state if ``params`` had
+    gradients ``grads`` (``p ← p − s``), without changing anything, and ``∂s/∂g`` element-wise with the
+    optimiser's state held fixed (momentum buffers, Adam's moments and its denominator).
+
+    SGD (momentum, dampening, Nesterov, weight decay) and Adam/AdamW (bias correction, coupled or
+    decoupled weight decay, AMSGrad; a plain ``lr·g`` step before Adam's first step) are modelled;
+    other optimisers raise ``ValueError``. This is
+    DARTS' unrolled step (``θ − η(μ·buf + ∇ + wd·θ)``) generalised to the evaluator's optimiser.
+    """
+    groups = {id(p): group for group in optimizer.param_groups for p in group["params"]}
+    is_sgd, is_adam = isinstance(optimizer, torch.optim.SGD), isinstance(optimizer, torch.optim.Adam)
+    if not (is_sgd or is_adam):
+        raise ValueError(f"TETLO: unroll='optimizer' models SGD, Adam and AdamW steps, but the optimiser is "
+                         f"{type(optimizer).__name__}; pass unroll='gradient' for a plain gradient step")
+    steps: list[torch.Tensor] = []
+    derivatives: list[torch.Tensor | float] = []
+    for p, g in zip(params, grads):
+        group = groups.get(id(p))
+        if group is None:  # not updated by this optimiser: no step, as in training
+            steps.append(torch.zeros_like(p))
+            derivatives.append(0.0)
+            continue
+        if group.get("maximize", False):
+            raise ValueError(f"TETLO: unroll='optimizer' does not model maximize=True ({type(optimizer).__name__})")
+        state = optimizer.state.get(p, {})
+        lr, decay = float(group["lr"]), float(group.get("weight_decay", 0.0))
+        p = p.detach()
+        if is_sgd:
+            d = g + decay * p if decay else g
+            direction, derivative = d, 1.0
+            momentum, dampening = float(group["momentum"]), float(group["dampening"])
+            if momentum:
+                buffer = state.get("momentum_buffer")
+                buffer, slope = (d, 1.0) if buffer is None else (momentum * buffer + (1 - dampening) * d,
+                                                                 1 - dampening)
+                direction, derivative = ((d + momentum * buffer, 1 + momentum * slope) if group["nesterov"]
+                                         else (buffer, slope))
+            steps.append(lr * direction)
+            derivatives.append(lr * derivative)
+            continue
+        if "exp_avg_sq" not in state:
+            # Before Adam's first step its step is lr·sign(g) and ∂s/∂g, with the denominator |g| + eps
+            # held fixed, is unbounded where g ≈ 0: unroll a plain gradient step instead.
+            steps.append(lr * g)
+            derivatives.append(lr)
+            continue
+        beta1, beta2 = group["betas"]
+        decoupled = group.get("decoupled_weight_decay", isinstance(optimizer, torch.optim.AdamW))
+        d = g + decay * p if decay and not decoupled else g
+        t = float(state["step"]) + 1
+        exp_avg = beta1 * state["exp_avg"] + (1 - beta1) * d
+        exp_avg_sq = beta2 * state["exp_avg_sq"] + (1 - beta2) * d * d
+        if group.get("amsgrad", False) and "max_exp_avg_sq" in state:
+            exp_avg_sq = torch.maximum(state["max_exp_avg_sq"], exp_avg_sq)
+        correction1 = 1 - beta1 ** t
+        denom = (exp_avg_sq / (1 - beta2 ** t)).sqrt() + group["eps"]
+        step = lr * exp_avg / correction1 / denom
+        steps.append(step + lr * decay * p if decay and decoupled else step)
+        derivatives.append(lr * (1 - beta1) / correction1 / denom)
+    return steps, derivatives
+
+
+def _linearised(step: torch.Tensor, derivative: torch.Tensor | float, grad: torch.Tensor) -> torch.Tensor:
+    """``step`` in value, with derivative ``derivative`` with respect to ``grad`` (for autograd)."""
+    return step.detach() + derivative * (grad - grad.detach())
+
+
 class _StepCaller(nn.Module):
     """Calls ``training_step`` of a Lightning module as ``forward`` so that
     :func:`torch.func.functional_call` can substitute its parameters."""
@@ -243,6 +313,7 @@ class TETLOLightningModule(DartsLightningModule):
                  tau: float = 0.1,
                  num_quadruples: int = 256,
                  hypergradient: str = "finite_difference",
+                 unroll: str = "gradient",
                  unroll_lr_w: float | None = None,
                  unroll_lr_v: float | None = None,
                  fd_epsilon: float = 0.01,
@@ -269,6 +340,7 @@ class TETLOLightningModule(DartsLightningModule):
         self.tau = tau
         self.num_quadruples = num_quadruples
         self.hypergradient = hypergradient
+        self.unroll = unroll
         self.unroll_lr_w = unroll_lr_w
         self.unroll_lr_v = unroll_lr_v
         self.fd_epsilon = fd_epsilon
@@ -381,28 +453,33 @@ class TETLOLightningModule(DartsLightningModule):
         optimizers = self.optimizers()
         return optimizers if isinstance(optimizers, list) else [optimizers]
 
-    def _step_sizes(self, params: Sequence[nn.Parameter], fixed: float | None, role: str) -> list[float]:
-        """The unrolled step size of each parameter: ``fixed`` or its group's current lr."""
-        if fixed is not None:
-            return [float(fixed)] * len(params)
+    def _optimizer_of(self, role: str) -> torch.optim.Optimizer:
+        """The optimiser that takes the ``role`` ("w" or "v") step in training."""
         if self._trainer is None:
-            raise RuntimeError(f"TETLO: without a trainer there is no optimiser to read the {role} step size from; "
-                               f"pass unroll_lr_{role}")
-        if role == "w":
-            optimizers = [getattr(o, "optimizer", o) for o in self._all_optimizers()
-                          if not getattr(getattr(o, "optimizer", o), "is_arch_optimizer", False)]
-            if len(optimizers) != 1:
-                raise ValueError("TETLO needs exactly one weight optimiser from the evaluator, "
-                                 f"found {len(optimizers)}")
-            optimizer = optimizers[0]
-        else:
-            optimizer = self._aux_optimizer
-        lrs: dict[int, float] = {}
-        for group in optimizer.param_groups:
-            for p in group["params"]:
-                lrs[id(p)] = float(group["lr"])
+            raise RuntimeError(f"TETLO: without a trainer there is no optimiser to read the {role} step from; "
+                               f"pass unroll='gradient' with unroll_lr_{role}")
+        if role == "v":
+            return self._aux_optimizer
+        optimizers = [getattr(o, "optimizer", o) for o in self._all_optimizers()
+                      if not getattr(getattr(o, "optimizer", o), "is_arch_optimizer", False)]
+        if len(optimizers) != 1:
+            raise ValueError(f"TETLO needs exactly one weight optimiser from the evaluator, found {len(optimizers)}")
+        return optimizers[0]
+
+    def _unrolled_steps(self, params: Sequence[nn.Parameter], grads: Sequence[torch.Tensor], role: str
+                        ) -> tuple[list[torch.Tensor], list[torch.Tensor | float]]:
+        """The unrolled step ``s`` of each parameter (``W' = W − s``) and ``∂s/∂g``, its derivative with
+        respect to the gradient (a number or an element-wise tensor), for the ``unroll`` rule."""
+        fixed = self.unroll_lr_w if role == "w" else self.unroll_lr_v
+        if fixed is not None:
+            return [float(fixed) * g for g in grads], [float(fixed)] * len(params)
+        optimizer = self._optimizer_of(role)
+        if self.unroll == "optimizer":
+            return _optimizer_step(optimizer, params, grads)
+        lrs = {id(p): float(group["lr"]) for group in optimizer.param_groups for p in group["params"]}
         # A parameter the optimiser does not update has step size 0 (exactly what training does).
-        return [lrs.get(id(p), 0.0) for p in params]
+        xi = [lrs.get(id(p), 0.0) for p in params]
+        return [lr * g for g, lr in zip(grads, xi)], xi
 
     # ---- losses ------------------------------------------------------------------------------
     def _main_loss(self, batch: Any, batch_idx: int, params: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
@@ -423,7 +500,8 @@ class TETLOLightningModule(DartsLightningModule):
                               ) -> tuple[list[torch.Tensor], dict[str, float]]:
         """The gradient of ``L_val^X(V') + γ·L_val^M(W', A)`` with respect to A through one unrolled
         step of each lower level, ``W' = W − ξ_w ∇_W L_tr^M(W, A)`` and
-        ``V' = V − ξ_v ∇_V [L_tr^X(V) + λ·L_QRS(V; W')]``.
+        ``V' = V − ξ_v ∇_V [L_tr^X(V) + λ·L_QRS(V; W')]`` (with ``unroll="optimizer"``, the steps the
+        optimisers would take; their states are not changed).
 
         ``mode`` is ``"finite_difference"`` (default of the module) or ``"exact"``. Returns the
         gradients aligned with :attr:`arch_params` and a dict of diagnostics. The main and the
@@ -452,29 +530,31 @@ class TETLOLightningModule(DartsLightningModule):
     def _hypergradient_fd(self, train_batch, val_batch, batch_idx, quads):
         """One-step unrolling with central finite-difference Hessian-vector products."""
         A, W, V = self._arch_params, self.weight_parameters(), self.aux_parameters()
-        xi_w = self._step_sizes(W, self.unroll_lr_w, "w")
-        xi_v = self._step_sizes(V, self.unroll_lr_v, "v")
         (x_t, y_t), (x_v, y_v) = _split_batch(train_batch), _split_batch(val_batch)
         W0 = [p.detach().clone() for p in W]
         V0 = [p.detach().clone() for p in V]
 
-        # W' = W − ξ_w ∇_W L_tr^M(W, A)
+        # W' = W − s_w(∇_W L_tr^M(W, A)), with ∂s_w/∂g = ξ_w
         grad_w = _grads_or_zeros(torch.autograd.grad(self._main_loss(train_batch, batch_idx), W, allow_unused=True), W)
+        step_w, xi_w = self._unrolled_steps(W, grad_w, "w")
         with torch.no_grad():
-            for p, g, lr in zip(W, grad_w, xi_w):
-                p.sub_(g, alpha=lr)
+            for p, step in zip(W, step_w):
+                p.sub_(step)
+        del step_w
         # Main features at W' on the training batch, graph kept (the QRS target stays differentiable).
         self._main_loss(train_batch, batch_idx)
         feat_main = self._main_tap.take()
 
-        # V' = V − ξ_v ∇_V [L_tr^X(V) + λ L_QRS(V; W')]
+        # V' = V − s_v(∇_V [L_tr^X(V) + λ L_QRS(V; W')]), with ∂s_v/∂g = ξ_v
         logits, feat_aux = self._aux_forward(x_t)
         aux_obj = self.aux_criterion(logits, y_t) + self.lambda_qrs * qrs_loss(feat_aux, feat_main.detach(), quads,
                                                                                  self.tau)
         grad_v = _grads_or_zeros(torch.autograd.grad(aux_obj, V, allow_unused=True), V)
+        step_v, xi_v = self._unrolled_steps(V, grad_v, "v")
         with torch.no_grad():
-            for p, g, lr in zip(V, grad_v, xi_v):
-                p.sub_(g, alpha=lr)
+            for p, step in zip(V, step_v):
+                p.sub_(step)
+        del step_v
         # v = ∇_V' L_val^X(V'), then V back to V exactly.
         logits_val, _ = self._aux_forward(x_v)
         aux_val = self.aux_criterion(logits_val, y_v)
@@ -539,8 +619,6 @@ class TETLOLightningModule(DartsLightningModule):
     def _hypergradient_exact(self, train_batch, val_batch, batch_idx, quads):
         """Autograd through both unrolled steps (``create_graph=True``); memory grows accordingly."""
         A, W, V = self._arch_params, self.weight_parameters(), self.aux_parameters()
-        xi_w = self._step_sizes(W, self.unroll_lr_w, "w")
-        xi_v = self._step_sizes(V, self.unroll_lr_v, "v")
         (x_t, y_t), (x_v, y_v) = _split_batch(train_batch), _split_batch(val_batch)
         caller = _StepCaller(self.training_module)
         w_names = {id(p): n for n, p in caller.named_parameters()}
@@ -548,13 +626,15 @@ class TETLOLightningModule(DartsLightningModule):
 
         grad_w = _grads_or_zeros(torch.autograd.grad(self._main_loss(train_batch, batch_idx), W, create_graph=True,
                                                      allow_unused=True), W)
-        w1 = {w_names[id(p)]: p - lr * g for p, g, lr in zip(W, grad_w, xi_w)}
+        steps, xi_w = self._unrolled_steps(W, [g.detach() for g in grad_w], "w")
+        w1 = {w_names[id(p)]: p - _linearised(s, xi, g) for p, g, s, xi in zip(W, grad_w, steps, xi_w)}
         self._main_loss(train_batch, batch_idx, w1)
         feat_main = self._main_tap.take()
         logits, feat_aux = self._aux_forward(x_t)
         aux_obj = self.aux_criterion(logits, y_t) + self.lambda_qrs * qrs_loss(feat_aux, feat_main, quads, self.tau)
         grad_v = _grads_or_zeros(torch.autograd.grad(aux_obj, V, create_graph=True, allow_unused=True), V)
-        v1 = {v_names[id(p)]: p - lr * g for p, g, lr in zip(V, grad_v, xi_v)}
+        steps, xi_v = self._unrolled_steps(V, [g.detach() for g in grad_v], "v")
+        v1 = {v_names[id(p)]: p - _linearised(s, xi, g) for p, g, s, xi in zip(V, grad_v, steps, xi_v)}
         logits_val, _ = self._aux_forward(x_v, v1)
         aux_val = self.aux_criterion(logits_val, y_v)
         val_main = self._main_loss(val_batch, batch_idx, w1)
@@ -687,7 +767,8 @@ class TETLO(DARTS):
        validation loss (``L_val^X + γ·L_val^M``).
 
     The hypergradient of level 3 unrolls one step of each lower level (as second-order DARTS):
-    ``W' = W − ξ_w∇_W L_tr^M``, ``V' = V − ξ_v∇_V(L_tr^X + λ·L_QRS(V; W'))``. The default computes
+    ``W' = W − ξ_w∇_W L_tr^M``, ``V' = V − ξ_v∇_V(L_tr^X + λ·L_QRS(V; W'))`` (or the optimisers' own
+    steps, ``unroll="optimizer"``). The default computes
     the Hessian-vector products by central finite differences (ε = ``fd_epsilon``/‖direction‖,
     weights restored bit-exactly afterwards); ``hypergradient="exact"`` differentiates through the
     unrolled steps with :func:`torch.func.functional_call` and ``create_graph=True`` (about 2-3×
@@ -720,8 +801,12 @@ class TETLO(DARTS):
     - [D] Warm-up: ``warmup_epochs=None`` means 20 % of the trainer's ``max_epochs`` (the notes'
       10 of 50 epochs) without architecture updates.
     - [D] Unrolled step sizes ξ_w, ξ_v default to the current learning rates of the evaluator's
-      optimiser and of the auxiliary's; the unrolled step is a plain gradient step whatever the
-      optimiser (no momentum or weight decay, as the notes' formula; DARTS' code includes them).
+      optimiser and of the auxiliary's; by default (``unroll="gradient"``) the unrolled step is a
+      plain gradient step whatever the optimiser (no momentum or weight decay, as the notes' formula).
+      ``unroll="optimizer"`` unrolls the step the optimiser would take instead, as DARTS' code and the
+      group's multi-level code do (momentum buffer and weight decay), generalised to Adam: Adam's
+      moments and bias corrections, with ``∂s/∂g = lr·(1−β1)/(1−β1^t)/(√v̂ + eps)`` element-wise, its
+      denominator held fixed (a linearisation; before Adam's first step, a plain gradient step).
     - The unrolled QRS term also depends on A directly (the main features are computed with A), so
       the finite-difference hypergradient includes ``−λ∂²L_QRS/∂A∂V·(ξ_v⊙v)``, which the notes'
       formula omits; the exact mode contains it by construction, and the two modes agree.
@@ -761,9 +846,13 @@ class TETLO(DARTS):
         ``int(0.2 * max_epochs)``.
     hypergradient
         ``"finite_difference"`` (default) or ``"exact"``.
+    unroll
+        The unrolled lower-level steps: ``"gradient"`` (``W − ξ·∇``) or ``"optimizer"`` (the step the
+        evaluator's optimiser, or the auxiliary's SGD, would take from its current state; SGD, Adam and
+        AdamW are modelled, other optimisers raise ``ValueError``).
     unroll_lr_w, unroll_lr_v
-        ξ_w, ξ_v, step sizes of the unrolled W and V steps; ``None`` reads the current learning
-        rates of the respective optimisers.
+        ξ_w, ξ_v, step sizes of the unrolled W and V steps for ``unroll="gradient"``; ``None`` reads
+        the current learning rates of the respective optimisers.
     fd_epsilon
         Finite-difference radius: ε = ``fd_epsilon`` / ‖direction‖ (DARTS: 0.01).
     aux_learning_rate, aux_momentum, aux_weight_decay, aux_lr_min, aux_gradient_clip_val
@@ -787,7 +876,8 @@ class TETLO(DARTS):
     def __init__(self, *, aux_model: nn.Module | None = None, base: str = "darts", partial_k: int = 4,
                  lambda_qrs: float = 1.0, gamma: float = 1.0, tau: float = 0.1, num_quadruples: int = 256,
                  warmup_epochs: int | None = None, hypergradient: str = "finite_difference",
-                 unroll_lr_w: float | None = None, unroll_lr_v: float | None = None, fd_epsilon: float = 0.01,
+                 unroll: str = "gradient", unroll_lr_w: float | None = None, unroll_lr_v: float | None = None,
+                 fd_epsilon: float = 0.01,
                  aux_learning_rate: float = 0.025, aux_momentum: float = 0.9, aux_weight_decay: float = 3e-4,
                  aux_lr_min: float = 1e-3, aux_gradient_clip_val: float | None = 5.0,
                  main_feature_module: str | None = None, aux_feature_module: str | None = None,
@@ -802,6 +892,11 @@ class TETLO(DARTS):
             raise ValueError(f"TETLO: base must be one of {_BASES}, got {base!r}")
         if hypergradient not in _HYPERGRADIENTS:
             raise ValueError(f"TETLO: hypergradient must be one of {_HYPERGRADIENTS}, got {hypergradient!r}")
+        if unroll not in _UNROLLS:
+            raise ValueError(f"TETLO: unroll must be one of {_UNROLLS}, got {unroll!r}")
+        if unroll == "optimizer" and (unroll_lr_w is not None or unroll_lr_v is not None):
+            raise ValueError("TETLO: unroll_lr_w and unroll_lr_v set the step of unroll='gradient'; "
+                             "unroll='optimizer' takes its steps from the optimisers")
         _check_number("partial_k", partial_k, minimum=1, integer=True)
         _check_number("lambda_qrs", lambda_qrs)
         _check_number("gamma", gamma)
@@ -835,7 +930,7 @@ class TETLO(DARTS):
         self._arch_weights: SoftmaxWeights | None = None
         self._module_kwargs = dict(
             aux_model=aux_model, lambda_qrs=lambda_qrs, gamma=gamma, tau=tau, num_quadruples=num_quadruples,
-            hypergradient=hypergradient, unroll_lr_w=unroll_lr_w, unroll_lr_v=unroll_lr_v, fd_epsilon=fd_epsilon,
+            hypergradient=hypergradient, unroll=unroll, unroll_lr_w=unroll_lr_w, unroll_lr_v=unroll_lr_v, fd_epsilon=fd_epsilon,
             aux_learning_rate=aux_learning_rate, aux_momentum=aux_momentum, aux_weight_decay=aux_weight_decay,
             aux_lr_min=aux_lr_min, aux_gradient_clip_val=aux_gradient_clip_val,
             main_feature_module=main_feature_module, aux_feature_module=aux_feature_module,
@@ -883,4 +978,4 @@ class TETLO(DARTS):
         kw = self._module_kwargs
         return (f"TETLO(base={self.base!r}, lambda_qrs={kw['lambda_qrs']}, gamma={kw['gamma']}, tau={kw['tau']}, "
                 f"num_quadruples={kw['num_quadruples']}, warmup_epochs={self.warmup_epochs}, "
-                f"hypergradient={kw['hypergradient']!r}, arc_learning_rate={self.arc_learning_rate})")
+                f"hypergradient={kw['hypergradient']!r}, unroll={kw['unroll']!r}, arc_learning_rate={self.arc_learning_rate})")

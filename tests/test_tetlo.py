@@ -16,7 +16,9 @@ from torch.utils.data import TensorDataset
 from strategies import TETLO
 from strategies.aux_models import CifarResNet
 from strategies.oneshot_common import MixedLayer
-from strategies.tetlo import TETLOLightningModule, _EdgeNormalizedCell, _StepCaller, qrs_loss, sample_quadruples
+from strategies.tetlo import (
+    TETLOLightningModule, _EdgeNormalizedCell, _optimizer_step, _StepCaller, qrs_loss, sample_quadruples,
+)
 
 
 class TinySpace(ModelSpace):
@@ -62,11 +64,11 @@ def _tiny_aux(classes: int = 3) -> nn.Module:
                          nn.Linear(4, classes))
 
 
-def _module(dtype=torch.float32, bn=True, space=None, **kwargs) -> TETLOLightningModule:
+def _module(dtype=torch.float32, bn=True, space=None, unroll_lr=0.5, **kwargs) -> TETLOLightningModule:
     """A prepared TETLO Lightning module on TinySpace (or ``space``), without a trainer."""
     torch.manual_seed(0)
     space = TinySpace(bn=bn) if space is None else space
-    strategy = TETLO(aux_model=_tiny_aux(), unroll_lr_w=0.5, unroll_lr_v=0.5, **kwargs)
+    strategy = TETLO(aux_model=_tiny_aux(), unroll_lr_w=unroll_lr, unroll_lr_v=unroll_lr, **kwargs)
     strategy.mutate_model(space)
     training_module = ClassificationModule(num_classes=3)
     training_module.set_model(space)
@@ -184,6 +186,108 @@ def test_hypergradient_leaves_models_bit_exact(mode):
     assert stats["aux_val_loss"] > 0 and stats["main_val_loss"] > 0
 
 
+_OPTIMIZERS = {
+    "sgd": lambda ps: torch.optim.SGD(ps, lr=0.1),
+    "sgd-momentum-decay": lambda ps: torch.optim.SGD(ps, lr=0.1, momentum=0.9, weight_decay=0.01),
+    "sgd-dampening": lambda ps: torch.optim.SGD(ps, lr=0.1, momentum=0.9, dampening=0.3),
+    "sgd-nesterov": lambda ps: torch.optim.SGD(ps, lr=0.1, momentum=0.9, nesterov=True, weight_decay=0.01),
+    "adam": lambda ps: torch.optim.Adam(ps, lr=0.01, weight_decay=0.01),
+    "adamw-amsgrad": lambda ps: torch.optim.AdamW(ps, lr=0.01, weight_decay=0.1, amsgrad=True),
+}
+
+
+def _stepped(name, steps=2):
+    """A parameter, a second one the optimiser does not update, and ``name``'s optimiser after ``steps`` steps."""
+    gen = torch.Generator().manual_seed(5)
+    p, other = nn.Parameter(torch.randn(6, generator=gen, dtype=torch.float64)), nn.Parameter(torch.zeros(2))
+    optimizer = _OPTIMIZERS[name]([p])
+    for _ in range(steps):
+        p.grad = torch.randn(6, generator=gen, dtype=torch.float64)
+        optimizer.step()
+    return p, other, optimizer, torch.randn(6, generator=gen, dtype=torch.float64)
+
+
+@pytest.mark.parametrize("name", list(_OPTIMIZERS))
+@pytest.mark.parametrize("steps", [0, 2])
+def test_optimizer_step_is_the_step_torch_takes(name, steps):
+    p, other, optimizer, g = _stepped(name, steps)
+    state = {k: v.clone() if isinstance(v, torch.Tensor) else v for k, v in optimizer.state[p].items()}
+    (step, none), (derivative, zero) = _optimizer_step(optimizer, [p, other], [g, torch.ones(2)])
+    assert torch.equal(none, torch.zeros(2)) and zero == 0.0  # not in the optimiser: no step
+    for key, value in state.items():  # the prediction changes nothing
+        assert torch.equal(torch.as_tensor(optimizer.state[p][key]), torch.as_tensor(value)), key
+    if name.startswith("adam") and steps == 0:  # before Adam's first step: a plain gradient step
+        assert torch.allclose(step, 0.01 * g) and derivative == 0.01
+        return
+    before = p.detach().clone()
+    p.grad = g
+    optimizer.step()
+    assert torch.allclose(before - p.detach(), step, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("name", ["sgd-momentum-decay", "sgd-dampening", "sgd-nesterov", "adamw-amsgrad"])
+def test_optimizer_step_derivative_is_the_slope_in_the_gradient(name):
+    p, _, optimizer, g = _stepped(name)
+    if name.startswith("adam"):  # AMSGrad's running maximum, made large, fixes the denominator
+        optimizer.state[p]["max_exp_avg_sq"].fill_(100.0)
+    (step,), (derivative,) = _optimizer_step(optimizer, [p], [g])
+    h = torch.randn(6, generator=torch.Generator().manual_seed(6), dtype=torch.float64)
+    (moved,), _ = _optimizer_step(optimizer, [p], [g + 1e-3 * h])
+    assert torch.allclose((moved - step) / 1e-3, derivative * h, rtol=1e-8, atol=1e-12)
+
+
+def _with_optimizers(module, train, weight="adam"):
+    """Give ``module`` the optimisers of a run (evaluator's and auxiliary SGD) after two real steps of each."""
+    W, V = module.weight_parameters(), module.aux_parameters()
+    opt_w = _OPTIMIZERS[weight](W)
+    opt_v = torch.optim.SGD(V, lr=0.1, momentum=0.9, weight_decay=3e-4)
+    for _ in range(2):
+        for optimizer, params, loss in ((opt_w, W, lambda: module._main_loss(train, 0)),
+                                        (opt_v, V, lambda: F.cross_entropy(module.aux_model(train[0]), train[1]))):
+            grads = torch.autograd.grad(loss(), params, allow_unused=True)
+            for q, g in zip(params, grads):
+                q.grad = torch.zeros_like(q) if g is None else g
+            optimizer.step()
+    module._optimizer_of = {"w": opt_w, "v": opt_v}.get
+    return opt_w, opt_v
+
+
+@pytest.mark.parametrize("weight", ["adam", "sgd-momentum-decay"])
+def test_optimizer_unroll_finite_difference_matches_exact(weight):
+    module = _module(torch.float64, unroll_lr=None, unroll="optimizer")
+    train, val = _batches(torch.float64)
+    opt_w, _ = _with_optimizers(module, train, weight)
+    quads = sample_quadruples(8, 64, generator=torch.Generator().manual_seed(2))
+    before = {k: v.clone() for k, v in module.state_dict().items()}
+    moments = [s["exp_avg"].clone() for s in opt_w.state.values()] if weight == "adam" else None
+    fd = _flat(module.compute_hypergradient(train, val, quadruples=quads)[0])
+    exact = _flat(module.compute_hypergradient(train, val, quadruples=quads, mode="exact")[0])
+    assert exact.norm() > 0
+    assert F.cosine_similarity(fd, exact, dim=0) > 0.99
+    assert torch.allclose(fd, exact, rtol=1e-3, atol=1e-7)
+    for key, value in before.items():
+        assert torch.equal(value, module.state_dict()[key]), key
+    if moments is not None:
+        assert all(torch.equal(m, s["exp_avg"]) for m, s in zip(moments, opt_w.state.values()))
+    # A different unrolled step than the plain lr·g one.
+    module.unroll = "gradient"
+    plain = _flat(module.compute_hypergradient(train, val, quadruples=quads, mode="exact")[0])
+    assert not torch.allclose(plain, exact, rtol=1e-2)
+
+
+def test_optimizer_unroll_rejects_unmodelled_optimisers():
+    module = _module(torch.float64, unroll_lr=None, unroll="optimizer")
+    train, val = _batches(torch.float64)
+    rmsprop = torch.optim.RMSprop(module.weight_parameters())
+    module._optimizer_of = {"w": rmsprop, "v": torch.optim.SGD(module.aux_parameters(), lr=0.1)}.get
+    with pytest.raises(ValueError, match="models SGD, Adam and AdamW steps, but the optimiser is RMSprop; "
+                                         "pass unroll='gradient'"):
+        module.compute_hypergradient(train, val)
+    p = nn.Parameter(torch.zeros(2))
+    with pytest.raises(ValueError, match="maximize=True"):
+        _optimizer_step(torch.optim.SGD([p], lr=0.1, maximize=True), [p], [torch.ones(2)])
+
+
 # ---- QRS loss -----------------------------------------------------------------------------------
 
 def test_sample_quadruples_are_valid_pairs():
@@ -237,7 +341,8 @@ def test_qrs_loss_rejects_bad_input():
 
 # ---- end to end -------------------------------------------------------------------------------
 
-def test_end_to_end_nas_experiment_exports_valid_sample(tmp_path, monkeypatch):
+@pytest.mark.parametrize("optimizer, unroll", [(torch.optim.SGD, "gradient"), (torch.optim.Adam, "optimizer")])
+def test_end_to_end_nas_experiment_exports_valid_sample(tmp_path, monkeypatch, optimizer, unroll):
     from nni.nas.experiment import NasExperiment
     from pytorch_lightning.loggers import TensorBoardLogger
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
@@ -247,12 +352,13 @@ def test_end_to_end_nas_experiment_exports_valid_sample(tmp_path, monkeypatch):
     torch.manual_seed(0)
     data = TensorDataset(torch.randn(16, 3, 8, 8), torch.randint(0, 3, (16,)))
     evaluator = Classification(
-        learning_rate=0.05, optimizer=torch.optim.SGD, num_classes=3,
+        learning_rate=0.05, optimizer=optimizer, num_classes=3,
         train_dataloaders=DataLoader(data, batch_size=8), val_dataloaders=DataLoader(data, batch_size=8),
         max_epochs=1, logger=TensorBoardLogger(str(tmp_path), name="tb"), enable_checkpointing=False,
         enable_progress_bar=False, enable_model_summary=False)
     space = TinySpace()
-    strategy = TETLO(num_quadruples=32, warmup_epochs=0, arc_learning_rate=0.05)  # default auxiliary: CifarResNet-20
+    # default auxiliary: CifarResNet-20; with Adam, the second architecture step unrolls from Adam's state
+    strategy = TETLO(num_quadruples=32, warmup_epochs=0, arc_learning_rate=0.05, unroll=unroll)
     experiment = NasExperiment(space, evaluator, strategy)
     experiment.config.experiment_working_directory = str(tmp_path / "nni")
     try:
@@ -293,6 +399,8 @@ def test_end_to_end_nas_experiment_exports_valid_sample(tmp_path, monkeypatch):
     ({"gamma": "1"}, TypeError, "gamma"),
     ({"warmup_epochs": 1.5}, TypeError, "warmup_epochs"),
     ({"hypergradient": "second_order"}, ValueError, "hypergradient"),
+    ({"unroll": "adam"}, ValueError, "unroll must be one of"),
+    ({"unroll": "optimizer", "unroll_lr_w": 0.1}, ValueError, "unroll_lr_w and unroll_lr_v set the step"),
     ({"base": "gdas"}, ValueError, "base"),
     ({"aux_model": "resnet"}, TypeError, "aux_model"),
     ({"aux_lr_min": 0.1}, ValueError, "aux_lr_min"),
