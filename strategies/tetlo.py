@@ -193,8 +193,8 @@ def _optimizer_step(optimizer: torch.optim.Optimizer, params: Sequence[nn.Parame
 
     SGD (momentum, dampening, Nesterov, weight decay) and Adam/AdamW (bias correction, coupled or
     decoupled weight decay, AMSGrad; a plain ``lr·g`` step before Adam's first step) are modelled;
-    other optimisers raise ``ValueError``. This is
-    DARTS' unrolled step (``θ − η(μ·buf + ∇ + wd·θ)``) generalised to the evaluator's optimiser.
+    other optimisers raise ``ValueError``. This is DARTS' unrolled step (``θ − η(μ·buf + ∇ + wd·θ)``)
+    generalised to the evaluator's optimiser.
     """
     groups = {id(p): group for group in optimizer.param_groups for p in group["params"]}
     is_sgd, is_adam = isinstance(optimizer, torch.optim.SGD), isinstance(optimizer, torch.optim.Adam)
@@ -213,9 +213,9 @@ def _optimizer_step(optimizer: torch.optim.Optimizer, params: Sequence[nn.Parame
             raise ValueError(f"TETLO: unroll='optimizer' does not model maximize=True ({type(optimizer).__name__})")
         state = optimizer.state.get(p, {})
         lr, decay = float(group["lr"]), float(group.get("weight_decay", 0.0))
-        p = p.detach()
+        weight = p.detach()
         if is_sgd:
-            d = g + decay * p if decay else g
+            d = g + decay * weight if decay else g
             direction, derivative = d, 1.0
             momentum, dampening = float(group["momentum"]), float(group["dampening"])
             if momentum:
@@ -235,7 +235,7 @@ def _optimizer_step(optimizer: torch.optim.Optimizer, params: Sequence[nn.Parame
             continue
         beta1, beta2 = group["betas"]
         decoupled = group.get("decoupled_weight_decay", isinstance(optimizer, torch.optim.AdamW))
-        d = g + decay * p if decay and not decoupled else g
+        d = g + decay * weight if decay and not decoupled else g
         t = float(state["step"]) + 1
         exp_avg = beta1 * state["exp_avg"] + (1 - beta1) * d
         exp_avg_sq = beta2 * state["exp_avg_sq"] + (1 - beta2) * d * d
@@ -244,7 +244,7 @@ def _optimizer_step(optimizer: torch.optim.Optimizer, params: Sequence[nn.Parame
         correction1 = 1 - beta1 ** t
         denom = (exp_avg_sq / (1 - beta2 ** t)).sqrt() + group["eps"]
         step = lr * exp_avg / correction1 / denom
-        steps.append(step + lr * decay * p if decay and decoupled else step)
+        steps.append(step + lr * decay * weight if decay and decoupled else step)
         derivatives.append(lr * (1 - beta1) / correction1 / denom)
     return steps, derivatives
 
@@ -470,6 +470,8 @@ class TETLOLightningModule(DartsLightningModule):
                         ) -> tuple[list[torch.Tensor], list[torch.Tensor | float]]:
         """The unrolled step ``s`` of each parameter (``W' = W − s``) and ``∂s/∂g``, its derivative with
         respect to the gradient (a number or an element-wise tensor), for the ``unroll`` rule."""
+        if self.unroll not in _UNROLLS:
+            raise ValueError(f"TETLO: unroll must be one of {_UNROLLS}, got {self.unroll!r}")
         fixed = self.unroll_lr_w if role == "w" else self.unroll_lr_v
         if fixed is not None:
             return [float(fixed) * g for g in grads], [float(fixed)] * len(params)
