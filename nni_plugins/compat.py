@@ -25,6 +25,8 @@ Fixes (name: NNI call it repairs):
   and the trial command built by ``NasExperimentConfig._canonicalize``
 - ``engine_pairs_reported_parameter``: ``TrainingServiceExecutionEngine._report_metric_data_callback``,
   ``._trial_end_callback`` and ``.list_models``
+- ``wait_models_for_trial_ends``: ``TrainingServiceExecutionEngine.wait_models`` (returns before the
+  last ``TrialEnd`` is dispatched)
 - ``nnictl_view_profile``: ``NasExperiment._stop_nni_manager`` (the profile ``nnictl view`` reloads)
 - ``manager_dies_with_driver``: ``nni.experiment.launcher._start_rest_server``
 - ``manager_start_patience``: ``nni.experiment.launcher._check_rest_server``
@@ -613,6 +615,63 @@ class _FixedTrialList:
 
 
 # ---------------------------------------------------------------------------------------------
+# The end of a run: TrialEnd commands still in flight when the manager says DONE.
+# ---------------------------------------------------------------------------------------------
+
+# How long ``wait_models`` waits, after the manager says DONE, for TrialEnd commands already sent.
+TRIAL_END_PATIENCE = 30.0
+_FINISHED = ('SUCCEEDED', 'FAILED', 'USER_CANCELED', 'SYS_CANCELED', 'EARLY_STOPPED')
+
+
+def _unended_models(engine: Any) -> list[str]:
+    """Trial jobs the manager lists as finished whose model (the one the trial ran, as its final
+    metric reports, else the one it was submitted with) is still alive and still ``Training``."""
+    from nni.nas.space import ModelStatus
+    pending = []
+    for trial in engine.nodejs_binding.list_trial_jobs():
+        if trial.status not in _FINISHED or len(trial.hyperParameters) != 1:
+            continue
+        parameter_id = trial.hyperParameters[0].parameter_id
+        if trial.finalMetricData:
+            parameter_id = int(trial.finalMetricData[-1].parameterId)
+        ref = engine._models.get(parameter_id)
+        model = ref() if ref is not None else None
+        if model is not None and model.status == ModelStatus.Training:
+            pending.append(trial.trialJobId)
+    return pending
+
+
+def _fix_wait_models_for_trial_ends() -> None:
+    """``TrainingServiceExecutionEngine.wait_models()`` (``nni/nas/execution/training_service.py:101-145``)
+    returns as soon as the manager's REST status reads DONE. The manager sends the last trials'
+    ``TrialEnd`` over the tuner websocket and sets DONE in the same loop pass
+    (``nni_node/core/nnimanager.js:550-604``), so the engine's listener thread may not have
+    dispatched them yet: the strategy's ``_run`` returns, its ``TrainingEnd`` callback is
+    unregistered, and the last trial never reaches it (GOAL's history missed one of four trials on
+    the remote training service). After a DONE, ``wait_models()`` now also waits, at most
+    :data:`TRIAL_END_PATIENCE` seconds, until every live model whose trial the manager lists as
+    finished has left ``Training``, and names the trials it gave up on."""
+    from nni.nas.execution.training_service import TrainingServiceExecutionEngine
+
+    def make(original):
+        def wait_models(self, *models):
+            original(self, *models)
+            if models or self.nodejs_binding.get_status() != 'DONE':
+                return
+            deadline = time.monotonic() + TRIAL_END_PATIENCE
+            while pending := _unended_models(self):
+                if time.monotonic() > deadline:
+                    _logger.warning('The experiment is DONE but the end of trial(s) %s never reached the '
+                                    'strategy within %.0f s.', ', '.join(pending), TRIAL_END_PATIENCE)
+                    return
+                time.sleep(0.1)
+        wait_models.__doc__ = original.__doc__
+        return wait_models
+
+    _patch('wait_models_for_trial_ends', TrainingServiceExecutionEngine, 'wait_models', make)
+
+
+# ---------------------------------------------------------------------------------------------
 # nnictl view, orphaned managers.
 # ---------------------------------------------------------------------------------------------
 
@@ -906,6 +965,7 @@ def apply() -> None:
     _fix_websocket_keep_comments()
     _fix_trial_runs_own_parameter()
     _fix_engine_pairs_reported_parameter()
+    _fix_wait_models_for_trial_ends()
     _fix_nnictl_view_profile()
     _fix_manager_dies_with_driver()
     _fix_manager_start_patience()

@@ -31,8 +31,8 @@ def test_every_fix_is_registered_and_apply_is_idempotent():
     names = compat.patch_names()
     assert {'torch_load_weights_only', 'tuner_channel_resume_commands', 'failed_resume_keeps_checkpoint',
             'websocket_keep_comments', 'trial_runs_own_parameter', 'engine_pairs_reported_parameter',
-            'nnictl_view_profile', 'manager_dies_with_driver', 'oneshot_default_config',
-            'oneshot_log_every_n_steps'} <= set(names)
+            'wait_models_for_trial_ends', 'nnictl_view_profile', 'manager_dies_with_driver',
+            'oneshot_default_config', 'oneshot_log_every_n_steps'} <= set(names)
     compat.apply()
     assert compat.patch_names() == names
     with pytest.raises(ValueError, match='Unknown NNI compatibility fix'):
@@ -363,6 +363,46 @@ def test_engine_pairs_metric_and_trial_end_with_the_parameter_the_trial_reported
     with compat.unpatched('engine_pairs_reported_parameter'):
         assert ended(_engine_with_trials([])) == [samples[0]]
     assert ended(_engine_with_trials([])) == [samples[1]]
+
+
+def test_wait_models_waits_for_trial_ends_sent_before_done(monkeypatch, caplog):
+    """The manager lists trial X as SUCCEEDED and reads DONE while X's TrialEnd is still in flight
+    (dispatched 0.5 s later on the listener thread): the strategy must see it before its run ends."""
+    import time
+    import weakref
+    from types import SimpleNamespace
+    from nni.nas.execution.event import TrainingEndEvent
+    from nni.nas.execution.engine import ModelEventType
+    from nni.nas.space import ModelStatus, SimplifiedModelSpace
+    space = SimplifiedModelSpace.from_model(TinySpace(), FunctionalEvaluator(evaluate_model))
+
+    def ended_by_return(deliver_after):
+        model = space.freeze({'a': 1, 'b': 2})
+        model.status = ModelStatus.Training
+        row = SimpleNamespace(trialJobId='X', status='SUCCEEDED', finalMetricData=[],
+                              hyperParameters=[SimpleNamespace(parameter_id=0)])
+        engine = _engine_with_trials([row])
+        engine.nodejs_binding.get_status = lambda: 'DONE'
+        engine._models = {0: weakref.ref(model)}
+        seen = []
+        engine.register_model_event_callback(ModelEventType.TrainingEnd, lambda event: seen.append(event.model))
+        if deliver_after is not None:
+            threading.Timer(deliver_after, engine.dispatch_model_event,
+                            [TrainingEndEvent(model, ModelStatus.Trained)]).start()
+        start = time.monotonic()
+        engine.wait_models()
+        return seen == [model], time.monotonic() - start
+
+    with compat.unpatched('wait_models_for_trial_ends'):
+        assert ended_by_return(0.5)[0] is False
+    time.sleep(0.6)                                  # let the unpatched run's timer fire
+    assert ended_by_return(0.5)[0] is True
+    # a TrialEnd that never comes costs the patience, then a warning naming the trial
+    monkeypatch.setattr(compat, 'TRIAL_END_PATIENCE', 0.3)
+    with caplog.at_level(logging.WARNING, logger='nni_plugins.compat'):
+        ended, seconds = ended_by_return(None)
+    assert not ended and 0.3 <= seconds < 5
+    assert 'trial(s) X never reached the strategy' in caplog.text
 
 
 def test_checkpoint_is_saved_after_each_finished_trial(tmp_path, monkeypatch):

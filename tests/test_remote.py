@@ -96,6 +96,7 @@ try:
         "trials": [t.status for t in exp.list_trial_jobs()],
         "metrics": [d.value for d in exp.export_data()],
         "history": [[s, m] for s, m in strategy.evaluated],
+        "failed": strategy._failed,
     }))
 finally:
     exp.stop()
@@ -216,6 +217,6 @@ def test_goal_on_remote_training_service(tmp_path, ssh_server):
     assert len(pids) == 4 and proc.pid not in pids, "trials did not run in processes of their own"
     # GOAL saw every trial with the metric of the architecture that trial really ran
     assert sorted(json.dumps(s, sort_keys=True) for s, _ in result["history"]) == \
-        sorted(json.dumps(v["arch"], sort_keys=True) for v in values)
+        sorted(json.dumps(v["arch"], sort_keys=True) for v in values), (result["failed"], out[-4000:])
     # the remote side: the trial keeper lived under the remote user's HOME
     assert (remote_home / "nni-experiments").is_dir()
