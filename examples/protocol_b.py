@@ -13,6 +13,11 @@ architecture images are not used), so that an epoch has as many batches as the o
 ``--erm-data all`` trains on both halves, as the paper's ERM trains on the whole training set where
 bilevel methods split it; run it with half the epochs to keep the other strategies' step count.
 
+``--cell-bn-affine off`` gives the BatchNorm layers inside the cells' candidate operations no
+learnable scale and shift (``affine=False``), as the DrNAS and GAEA NB201 searches do; the stem,
+the residual reduction blocks and the final BatchNorm keep theirs. Protocol B itself uses the hub
+space as it is (``on``); ``off`` is an ablation.
+
 Examples::
 
     python examples/protocol_b.py --strategy drnas --seed 0 --epochs 10 --output runs/b_drnas_0.json
@@ -76,6 +81,22 @@ def is_single_level(name: str, kwargs: dict) -> bool:
     return class_name == "GAEA" and bool({**fixed, **kwargs}.get("single_level", True))
 
 
+def drop_cell_bn_affine(space) -> int:
+    """Replace every affine ``BatchNorm2d`` inside a ``LayerChoice`` candidate of ``space`` by one
+    without scale and shift (same size, eps, momentum and running statistics); returns how many."""
+    from torch import nn
+    from nni.nas.nn.pytorch import LayerChoice
+    replaced = 0
+    for choice in [m for m in space.modules() if isinstance(m, LayerChoice)]:
+        for parent in list(choice.modules()):
+            for name, child in list(parent.named_children()):
+                if isinstance(child, nn.BatchNorm2d) and child.affine:
+                    setattr(parent, name, nn.BatchNorm2d(child.num_features, eps=child.eps, momentum=child.momentum,
+                                                         affine=False, track_running_stats=child.track_running_stats))
+                    replaced += 1
+    return replaced
+
+
 def load_splits(path: Path, seed: int, limit: int):
     with np.load(path) as data:
         x, y = data["x_train"], data["y_train"]
@@ -109,6 +130,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--stem-channels", type=int, default=16, help="C of the hub NasBench201 space")
     parser.add_argument("--modules-per-stack", type=int, default=2,
                         help="cells per stage of the hub NasBench201 space (the benchmark's networks use 5)")
+    parser.add_argument("--cell-bn-affine", choices=("on", "off"), default="on",
+                        help="learnable scale/shift of the BatchNorms in the cells' candidate ops (off: an ablation)")
     parser.add_argument("--data", type=Path, default=DATA / "cifar10_subset.npz")
     parser.add_argument("--table", type=Path, default=DATA / "nb201_cifar10.csv")
     parser.add_argument("--output", type=Path, help="write the result JSON here")
@@ -165,6 +188,8 @@ def main(argv: list[str] | None = None) -> dict:
         max_epochs=args.epochs, num_classes=10, logger=logger, callbacks=[timer],
         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False, log_every_n_steps=10)
     space = NasBench201(stem_out_channels=args.stem_channels, num_modules_per_stack=args.modules_per_stack)
+    if args.cell_bn_affine == "off":
+        drop_cell_bn_affine(space)
     strategy = make_strategy(args.strategy, args.strategy_kwargs)
 
     workdir = tempfile.mkdtemp(prefix="protocol_b_")
@@ -186,6 +211,7 @@ def main(argv: list[str] | None = None) -> dict:
         "strategy": args.strategy, "strategy_kwargs": args.strategy_kwargs, "seed": args.seed,
         "epochs": args.epochs, "limit": args.limit, "erm_data": args.erm_data,
         "stem_channels": args.stem_channels, "modules_per_stack": args.modules_per_stack,
+        "cell_bn_affine": args.cell_bn_affine,
         "arch": arch, "cifar10_test_acc": table.get(arch), "num_skip": ops.count("skip_connect"),
         "num_none": ops.count("none"), "wall_s": round(wall, 1),
         "epoch_s": round(sum(timer.times) / len(timer.times), 2) if timer.times else None,

@@ -47,17 +47,35 @@ def test_tiny_run_writes_a_complete_record(tmp_path, monkeypatch):
     output = tmp_path / "record.json"
     script.main(["--strategy", "drnas", "--strategy-kwargs", '{"reg_scale": 0.002}', "--epochs", "1",
                  "--limit", "64", "--stem-channels", "8", "--modules-per-stack", "1", "--threads", "1",
-                 "--output", str(output)])
+                 "--cell-bn-affine", "off", "--output", str(output)])
     record = json.loads(output.read_text())
     assert record["strategy_kwargs"] == {"reg_scale": 0.002}
     assert "reg_scale=0.002" in record["strategy_repr"]
     assert (record["stem_channels"], record["modules_per_stack"]) == (8, 1)
+    assert record["cell_bn_affine"] == "off"
     # every exported cell is a cell of the table, and its accuracy is the table's
     assert 10.0 <= record["cifar10_test_acc"] <= 94.37
     assert record["num_skip"] + record["num_none"] <= 6
     assert len(record["epoch_times_s"]) == 1
     assert record["peak_rss_mb"] >= record["rss_before_search_mb"] > 0
     assert list((tmp_path / "tmp").iterdir()) == []    # the experiment's working directory is removed
+
+
+def test_cell_bn_affine_off_drops_scale_and_shift_inside_the_cells_only():
+    from torch import nn
+    from nni.nas.hub.pytorch import NasBench201
+    from nni.nas.nn.pytorch import LayerChoice
+    script = _load_script()
+    space = NasBench201(stem_out_channels=8, num_modules_per_stack=1)
+    inside = {id(m) for c in space.modules() if isinstance(c, LayerChoice) for m in c.modules()}
+    before = {name for name, m in space.named_modules() if isinstance(m, nn.BatchNorm2d) and id(m) not in inside}
+    assert script.drop_cell_bn_affine(space) == 3 * 6 * 2     # 3 cells x 6 edges x (conv 1x1, conv 3x3)
+    for choice in (m for m in space.modules() if isinstance(m, LayerChoice)):
+        bns = [m for m in choice.modules() if isinstance(m, nn.BatchNorm2d)]
+        assert len(bns) == 2 and all(not bn.affine and bn.track_running_stats for bn in bns)
+    outside = {name for name, m in space.named_modules() if isinstance(m, nn.BatchNorm2d) and m.affine}
+    assert outside == before and outside                    # the stem, the reduction blocks, the last BN
+    assert script.drop_cell_bn_affine(space) == 0
 
 
 def test_erm_data_all_is_only_for_single_level_strategies(capsys):
