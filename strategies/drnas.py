@@ -69,6 +69,8 @@ class DrNASLightningModule(ArchDistributionModule):
         self.current_stage = 0
         self._stage_starts: list[int] = [0]
         self._stage_warmups: list[int] = [0]
+        #: per stage reached, the pruning masks in force from its start (label -> kept choices)
+        self._stage_masks: list[dict[str, list[bool]]] = []
 
     # -- stage schedule --------------------------------------------------------------------
     def stage_schedule(self, max_epochs: int | None) -> tuple[list[int], list[int]]:
@@ -91,6 +93,8 @@ class DrNASLightningModule(ArchDistributionModule):
             self._stage_starts, self._stage_warmups = self.stage_schedule(self.trainer.max_epochs)
             if self.current_stage == 0 and self.stages[0].num_ops is not None:
                 self.prune(self.stages[0].num_ops)
+            if not self._stage_masks:
+                self._stage_masks.append(self.current_masks())
         return super().on_train_start()
 
     def stage_of(self, epoch: int) -> int:
@@ -128,13 +132,56 @@ class DrNASLightningModule(ArchDistributionModule):
         old, new = self.stages[self.current_stage], self.stages[self.current_stage + 1]
         if new.num_ops is not None:
             self.prune(new.num_ops)
-        optimizer = self.weight_optimizer()
-        for module in self.supernet_modules():
-            if isinstance(module, (MixedLayer, MixedCell)):
-                module.set_partial_k(new.partial_k, optimizer=optimizer)
+        self._set_partial_k(new.partial_k, optimizer=self.weight_optimizer())
         self.current_stage += 1
+        self._stage_masks.append(self.current_masks())
         _logger.info("DrNAS stage %d: K %d -> %d, ops kept %s", self.current_stage, old.partial_k,
                      new.partial_k, new.num_ops)
+
+    def _set_partial_k(self, k: int, optimizer: torch.optim.Optimizer | None) -> None:
+        for module in self.supernet_modules():
+            if isinstance(module, (MixedLayer, MixedCell)):
+                module.set_partial_k(k, optimizer=optimizer)
+
+    def current_masks(self) -> dict[str, list[bool]]:
+        """The pruning masks now in force, by label (labels with every choice kept are left out)."""
+        masks = {}
+        for label, alpha in self.unique_arch_parameters().items():
+            mask = self.arch_weights.mask(alpha)
+            if mask is not None:
+                masks[str(label)] = mask.cpu().tolist()
+        return masks
+
+    # -- checkpoints -----------------------------------------------------------------------
+    # A progressive run changes the supernet's shapes (widened ops) and keeps pruning masks outside
+    # the state dict; both travel in the checkpoint so that NNI's one-shot resume
+    # (``strategy.load_state_dict`` -> ``fit(ckpt_path=...)``) rebuilds the shapes before the weights load.
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        if self.stages:
+            checkpoint["drnas_progressive"] = {"stage": self.current_stage, "masks": list(self._stage_masks),
+                                               "partial_k": [s.partial_k for s in self.stages]}
+        super().on_save_checkpoint(checkpoint)
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        state = checkpoint.get("drnas_progressive")
+        schedule = [s.partial_k for s in self.stages]
+        if (state is None) != (not self.stages) or (state is not None and state["partial_k"] != schedule):
+            saved = "plain mode" if state is None else f"stages with K {state['partial_k']}"
+            raise ValueError(f"DrNAS: this checkpoint comes from a run in {saved}, but this strategy has "
+                             f"{'stages with K ' + str(schedule) if self.stages else 'no stages (plain mode)'}; "
+                             "resume with the stage schedule that wrote it")
+        if state is not None:
+            params = self.unique_arch_parameters()
+            for stage, masks in enumerate(state["masks"]):
+                for label, keep in masks.items():
+                    if label not in params:
+                        raise ValueError(f"DrNAS: the checkpoint prunes choice {label!r}, which this model space lacks")
+                    self.arch_weights.set_mask(params[label], torch.tensor(keep))
+                if stage > 0:  # the ops kept at a stage start were widened to its K
+                    self._set_partial_k(self.stages[stage].partial_k, optimizer=None)
+            self.current_stage = int(state["stage"])
+            self._stage_masks = [dict(m) for m in state["masks"]]
+        super().on_load_checkpoint(checkpoint)
 
     # -- objective -------------------------------------------------------------------------
     def arch_regularizer(self) -> torch.Tensor | None:
@@ -200,6 +247,8 @@ class DrNAS(ArchDistributionStrategy):
     run), the ops are widened to the new ``C/K`` by Net2Wider replication, and the weight optimiser's
     momentum is re-indexed in place; the architecture is frozen for the stage's first
     ``warmup_epochs``. ``stages=None`` is the plain mode that produced the paper's NB201 numbers.
+    Lightning checkpoints carry the current stage and the masks, so NNI's one-shot resume (a
+    checkpoint's ``ckpt_path``) rebuilds the widened shapes before the weights load.
 
     Parameters
     ----------
@@ -236,8 +285,6 @@ class DrNAS(ArchDistributionStrategy):
       ``FactorizedReduce`` (two convs of ``C/2``) then needs ``C`` divisible by ``2 * lcm(K)``, e.g.
       48 rather than the paper's 36 for K 6 -> 4; an unsuitable width is rejected up front with the
       op named;
-    * pruning masks and stage widths are not part of Lightning checkpoints (resuming mid-way through
-      a progressive run restarts the schedule from the checkpoint's epoch with stage-0 widths);
     * NNI's hub ``NasBench201`` uses ``BatchNorm(affine=True)`` where the DrNAS search used
       ``affine=False``; weight optimiser, schedule and data split come from the evaluator.
     """
