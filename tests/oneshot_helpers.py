@@ -1,6 +1,9 @@
 """Tiny spaces, data and a direct search runner shared by the DrNAS / GAEA / one-shot-common tests."""
 from __future__ import annotations
 
+import copy
+
+import pytorch_lightning as pl
 import torch
 from torch import nn
 from torch.utils.data import TensorDataset
@@ -51,3 +54,43 @@ def search(strategy, space, evaluator):
     lightning = strategy.mutate_evaluator(evaluator)
     lightning.evaluate(model)
     return lightning.module.export(), lightning.module, lightning.trainer
+
+
+class RecordAtTrainStart(pl.Callback):
+    """Copies what a run starts from: the epoch, the module's state and every optimiser's state."""
+
+    def on_train_start(self, trainer, pl_module):
+        self.epoch = trainer.current_epoch
+        self.module = pl_module
+        self.state = {k: v.detach().clone() for k, v in pl_module.state_dict().items()}
+        self.optimizer_states = [copy.deepcopy(opt.state_dict()) for opt in trainer.optimizers]
+
+
+def checkpointed_experiment(tmp_path, strategy, max_epochs: int, *callbacks):
+    """A ``NasExperiment`` (id ``resumable``) on :class:`TinySpace` whose evaluator writes ``last.ckpt``,
+    so that ``strategy.state_dict()`` names a checkpoint and ``resume()`` continues from it.
+    Set ``HOME`` / ``NNI_CONFIG_DIR`` to ``tmp_path`` before calling."""
+    from nni.nas.experiment import NasExperiment
+    from pytorch_lightning.callbacks import ModelCheckpoint
+    evaluator = classification(max_epochs=max_epochs, n=16, size=16, enable_checkpointing=True,
+                               callbacks=[ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True), *callbacks])
+    experiment = NasExperiment(TinySpace(), evaluator, strategy, id="resumable")
+    experiment.config.experiment_working_directory = str(tmp_path / "exp")
+    return experiment
+
+
+def assert_same_tensors(actual: dict, expected: dict) -> None:
+    """Equal keys, and bit-equal tensors (recursively through dicts and lists)."""
+    assert actual.keys() == expected.keys()
+    for key, value in expected.items():
+        other = actual[key]
+        if isinstance(value, dict):
+            assert_same_tensors(other, value)
+        elif isinstance(value, (list, tuple)):
+            assert len(other) == len(value), key
+            for a, b in zip(other, value):
+                assert_same_tensors({0: a}, {0: b})
+        elif torch.is_tensor(value):
+            assert torch.equal(other, value), key
+        else:
+            assert other == value, key

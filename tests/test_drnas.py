@@ -14,7 +14,9 @@ from strategies import DrNAS
 from strategies.drnas import DrNASLightningModule, NB201_STAGES, ProgressiveStage
 from strategies.oneshot_common import DirichletWeights
 from nni_plugins.registry import make_strategy
-from tests.oneshot_helpers import TinySpace, classification, search
+from tests.oneshot_helpers import (
+    RecordAtTrainStart, TinySpace, assert_same_tensors, checkpointed_experiment, classification, search,
+)
 
 torch.set_num_threads(1)
 
@@ -124,62 +126,43 @@ def test_stage_schedule_scales_to_max_epochs():
     assert module.stage_schedule(10) == ([0, 5], [1, 1])
 
 
-class _RecordAtTrainStart(pl.Callback):
-    def on_train_start(self, trainer, pl_module):
-        self.epoch = trainer.current_epoch
-        self.stage, self.masks = pl_module.current_stage, pl_module.current_masks()
-        self.state = {k: v.detach().clone() for k, v in pl_module.state_dict().items()}
-        weight_opt = pl_module.weight_optimizer()
-        self.moments_fit = all(weight_opt.state[p]["exp_avg"].shape == p.shape for p in weight_opt.state)
-
-
 def test_progressive_run_resumes_from_its_checkpoint_through_nas_experiment(tmp_path, monkeypatch):
     """NNI's one-shot resume: the experiment's checkpoint holds the Lightning checkpoint's path; the
     resumed run must rebuild the stage's widened, pruned supernet before the weights load."""
     monkeypatch.setenv("HOME", str(tmp_path))
     monkeypatch.setenv("NNI_CONFIG_DIR", str(tmp_path / "nni"))
-    from nni.nas.experiment import NasExperiment
-    from pytorch_lightning.callbacks import ModelCheckpoint
     stages = [ProgressiveStage(1, 4, None, 0), ProgressiveStage(1, 2, 2, 0)]
-
-    def experiment(epochs, *callbacks):
-        evaluator = classification(max_epochs=epochs, n=16, size=16, enable_checkpointing=True,
-                                   callbacks=[ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True), *callbacks])
-        exp = NasExperiment(TinySpace(), evaluator, DrNAS(stages=stages), id="progressive")
-        exp.config.experiment_working_directory = str(tmp_path / "exp")
-        return exp
-
     torch.manual_seed(0)
-    first = experiment(2)
+    first = checkpointed_experiment(tmp_path, DrNAS(stages=stages), 2)
     try:
         first.run()
-        assert first.strategy.state_dict()["ckpt_path"].endswith("last.ckpt")
         module = first.strategy.oneshot_module
         assert module.current_stage == 1 and first.strategy.supernet.a["conv"][1].weight.shape == (4, 4, 3, 3)
         masks = module.current_masks()
         assert list(masks) == ["op"] and sum(masks["op"]) == 2
         final = {k: v.detach().clone() for k, v in module.state_dict().items()}
+        ckpt_path = first.strategy.state_dict()["ckpt_path"]
+        saved_optimizers = torch.load(ckpt_path, weights_only=False)["optimizer_states"]
     finally:
         first.stop()
 
     torch.manual_seed(1)
-    record = _RecordAtTrainStart()
-    second = experiment(3, record)
+    record = RecordAtTrainStart()
+    second = checkpointed_experiment(tmp_path, DrNAS(stages=stages), 3, record)
     try:
         second.resume()
-        assert (record.epoch, record.stage, record.masks) == (2, 1, masks)
-        assert record.state.keys() == final.keys()
-        assert all(torch.equal(record.state[k], final[k]) for k in final)
-        assert record.moments_fit
-        resumed = second.strategy.oneshot_module
-        assert resumed.trainer.current_epoch == 3 and resumed.current_stage == 1
+        assert (record.epoch, record.module.current_stage) == (2, 1)
+        assert record.module.current_masks() == masks
+        assert_same_tensors(record.state, final)
+        assert_same_tensors({"opt": record.optimizer_states}, {"opt": saved_optimizers})  # Adam moments, widened
+        assert second.strategy.oneshot_module.trainer.current_epoch == 3
         TinySpace().freeze(second.export_top_models(formatter="dict")[0])
     finally:
         second.stop()
 
     plain = DrNAS()
     lightning = plain.mutate_evaluator(classification(max_epochs=3, n=16, size=16))
-    lightning.fit_kwargs["ckpt_path"] = first.strategy.state_dict()["ckpt_path"]
+    lightning.fit_kwargs["ckpt_path"] = ckpt_path
     with pytest.raises(ValueError, match="stages with K \\[4, 2\\].*no stages"):
         lightning.evaluate(plain.mutate_model(TinySpace()))
 

@@ -14,7 +14,11 @@ from strategies.oneshot_common import (
     check_searchable_space, darts_cell_export, entropy, mix_ops, rescale_width,
 )
 from strategies.drnas import DrNAS
-from tests.oneshot_helpers import TinySpace, conv_bn
+from strategies.gaea import GAEA
+from strategies.tetlo import TETLO
+from tests.oneshot_helpers import (
+    RecordAtTrainStart, TinySpace, assert_same_tensors, checkpointed_experiment, conv_bn,
+)
 
 torch.set_num_threads(1)
 
@@ -246,3 +250,32 @@ def test_unsupported_spaces_name_the_module():
         DrNAS().mutate_model(BadChoiceSpace())
     with pytest.raises(TypeError, match="ModelSpace"):
         check_searchable_space(nn.Linear(2, 2))
+
+
+@pytest.mark.parametrize("make", [DrNAS, GAEA, lambda: GAEA(base="pc-darts"), lambda: GAEA(base="gdas"), TETLO,
+                                  lambda: TETLO(base="pcdarts")],
+                         ids=["drnas", "gaea", "gaea-pc-darts", "gaea-gdas", "tetlo", "tetlo-pcdarts"])
+def test_resumed_search_starts_from_the_checkpointed_weights_and_optimiser_states(tmp_path, monkeypatch, make):
+    """NNI's one-shot ``state_dict()`` is the Lightning checkpoint's path; ``NasExperiment.resume()``
+    must continue from exactly the saved supernet, architecture, auxiliary model and optimisers."""
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.setenv("NNI_CONFIG_DIR", str(tmp_path / "nni"))
+    torch.manual_seed(0)
+    first = checkpointed_experiment(tmp_path, make(), 2)
+    try:
+        first.run()
+        final = {k: v.detach().clone() for k, v in first.strategy.oneshot_module.state_dict().items()}
+        saved = torch.load(first.strategy.state_dict()["ckpt_path"], weights_only=False)
+    finally:
+        first.stop()
+    torch.manual_seed(1)
+    record = RecordAtTrainStart()
+    second = checkpointed_experiment(tmp_path, make(), 3, record)
+    try:
+        second.resume()
+        assert record.epoch == 2 and second.strategy.oneshot_module.trainer.current_epoch == 3
+        assert_same_tensors(record.state, final)
+        assert_same_tensors({"opt": record.optimizer_states}, {"opt": saved["optimizer_states"]})
+        TinySpace().freeze(second.export_top_models(formatter="dict")[0])
+    finally:
+        second.stop()
