@@ -79,6 +79,36 @@ def checkpointed_experiment(tmp_path, strategy, max_epochs: int, *callbacks):
     return experiment
 
 
+def run_then_resume(tmp_path, monkeypatch, make):
+    """Runs ``make()`` for 2 epochs in a :func:`checkpointed_experiment`, then resumes a fresh ``make()``
+    to epoch 3 through ``NasExperiment.resume()``. Checks that the resumed run starts at epoch 2 from
+    bit-equal module and optimiser states, ends at epoch 3 and exports a sample ``freeze()`` accepts.
+    Returns the first strategy, the :class:`RecordAtTrainStart` of the resumed run and the checkpoint path."""
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.setenv("NNI_CONFIG_DIR", str(tmp_path / "nni"))
+    torch.manual_seed(0)
+    first = checkpointed_experiment(tmp_path, make(), 2)
+    try:
+        first.run()
+        final = {k: v.detach().clone() for k, v in first.strategy.oneshot_module.state_dict().items()}
+        ckpt_path = first.strategy.state_dict()["ckpt_path"]
+        saved = torch.load(ckpt_path, weights_only=False)
+    finally:
+        first.stop()
+    torch.manual_seed(1)
+    record = RecordAtTrainStart()
+    second = checkpointed_experiment(tmp_path, make(), 3, record)
+    try:
+        second.resume()
+        assert record.epoch == 2 and second.strategy.oneshot_module.trainer.current_epoch == 3
+        assert_same_tensors(record.state, final)
+        assert_same_tensors({"opt": record.optimizer_states}, {"opt": saved["optimizer_states"]})
+        TinySpace().freeze(second.export_top_models(formatter="dict")[0])
+    finally:
+        second.stop()
+    return first.strategy, record, ckpt_path
+
+
 def assert_same_tensors(actual: dict, expected: dict) -> None:
     """Equal keys, and bit-equal tensors (recursively through dicts and lists)."""
     assert actual.keys() == expected.keys()

@@ -17,7 +17,7 @@ from strategies.drnas import DrNAS
 from strategies.gaea import GAEA
 from strategies.tetlo import TETLO
 from tests.oneshot_helpers import (
-    RecordAtTrainStart, TinySpace, assert_same_tensors, checkpointed_experiment, conv_bn,
+    TinySpace, conv_bn, run_then_resume,
 )
 
 torch.set_num_threads(1)
@@ -258,24 +258,4 @@ def test_unsupported_spaces_name_the_module():
 def test_resumed_search_starts_from_the_checkpointed_weights_and_optimiser_states(tmp_path, monkeypatch, make):
     """NNI's one-shot ``state_dict()`` is the Lightning checkpoint's path; ``NasExperiment.resume()``
     must continue from exactly the saved supernet, architecture, auxiliary model and optimisers."""
-    monkeypatch.setenv("HOME", str(tmp_path))
-    monkeypatch.setenv("NNI_CONFIG_DIR", str(tmp_path / "nni"))
-    torch.manual_seed(0)
-    first = checkpointed_experiment(tmp_path, make(), 2)
-    try:
-        first.run()
-        final = {k: v.detach().clone() for k, v in first.strategy.oneshot_module.state_dict().items()}
-        saved = torch.load(first.strategy.state_dict()["ckpt_path"], weights_only=False)
-    finally:
-        first.stop()
-    torch.manual_seed(1)
-    record = RecordAtTrainStart()
-    second = checkpointed_experiment(tmp_path, make(), 3, record)
-    try:
-        second.resume()
-        assert record.epoch == 2 and second.strategy.oneshot_module.trainer.current_epoch == 3
-        assert_same_tensors(record.state, final)
-        assert_same_tensors({"opt": record.optimizer_states}, {"opt": saved["optimizer_states"]})
-        TinySpace().freeze(second.export_top_models(formatter="dict")[0])
-    finally:
-        second.stop()
+    run_then_resume(tmp_path, monkeypatch, make)
