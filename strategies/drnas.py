@@ -48,6 +48,20 @@ class ProgressiveStage:
             raise ValueError(f"Invalid progressive stage {self}")
 
 
+def _as_stage(stage: ProgressiveStage | Mapping[str, Any]) -> ProgressiveStage:
+    """A :class:`ProgressiveStage`, or one built from a mapping of its fields (as YAML / JSON give it)."""
+    if isinstance(stage, ProgressiveStage):
+        return stage
+    if isinstance(stage, Mapping):
+        try:
+            return ProgressiveStage(**stage)
+        except TypeError as err:
+            raise TypeError(f"stage {dict(stage)!r}: {err}; the fields are epochs, partial_k, num_ops and "
+                            "warmup_epochs") from None
+    raise TypeError(f"stages must be a non-empty sequence of ProgressiveStage (or of mappings of its fields), "
+                    f"got {stage!r}")
+
+
 #: ``201-space/train_search_progressive.py``: 50 + 50 epochs, K 4 -> 2, ops 5 -> 3, 10 warm-up epochs per stage.
 NB201_STAGES: tuple[ProgressiveStage, ...] = (ProgressiveStage(50, 4, None, 10), ProgressiveStage(50, 2, 3, 10))
 #: ``DARTS-space/train_search.py``: 25 + 25 epochs, K 6 -> 4, ops 7 -> 4, 10 warm-up epochs per stage.
@@ -261,7 +275,8 @@ class DrNAS(ArchDistributionStrategy):
     stages
         ``None`` (plain), ``"nb201"`` (:data:`NB201_STAGES`: K 4 -> 2, ops 5 -> 3, 50 + 50 epochs),
         ``"darts"`` (:data:`DARTS_STAGES`: K 6 -> 4, ops 7 -> 4, 25 + 25 epochs), or a sequence of
-        :class:`ProgressiveStage`.
+        :class:`ProgressiveStage` or of mappings of its fields (``{"epochs": 50, "partial_k": 4}``,
+        as a YAML config or ``--strategy-kwargs`` JSON writes them).
     gradient_clip_val
         Gradient clipping of the weight step; DrNAS clips at 5 (NNI's default ``None`` means none).
     log_prob_every_n_step
@@ -301,8 +316,8 @@ class DrNAS(ArchDistributionStrategy):
                 raise ValueError(f"Unknown stage preset {stages!r}; choose one of {sorted(_PRESETS)} or give ProgressiveStage objects")
             stages = _PRESETS[stages.lower()]
         if stages is not None:
-            stages = tuple(stages)
-            if not stages or not all(isinstance(s, ProgressiveStage) for s in stages):
+            stages = tuple(_as_stage(s) for s in stages)
+            if not stages:
                 raise TypeError("stages must be a non-empty sequence of ProgressiveStage")
         super().__init__(arc_learning_rate=arc_learning_rate, gradient_clip_val=gradient_clip_val,
                          log_prob_every_n_step=log_prob_every_n_step, warmup_epochs=warmup_epochs, **kwargs)

@@ -75,12 +75,27 @@ def test_invalid_arguments():
         DrNAS(reg_type="l1")
     with pytest.raises(ValueError, match="preset"):
         DrNAS(stages="imagenet")
-    with pytest.raises(TypeError):
+    with pytest.raises(TypeError, match="ProgressiveStage"):
         DrNAS(stages=[(50, 4, None, 10)])
+    with pytest.raises(TypeError, match="'width'.*the fields are epochs, partial_k"):
+        DrNAS(stages=[{"epochs": 50, "width": 4}])
+    with pytest.raises(TypeError, match="partial_k"):
+        DrNAS(stages=[{"epochs": 50}])
+    with pytest.raises(ValueError, match="Invalid progressive stage"):
+        DrNAS(stages=[{"epochs": 0, "partial_k": 4}])
     with pytest.raises(ValueError):
         ProgressiveStage(0, 4)
     with pytest.raises(ValueError, match="LayerChoice 'op'.*not divisible"):
         DrNAS(stages=[ProgressiveStage(2, 3), ProgressiveStage(2, 1)]).mutate_model(TinySpace(c=8))
+
+
+def test_stages_can_be_given_as_mappings_of_their_fields():
+    """YAML configs and ``--strategy-kwargs`` JSON write a stage as a mapping."""
+    stages = [{"epochs": 50, "partial_k": 4}, {"epochs": 50, "partial_k": 2, "num_ops": 3, "warmup_epochs": 5}]
+    expected = (ProgressiveStage(50, 4, None, 10), ProgressiveStage(50, 2, 3, 5))
+    assert DrNAS(stages=stages).stages == expected
+    assert make_strategy("drnas", stages=stages).stages == expected
+    assert DrNAS(stages=[ProgressiveStage(50, 4), {"epochs": 50, "partial_k": 2}]).stages[1].partial_k == 2
 
 
 def test_stage_transition_prunes_widens_and_carries_optimizer_state():
