@@ -274,5 +274,7 @@ class GAEA(ArchDistributionStrategy):
             warmup_epochs=self.warmup_epochs, penalty=self.penalty)
 
     def __repr__(self) -> str:
+        extra = {"pc-darts": f", partial_k={self.partial_k}, edge_learning_rate={self.edge_learning_rate}",
+                 "gdas": f", temperature={self.temperature}"}.get(self.base, "")
         return (f"GAEA(base={self.base!r}, arc_learning_rate={self.arc_learning_rate}, "
-                f"single_level={self.single_level}, entropy_weight={self.entropy_weight})")
+                f"single_level={self.single_level}, entropy_weight={self.entropy_weight}{extra})")

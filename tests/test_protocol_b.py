@@ -58,7 +58,9 @@ def test_tiny_run_writes_a_complete_record(tmp_path, monkeypatch):
     assert record["num_skip"] + record["num_none"] <= 6
     assert len(record["epoch_times_s"]) == 1
     assert record["peak_rss_mb"] >= record["rss_before_search_mb"] > 0
-    assert list((tmp_path / "tmp").iterdir()) == []    # the experiment's working directory is removed
+    # the experiment's working directory is removed (torch may leave its own torchinductor_<user> cache
+    # there when this test is the first in the process to touch it)
+    assert [p.name for p in (tmp_path / "tmp").iterdir() if not p.name.startswith("torchinductor_")] == []
 
 
 def test_cell_bn_affine_off_drops_scale_and_shift_inside_the_cells_only():
@@ -95,3 +97,5 @@ def test_record_names_the_arguments_of_every_strategy_class():
     assert "base='pcdarts'" in repr(script.make_strategy("tetlo-pcdarts"))
     assert "reg_type='kl'" in repr(script.make_strategy("drnas-kl"))
     assert "single_level=False" in repr(script.make_strategy("gaea-bilevel"))
+    assert "partial_k=1" in repr(script.make_strategy("gaea-pc-darts", {"partial_k": 1}))
+    assert "temperature=(10.0, 0.1)" in repr(script.make_strategy("gaea-gdas"))
