@@ -34,6 +34,8 @@ Fixes (name: NNI call it repairs):
 - ``oneshot_log_every_n_steps``: ``nni.nas.oneshot.pytorch.strategy.OneShotStrategy.mutate_evaluator``
 - ``hpo_strategy_idle_sleep``: ``nni.nas.strategy.hpo.HPOTunerStrategy._run``
 - ``sequential_engine_trial_params``: ``nni.nas.execution.SequentialExecutionEngine._run_single_model``
+- ``final_report_without_metrics``: ``nni.nas.evaluator.pytorch.lightning.SupervisedLearningModule._final_report``
+  (a fit that ran no epoch, e.g. resuming a finished one-shot search)
 """
 from __future__ import annotations
 
@@ -951,6 +953,33 @@ def _fix_sequential_engine_trial_params() -> None:
     _patch('sequential_engine_trial_params', sequential.SequentialExecutionEngine, '_run_single_model', make)
 
 
+def _fix_final_report_without_metrics() -> None:
+    """``SupervisedLearningModule._final_report`` (``nni/nas/evaluator/pytorch/lightning.py:297-309``,
+    called from ``on_fit_end``, which one-shot modules forward to) reads
+    ``trainer.callback_metrics['<stage>_<metric>']``. A fit that trains no epoch has no such entry:
+    ``NasExperiment.resume()`` of a one-shot search whose checkpoint is already at ``max_epochs``
+    raised ``KeyError: 'train_acc'`` after restoring everything. The final report is now skipped,
+    with a warning saying why, when a metric it needs was never logged in this fit; the search ends
+    with the checkpointed supernet, whose export is unchanged."""
+    from nni.nas.evaluator.pytorch.lightning import SupervisedLearningModule
+
+    def make(original):
+        def _final_report(self):
+            trainer = self.trainer
+            stage = 'val' if trainer.val_dataloaders else 'train'
+            missing = [f'{stage}_{name}' for name in self.metrics if f'{stage}_{name}' not in trainer.callback_metrics]
+            if missing:
+                _logger.warning('No final result is reported: this fit logged no %s (it ran from epoch %d to '
+                                'max_epochs %s, e.g. a resumed search whose checkpoint had already finished).',
+                                ', '.join(missing), trainer.current_epoch, trainer.max_epochs)
+                return
+            original(self)
+        _final_report.__doc__ = original.__doc__
+        return _final_report
+
+    _patch('final_report_without_metrics', SupervisedLearningModule, '_final_report', make)
+
+
 def apply() -> None:
     """Apply every fix once (idempotent)."""
     global _APPLIED
@@ -974,6 +1003,7 @@ def apply() -> None:
     _fix_oneshot_log_every_n_steps()
     _fix_hpo_strategy_idle_sleep()
     _fix_sequential_engine_trial_params()
+    _fix_final_report_without_metrics()
     _APPLIED = True
 
 

@@ -32,7 +32,7 @@ def test_every_fix_is_registered_and_apply_is_idempotent():
     assert {'torch_load_weights_only', 'tuner_channel_resume_commands', 'failed_resume_keeps_checkpoint',
             'websocket_keep_comments', 'trial_runs_own_parameter', 'engine_pairs_reported_parameter',
             'wait_models_for_trial_ends', 'nnictl_view_profile', 'manager_dies_with_driver',
-            'oneshot_default_config', 'oneshot_log_every_n_steps'} <= set(names)
+            'oneshot_default_config', 'oneshot_log_every_n_steps', 'final_report_without_metrics'} <= set(names)
     compat.apply()
     assert compat.patch_names() == names
     with pytest.raises(ValueError, match='Unknown NNI compatibility fix'):
@@ -512,3 +512,38 @@ def test_trial_rerun_by_resumed_manager_is_bound_not_trained_again():
     assert sent == [(5, other)]                                  # only the new architecture starts
     assert events == [('final_metric', rerun), ('training_end', rerun)]
     assert engine._workers == 0 and isinstance(engine._models[4], weakref.ref)
+
+
+def test_resuming_a_finished_oneshot_search_ends_with_its_checkpointed_supernet(tmp_path, monkeypatch, caplog):
+    """NNI's ``DARTS`` runs 2 epochs with a Lightning checkpoint; resuming it at ``max_epochs=2`` trains no
+    epoch, and NNI's final report then looks up a metric that was never logged."""
+    from nni.nas.strategy import DARTS
+    from tests import oneshot_helpers
+    monkeypatch.setenv('HOME', str(tmp_path))
+    monkeypatch.setenv('NNI_CONFIG_DIR', str(tmp_path / 'nni'))
+    torch.manual_seed(0)
+    first = oneshot_helpers.checkpointed_experiment(tmp_path, DARTS(), 2)
+    try:
+        first.run()
+        final = {k: v.detach().clone() for k, v in first.strategy.oneshot_module.state_dict().items()}
+        exported = first.export_top_models(formatter='dict')[0]
+    finally:
+        first.stop()
+
+    def resume():
+        again = oneshot_helpers.checkpointed_experiment(tmp_path, DARTS(), 2)
+        try:
+            again.resume()
+            return again.strategy.oneshot_module, again.export_top_models(formatter='dict')[0]
+        finally:
+            again.stop()
+
+    with compat.unpatched('final_report_without_metrics'), pytest.raises(KeyError, match='train_acc'):
+        resume()
+    with caplog.at_level(logging.WARNING):
+        module, sample = resume()
+    assert module.trainer.current_epoch == 2
+    oneshot_helpers.assert_same_tensors(module.state_dict(), final)
+    assert sample == exported
+    oneshot_helpers.TinySpace().freeze(sample)
+    assert any('No final result is reported: this fit logged no train_acc' in r.getMessage() for r in caplog.records)
