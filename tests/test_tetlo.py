@@ -488,3 +488,23 @@ def test_evaluator_without_criterion_needs_aux_criterion():
     module = strategy.configure_oneshot_module(training_module)
     hyper, _ = module.compute_hypergradient(*_batches())
     assert _flat(hyper).norm() > 0
+
+
+@pytest.mark.parametrize("base", ["darts", "pcdarts"])
+def test_exports_on_hub_spaces_freeze_and_follow_the_darts_rule(base):
+    """NNI's hub ``NasBench201`` (LayerChoice per edge) and ``DARTS`` (Cell, Repeat, InputChoice)."""
+    from nni.nas.hub.pytorch import DARTS as DartsSpace, NasBench201
+    from tests.oneshot_helpers import classification, search
+
+    torch.manual_seed(0)
+    nb201 = lambda: NasBench201(stem_out_channels=8, num_modules_per_stack=1)  # noqa: E731
+    sample, _, _ = search(TETLO(base=base), nb201(), classification(max_epochs=1, n=8, size=16))
+    nb201().freeze(sample)
+    assert len(sample) == 6
+    darts = lambda: DartsSpace(width=8, num_cells=3)  # noqa: E731
+    sample, _, _ = search(TETLO(base=base), darts(), classification(max_epochs=1, n=8, size=8))
+    darts().freeze(sample)
+    for cell in ("normal", "reduce"):
+        for node in range(2, 6):
+            inputs = {sample[f"{cell}/input_{node}_{k}"][0] for k in range(2)}
+            assert len(inputs) == 2 and all(0 <= j < node for j in inputs)
