@@ -60,7 +60,7 @@ VARIANTS: dict[str, tuple[str, dict]] = {
     "gaea-pc-darts": ("GAEA", {"base": "pc-darts"}),
     "gaea-gdas": ("GAEA", {"base": "gdas"}),
     "tetlo": ("TETLO", {}),
-    "tetlo-pcdarts": ("TETLO", {"base": "pcdarts"}),
+    "tetlo-pcdarts": ("TETLO", {"base": "pc-darts"}),
 }
 STRATEGIES = tuple(VARIANTS)
 

@@ -16,6 +16,7 @@ from nni.nas.evaluator.pytorch import DataLoader as TracedDataLoader
 
 from .oneshot_common import (
     ArchDistributionModule, ArchDistributionStrategy, ArchWeights, HardGumbelWeights, MixedLayer, SimplexWeights,
+    resolve_base,
 )
 
 __all__ = ["GAEA", "GAEALightningModule", "ExponentiatedGradient"]
@@ -163,23 +164,25 @@ class GAEA(ArchDistributionStrategy):
     Parameters
     ----------
     base
-        ``"darts"``, ``"pc-darts"`` or ``"gdas"``.
+        ``"darts"``, ``"pc-darts"`` or ``"gdas"`` (case, ``-`` and ``_`` do not matter: ``"pcdarts"``
+        is ``"pc-darts"``). An argument of another base (``partial_k``, ``edge_learning_rate``,
+        ``temperature``) raises ``ValueError``.
     arc_learning_rate
         EG step ``eta``; default 0.1 (0.01 for ``gdas``).
     edge_learning_rate
-        EG step of the PC-DARTS edge weights (default 0.1).
+        EG step of the PC-DARTS edge weights (``pc-darts`` only; default 0.1).
     entropy_weight
         ``lambda`` of the entropic term; default 0 (0.01 for ``gdas``).
     single_level
         ERM (default, as the paper's headline) or bilevel.
     partial_k
-        Partial-channel factor for ``pc-darts`` (default 4).
+        Partial-channel factor (``pc-darts`` only; default 4).
     exclude_none
         Remove choices named ``none`` from ``LayerChoice``\\ s (masked, never chosen), as the release
         searches NAS-Bench-201 (``exclude_zero=true``). Cells keep their implicit zero op, as GAEA
         PC-DARTS searches ``none`` on the DARTS space.
     temperature
-        ``(start, end)`` Gumbel temperature for ``gdas``.
+        ``(start, end)`` Gumbel temperature (``gdas`` only; default ``(10, 0.1)``).
     gradient_clip_val
         Gradient clipping of the weight step; the release clips at 5 (NNI's default ``None``: none).
     log_prob_every_n_step
@@ -205,12 +208,18 @@ class GAEA(ArchDistributionStrategy):
     """
 
     def __init__(self, *, base: str = "darts", arc_learning_rate: float | None = None,
-                 edge_learning_rate: float = 0.1, entropy_weight: float | None = None, single_level: bool = True,
-                 partial_k: int = 4, exclude_none: bool = True, temperature: tuple[float, float] = (10.0, 0.1),
+                 edge_learning_rate: float | None = None, entropy_weight: float | None = None,
+                 single_level: bool = True, partial_k: int | None = None, exclude_none: bool = True,
+                 temperature: tuple[float, float] | None = None,
                  gradient_clip_val: float | None = None, log_prob_every_n_step: int = 10, warmup_epochs: int = 0,
                  sparsity_threshold: float = 1e-2, **kwargs: Any):
-        if base not in _BASES:
-            raise ValueError(f"base must be one of {_BASES}, got {base!r}")
+        base = resolve_base("GAEA", base, _BASES, partial_k=(partial_k, "pc-darts"),
+                            edge_learning_rate=(edge_learning_rate, "pc-darts"), temperature=(temperature, "gdas"))
+        edge_learning_rate = 0.1 if edge_learning_rate is None else edge_learning_rate
+        partial_k = 4 if partial_k is None else partial_k
+        temperature = (10.0, 0.1) if temperature is None else temperature
+        if not isinstance(single_level, bool):
+            raise TypeError(f"GAEA: single_level must be True (ERM) or False (bilevel), got {single_level!r}")
         gdas = base == "gdas"
         eta = (0.01 if gdas else 0.1) if arc_learning_rate is None else arc_learning_rate
         lam = (0.01 if gdas else 0.0) if entropy_weight is None else entropy_weight
@@ -227,7 +236,7 @@ class GAEA(ArchDistributionStrategy):
         self.base = base
         self.edge_learning_rate = edge_learning_rate
         self.entropy_weight = lam
-        self.single_level = bool(single_level)
+        self.single_level = single_level
         self.partial_k = partial_k if base == "pc-darts" else 1
         self.exclude_none = exclude_none
         self.temperature = (float(temperature[0]), float(temperature[1]))

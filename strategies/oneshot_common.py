@@ -59,7 +59,7 @@ __all__ = [
     "ArchWeights", "SoftmaxWeights", "DirichletWeights", "SimplexWeights", "HardGumbelWeights",
     "channel_shuffle", "rescale_width", "check_partial_channels", "mix_ops", "PartialChannelMixedOp",
     "MixedLayer", "MixedCell", "darts_cell_export", "entropy",
-    "ArchDistributionModule", "ArchDistributionStrategy", "check_searchable_space",
+    "ArchDistributionModule", "ArchDistributionStrategy", "check_searchable_space", "resolve_base",
 ]
 
 _logger = logging.getLogger(__name__)
@@ -810,6 +810,23 @@ def check_searchable_space(model: nn.Module) -> None:
                             f"Module {name or '<root>'!r} ({type(module).__name__}) holds mutable {label!r} of type "
                             f"{type(leaf).__name__}; differentiable strategies only search categorical choices "
                             f"(LayerChoice, InputChoice, Cell, Repeat, nni.choice)")
+
+
+def resolve_base(owner: str, base: Any, bases: Sequence[str], **specific: tuple[Any, str]) -> str:
+    """The spelling in ``bases`` of ``base``, ignoring case, ``-`` and ``_`` (``"PC_DARTS"``,
+    ``"pcdarts"`` and ``"pc-darts"`` are one base). ``specific`` maps each base-specific argument's
+    name to ``(value, base it applies to)``: a value other than ``None`` given for another base
+    raises ``ValueError``, instead of being silently ignored."""
+    def key(name: str) -> str:
+        return name.lower().replace("-", "").replace("_", "")
+
+    found = [b for b in bases if isinstance(base, str) and key(b) == key(base)]
+    if not found:
+        raise ValueError(f"{owner}: base must be one of {tuple(bases)}, got {base!r}")
+    for name, (value, needs) in specific.items():
+        if value is not None and found[0] != needs:
+            raise ValueError(f"{owner}: {name} applies to base={needs!r} only, got base={found[0]!r}")
+    return found[0]
 
 
 class ArchDistributionStrategy(DARTS):

@@ -33,12 +33,12 @@ from nni.nas.strategy import DARTS
 from torch.func import functional_call
 
 from .aux_models import CifarResNet
-from .oneshot_common import MixedCell, MixedLayer, SoftmaxWeights, check_searchable_space
+from .oneshot_common import MixedCell, MixedLayer, SoftmaxWeights, check_searchable_space, resolve_base
 
 __all__ = ["TETLO", "TETLOLightningModule", "qrs_loss", "sample_quadruples"]
 
 _HYPERGRADIENTS = ("finite_difference", "exact")
-_BASES = ("darts", "pcdarts")
+_BASES = ("darts", "pc-darts")
 _UNROLLS = ("gradient", "optimizer")
 
 
@@ -780,7 +780,7 @@ class TETLO(DARTS):
     (argmax per choice).
 
     "TETLO-X": ``base="darts"`` (default) runs on NNI's own DARTS supernet (softmax-weighted mixed
-    ops, NNI's export); ``base="pcdarts"`` on PC-DARTS (Xu et al., ICLR 2020): partial channels (1/K
+    ops, NNI's export); ``base="pc-darts"`` on PC-DARTS (Xu et al., ICLR 2020): partial channels (1/K
     of the channels through the candidate ops, channel shuffle) on every ``LayerChoice`` and
     ``Cell`` edge, and edge normalisation ``softmax(β)`` over each cell node's inputs, built from
     :mod:`strategies.oneshot_common` (``MixedLayer``/``MixedCell``, the DARTS export rule for cells).
@@ -832,9 +832,11 @@ class TETLO(DARTS):
         of outputs and the input channels of the space's first ``nn.Conv2d``. A strategy object
         owns its auxiliary model: use a new one per experiment.
     base
-        The differentiable NAS method TETLO runs on: ``"darts"`` or ``"pcdarts"``.
+        The differentiable NAS method TETLO runs on: ``"darts"`` or ``"pc-darts"`` (case, ``-`` and
+        ``_`` do not matter: ``"pcdarts"`` is ``"pc-darts"``).
     partial_k
-        K of PC-DARTS (``base="pcdarts"`` only): 1/K of the channels go through the candidate ops.
+        K of PC-DARTS (``base="pc-darts"`` only, where it defaults to 4; given with ``"darts"`` it
+        raises ``ValueError``): 1/K of the channels go through the candidate ops.
     lambda_qrs
         λ, weight of the QRS loss in the auxiliary's objective.
     gamma
@@ -875,7 +877,7 @@ class TETLO(DARTS):
         Other parameters of :class:`~nni.nas.strategy.DARTS` (``mutation_hooks``).
     """
 
-    def __init__(self, *, aux_model: nn.Module | None = None, base: str = "darts", partial_k: int = 4,
+    def __init__(self, *, aux_model: nn.Module | None = None, base: str = "darts", partial_k: int | None = None,
                  lambda_qrs: float = 1.0, gamma: float = 1.0, tau: float = 0.1, num_quadruples: int = 256,
                  warmup_epochs: int | None = None, hypergradient: str = "finite_difference",
                  unroll: str = "gradient", unroll_lr_w: float | None = None, unroll_lr_v: float | None = None,
@@ -890,8 +892,8 @@ class TETLO(DARTS):
             raise ValueError("TETLO does not support DARTS' profiler penalty")
         if aux_model is not None and not isinstance(aux_model, nn.Module):
             raise TypeError(f"TETLO: aux_model must be an nn.Module, got {type(aux_model).__name__}")
-        if base not in _BASES:
-            raise ValueError(f"TETLO: base must be one of {_BASES}, got {base!r}")
+        base = resolve_base("TETLO", base, _BASES, partial_k=(partial_k, "pc-darts"))
+        partial_k = 4 if partial_k is None else partial_k
         if hypergradient not in _HYPERGRADIENTS:
             raise ValueError(f"TETLO: hypergradient must be one of {_HYPERGRADIENTS}, got {hypergradient!r}")
         if unroll not in _UNROLLS:
@@ -939,7 +941,7 @@ class TETLO(DARTS):
             aux_criterion=aux_criterion)
 
     def configure_softmax(self) -> nn.Module:
-        if self.base == "pcdarts":
+        if self.base == "pc-darts":
             if self._arch_weights is None:
                 self._arch_weights = SoftmaxWeights()
             return self._arch_weights
@@ -955,7 +957,7 @@ class TETLO(DARTS):
         return hooks
 
     def mutate_model(self, model):
-        if self.base == "pcdarts":
+        if self.base == "pc-darts":
             check_searchable_space(model)
             self._arch_weights = SoftmaxWeights()
         return super().mutate_model(model)
@@ -978,6 +980,7 @@ class TETLO(DARTS):
 
     def __repr__(self) -> str:
         kw = self._module_kwargs
-        return (f"TETLO(base={self.base!r}, lambda_qrs={kw['lambda_qrs']}, gamma={kw['gamma']}, tau={kw['tau']}, "
+        extra = f", partial_k={self.partial_k}" if self.base == "pc-darts" else ""
+        return (f"TETLO(base={self.base!r}{extra}, lambda_qrs={kw['lambda_qrs']}, gamma={kw['gamma']}, tau={kw['tau']}, "
                 f"num_quadruples={kw['num_quadruples']}, warmup_epochs={self.warmup_epochs}, "
                 f"hypergradient={kw['hypergradient']!r}, unroll={kw['unroll']!r}, arc_learning_rate={self.arc_learning_rate})")

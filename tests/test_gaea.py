@@ -89,8 +89,8 @@ def test_single_level_uses_training_data_for_both_steps():
 def test_invalid_arguments():
     with pytest.raises(ValueError, match="base"):
         GAEA(base="enas")
-    with pytest.raises(ValueError):
-        GAEA(temperature=(0.1, 10.0))
+    with pytest.raises(ValueError, match="temperature must be"):
+        GAEA(base="gdas", temperature=(0.1, 10.0))
     with pytest.raises(ValueError):
         GAEA(arc_learning_rate=-1.0)
 

@@ -252,8 +252,27 @@ def test_unsupported_spaces_name_the_module():
         check_searchable_space(nn.Linear(2, 2))
 
 
+def test_base_spellings_and_arguments_of_another_base():
+    """``"pcdarts"``, ``"PC_DARTS"`` and ``"pc-darts"`` are one base for GAEA and TETLO; a base-specific
+    argument given for another base is an error, not silently ignored."""
+    assert GAEA(base="PC_DARTS").base == "pc-darts" and TETLO(base="pcdarts").base == "pc-darts"
+    assert GAEA(base="pcdarts", partial_k=2).partial_k == 2 and TETLO(base="pc-darts", partial_k=2).partial_k == 2
+    with pytest.raises(ValueError, match=r"^GAEA: partial_k applies to base='pc-darts' only, got base='darts'$"):
+        GAEA(partial_k=2)
+    with pytest.raises(ValueError, match="GAEA: edge_learning_rate applies to base='pc-darts' only, got base='gdas'"):
+        GAEA(base="gdas", edge_learning_rate=0.2)
+    with pytest.raises(ValueError, match="GAEA: temperature applies to base='gdas' only, got base='pc-darts'"):
+        GAEA(base="pc-darts", temperature=(5.0, 1.0))
+    with pytest.raises(ValueError, match="TETLO: partial_k applies to base='pc-darts' only, got base='darts'"):
+        TETLO(partial_k=2)
+    with pytest.raises(ValueError, match=r"GAEA: base must be one of \('darts', 'pc-darts', 'gdas'\), got None"):
+        GAEA(base=None)
+    with pytest.raises(TypeError, match="single_level must be True"):
+        GAEA(single_level="no")
+
+
 @pytest.mark.parametrize("make", [DrNAS, GAEA, lambda: GAEA(base="pc-darts"), lambda: GAEA(base="gdas"), TETLO,
-                                  lambda: TETLO(base="pcdarts")],
+                                  lambda: TETLO(base="pc-darts")],
                          ids=["drnas", "gaea", "gaea-pc-darts", "gaea-gdas", "tetlo", "tetlo-pcdarts"])
 def test_resumed_search_starts_from_the_checkpointed_weights_and_optimiser_states(tmp_path, monkeypatch, make):
     """NNI's one-shot ``state_dict()`` is the Lightning checkpoint's path; ``NasExperiment.resume()``

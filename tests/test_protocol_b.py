@@ -94,7 +94,7 @@ def test_record_names_the_arguments_of_every_strategy_class():
     script = _load_script()
     assert "gamma=0.5" in repr(script.make_strategy("tetlo", {"gamma": 0.5}))
     assert "warmup_epochs=3" in repr(script.make_strategy("tetlo", {"warmup_epochs": 3}))
-    assert "base='pcdarts'" in repr(script.make_strategy("tetlo-pcdarts"))
+    assert "base='pc-darts', partial_k=4" in repr(script.make_strategy("tetlo-pcdarts"))
     assert "reg_type='kl'" in repr(script.make_strategy("drnas-kl"))
     assert "single_level=False" in repr(script.make_strategy("gaea-bilevel"))
     assert "partial_k=1" in repr(script.make_strategy("gaea-pc-darts", {"partial_k": 1}))

@@ -104,7 +104,7 @@ def test_finite_difference_hypergradient_matches_exact(gamma):
 
 
 def test_pcdarts_base_partial_channels_edge_normalisation_and_hypergradient():
-    module = _module(torch.float64, space=TinyCellSpace(), base="pcdarts", partial_k=2, gamma=0.0)
+    module = _module(torch.float64, space=TinyCellSpace(), base="pc-darts", partial_k=2, gamma=0.0)
     space = module.model
     assert isinstance(space.cell, _EdgeNormalizedCell) and isinstance(space.op, MixedLayer)
     assert space.op.partial_k == 2 and space.op[0].in_channels == 8  # 16 channels, half through the ops
@@ -402,6 +402,7 @@ def test_end_to_end_nas_experiment_exports_valid_sample(tmp_path, monkeypatch, o
     ({"unroll": "adam"}, ValueError, "unroll must be one of"),
     ({"unroll": "optimizer", "unroll_lr_w": 0.1}, ValueError, "unroll_lr_w and unroll_lr_v set the step"),
     ({"base": "gdas"}, ValueError, "base"),
+    ({"partial_k": 2}, ValueError, "partial_k applies to base=.pc-darts. only"),
     ({"aux_model": "resnet"}, TypeError, "aux_model"),
     ({"aux_lr_min": 0.1}, ValueError, "aux_lr_min"),
     ({"fd_epsilon": 0}, ValueError, "fd_epsilon"),
@@ -436,7 +437,7 @@ def test_unsupported_models_raise_clear_errors():
     with pytest.raises(ValueError, match="_NoLinearSpace has no nn.Linear; pass main_feature_module"):
         _prepare(_NoLinearSpace())
     with pytest.raises(ValueError, match="'op'.* cannot be searched"):
-        _prepare(TinySpace(), base="pcdarts", partial_k=3)  # 4 channels do not split into 3 parts
+        _prepare(TinySpace(), base="pc-darts", partial_k=3)  # 4 channels do not split into 3 parts
     with pytest.raises(ValueError, match="no submodule named 'head'"):
         _prepare(TinySpace(), main_feature_module="head")
     with pytest.raises(ValueError, match="auxiliary model.*Conv2d has no nn.Linear"):
@@ -490,7 +491,7 @@ def test_evaluator_without_criterion_needs_aux_criterion():
     assert _flat(hyper).norm() > 0
 
 
-@pytest.mark.parametrize("base", ["darts", "pcdarts"])
+@pytest.mark.parametrize("base", ["darts", "pc-darts"])
 def test_exports_on_hub_spaces_freeze_and_follow_the_darts_rule(base):
     """NNI's hub ``NasBench201`` (LayerChoice per edge) and ``DARTS`` (Cell, Repeat, InputChoice)."""
     from nni.nas.hub.pytorch import DARTS as DartsSpace, NasBench201
