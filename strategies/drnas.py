@@ -44,8 +44,12 @@ class ProgressiveStage:
     warmup_epochs: int = 10
 
     def __post_init__(self):
-        if self.epochs < 1 or self.partial_k < 1 or self.warmup_epochs < 0 or (self.num_ops is not None and self.num_ops < 1):
-            raise ValueError(f"Invalid progressive stage {self}")
+        problems = [f"{name} must be an int >= {least}" for name, least in
+                    (("epochs", 1), ("partial_k", 1), ("warmup_epochs", 0), ("num_ops", 1))
+                    if not (name == "num_ops" and self.num_ops is None)
+                    and (not isinstance(getattr(self, name), int) or getattr(self, name) < least)]
+        if problems:
+            raise ValueError(f"Invalid progressive stage {self}: {'; '.join(problems)}")
 
 
 def _as_stage(stage: ProgressiveStage | Mapping[str, Any]) -> ProgressiveStage:
@@ -307,6 +311,8 @@ class DrNAS(ArchDistributionStrategy):
     def __init__(self, *, arc_learning_rate: float = 3.0e-4, reg_type: str = "l2", reg_scale: float = 1.0e-3,
                  stages: str | Sequence[ProgressiveStage] | None = None, gradient_clip_val: float | None = None,
                  log_prob_every_n_step: int = 10, warmup_epochs: int = 0, **kwargs: Any):
+        if not isinstance(arc_learning_rate, (int, float)) or arc_learning_rate <= 0:
+            raise ValueError(f"arc_learning_rate must be a positive number, got {arc_learning_rate!r}")
         if reg_type not in ("l2", "kl"):
             raise ValueError(f"reg_type must be 'l2' or 'kl', got {reg_type!r}")
         if not isinstance(reg_scale, (int, float)) or reg_scale < 0:

@@ -81,10 +81,14 @@ def test_invalid_arguments():
         DrNAS(stages=[{"epochs": 50, "width": 4}])
     with pytest.raises(TypeError, match="partial_k"):
         DrNAS(stages=[{"epochs": 50}])
-    with pytest.raises(ValueError, match="Invalid progressive stage"):
+    with pytest.raises(ValueError, match="Invalid progressive stage.*: epochs must be an int >= 1$"):
         DrNAS(stages=[{"epochs": 0, "partial_k": 4}])
-    with pytest.raises(ValueError):
-        ProgressiveStage(0, 4)
+    with pytest.raises(ValueError, match="partial_k must be an int >= 1; num_ops must be an int >= 1$"):
+        ProgressiveStage(2, 0, num_ops=0)
+    with pytest.raises(ValueError, match="warmup_epochs must be an int >= 0$"):
+        ProgressiveStage(2, 4, warmup_epochs=1.5)
+    with pytest.raises(ValueError, match="arc_learning_rate must be a positive number, got 0"):
+        DrNAS(arc_learning_rate=0)
     with pytest.raises(ValueError, match="LayerChoice 'op'.*not divisible"):
         DrNAS(stages=[ProgressiveStage(2, 3), ProgressiveStage(2, 1)]).mutate_model(TinySpace(c=8))
 
