@@ -7,6 +7,7 @@ pruning, widening) makes large supernets fit in memory. Reference code: xiangnin
 """
 from __future__ import annotations
 
+import json
 import logging
 from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
@@ -14,7 +15,8 @@ from typing import Any, Mapping, Sequence
 import torch
 
 from .oneshot_common import (
-    ArchDistributionModule, ArchDistributionStrategy, DirichletWeights, MixedCell, MixedLayer,
+    ArchDistributionModule, ArchDistributionStrategy, DirichletWeights, MixedCell, MixedLayer, rewrap_ddp,
+    shared_generator,
 )
 
 __all__ = ["DrNAS", "DrNASLightningModule", "ProgressiveStage", "NB201_STAGES", "DARTS_STAGES"]
@@ -125,6 +127,10 @@ class DrNASLightningModule(ArchDistributionModule):
                 self.advance_stage()
         return super().on_train_epoch_start()
 
+    def ddp_unused_parameters(self) -> bool:
+        """Pruned ops (weight exactly 0) are skipped, so their parameters get no gradient."""
+        return bool(self.stages)
+
     def arch_step_enabled(self) -> bool:
         if not self.stages:
             return super().arch_step_enabled()
@@ -146,20 +152,23 @@ class DrNASLightningModule(ArchDistributionModule):
 
     def advance_stage(self) -> None:
         """Stage transition: prune to the next stage's ``num_ops``, then widen the partial-channel ops
-        from ``C/K_old`` to ``C/K_new`` with the weight optimiser's state carried over."""
+        from ``C/K_old`` to ``C/K_new`` with the weight optimiser's state carried over. Under DDP every
+        rank widens with the same channel maps, and the module is re-wrapped for its new shapes."""
         old, new = self.stages[self.current_stage], self.stages[self.current_stage + 1]
         if new.num_ops is not None:
             self.prune(new.num_ops)
-        self._set_partial_k(new.partial_k, optimizer=self.weight_optimizer())
+        self._set_partial_k(new.partial_k, optimizer=self.weight_optimizer(), generator=shared_generator(self._trainer))
+        rewrap_ddp(self._trainer)
         self.current_stage += 1
         self._stage_masks.append(self.current_masks())
         _logger.info("DrNAS stage %d: K %d -> %d, ops kept %s", self.current_stage, old.partial_k,
                      new.partial_k, new.num_ops)
 
-    def _set_partial_k(self, k: int, optimizer: torch.optim.Optimizer | None) -> None:
+    def _set_partial_k(self, k: int, optimizer: torch.optim.Optimizer | None,
+                       generator: torch.Generator | None = None) -> None:
         for module in self.supernet_modules():
             if isinstance(module, (MixedLayer, MixedCell)):
-                module.set_partial_k(k, optimizer=optimizer)
+                module.set_partial_k(k, optimizer=optimizer, generator=generator)
 
     def current_masks(self) -> dict[str, list[bool]]:
         """The pruning masks now in force, by label (labels with every choice kept are left out)."""
@@ -170,20 +179,28 @@ class DrNASLightningModule(ArchDistributionModule):
                 masks[str(label)] = mask.cpu().tolist()
         return masks
 
-    # -- checkpoints -----------------------------------------------------------------------
+    # -- state dict ----------------------------------------------------------------------
     # A progressive run changes the supernet's shapes (widened ops) and keeps pruning masks outside
-    # the state dict; both travel in the checkpoint so that NNI's one-shot resume
-    # (``strategy.load_state_dict`` -> ``fit(ckpt_path=...)``) rebuilds the shapes before the weights load.
-    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        if self.stages:
-            checkpoint["drnas_progressive"] = {"stage": self.current_stage, "masks": list(self._stage_masks),
-                                               "partial_k": [s.partial_k for s in self.stages]}
-        super().on_save_checkpoint(checkpoint)
+    # the parameters. Both travel in the state dict under ``drnas_progressive`` (JSON as a uint8
+    # tensor), and loading applies them before the submodules load their weights. So NNI's one-shot
+    # resume (``strategy.load_state_dict`` -> ``fit(ckpt_path=...)``) and DDP-spawn's hand-back of rank
+    # 0's weights to the main process both rebuild the shapes first.
+    _STATE_KEY = "drnas_progressive"
 
-    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        state = checkpoint.get("drnas_progressive")
+    def _save_to_state_dict(self, destination, prefix, keep_vars):
+        super()._save_to_state_dict(destination, prefix, keep_vars)
+        if self.stages:
+            state = {"stage": self.current_stage, "masks": list(self._stage_masks),
+                     "partial_k": [s.partial_k for s in self.stages]}
+            destination[prefix + self._STATE_KEY] = torch.tensor(list(json.dumps(state).encode()), dtype=torch.uint8)
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                              error_msgs):
+        key = prefix + self._STATE_KEY
+        encoded = state_dict.get(key)
+        state = None if encoded is None else json.loads(bytes(encoded.tolist()).decode())
         schedule = [s.partial_k for s in self.stages]
-        if (state is None) != (not self.stages) or (state is not None and state["partial_k"] != schedule):
+        if (strict and (state is None) != (not self.stages)) or (state is not None and state["partial_k"] != schedule):
             saved = "plain mode" if state is None else f"stages with K {state['partial_k']}"
             raise ValueError(f"DrNAS: this checkpoint comes from a run in {saved}, but this strategy has "
                              f"{'stages with K ' + str(schedule) if self.stages else 'no stages (plain mode)'}; "
@@ -199,7 +216,10 @@ class DrNASLightningModule(ArchDistributionModule):
                     self._set_partial_k(self.stages[stage].partial_k, optimizer=None)
             self.current_stage = int(state["stage"])
             self._stage_masks = [dict(m) for m in state["masks"]]
-        super().on_load_checkpoint(checkpoint)
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                                      error_msgs)
+        if key in unexpected_keys:
+            unexpected_keys.remove(key)
 
     # -- objective -------------------------------------------------------------------------
     def arch_regularizer(self) -> torch.Tensor | None:

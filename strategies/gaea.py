@@ -109,6 +109,10 @@ class GAEALightningModule(ArchDistributionModule):
         total = sum((p * torch.log(p.numel() * p)).sum() for p in ops)
         return self.entropy_weight * total
 
+    def ddp_unused_parameters(self) -> bool:
+        """GDAS evaluates only the sampled op of each choice."""
+        return isinstance(self.arch_weights, HardGumbelWeights)
+
     def on_train_epoch_start(self):
         if isinstance(self.arch_weights, HardGumbelWeights):
             start, end = self.temperature

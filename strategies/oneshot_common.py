@@ -31,6 +31,12 @@ Public API
 :class:`ArchDistributionStrategy`
     ``DARTS`` subclass wiring the above into NNI's mutation hooks; validates the space and names the
     module that cannot be searched.
+:func:`ddp_find_unused_parameters`, :func:`rewrap_ddp`, :func:`shared_generator`
+    Lightning DDP (``Trainer(strategy="ddp" | "ddp_spawn", devices=N)``): a module that leaves some
+    parameters without gradient in a step (GDAS's unsampled ops, pruned ops, TETLO's three models)
+    turns on DDP's ``find_unused_parameters``; a stage that changes parameter shapes (DrNAS
+    widening) draws its channel maps from a generator seeded by rank 0 and re-wraps the module in a
+    new ``DistributedDataParallel``.
 """
 from __future__ import annotations
 
@@ -60,6 +66,7 @@ __all__ = [
     "channel_shuffle", "rescale_width", "check_partial_channels", "mix_ops", "PartialChannelMixedOp",
     "MixedLayer", "MixedCell", "darts_cell_export", "entropy",
     "ArchDistributionModule", "ArchDistributionStrategy", "check_searchable_space", "resolve_base",
+    "ddp_find_unused_parameters", "rewrap_ddp", "shared_generator",
 ]
 
 _logger = logging.getLogger(__name__)
@@ -452,6 +459,13 @@ def _arch_weights_of(module: nn.Module) -> ArchWeights:
     return weights
 
 
+def _export_probs(weights: ArchWeights, alpha: torch.Tensor) -> torch.Tensor:
+    """``weights.probs(alpha)`` without a graph, for export and logging. It must be given the
+    parameter itself: masks are kept per parameter object, so a detached copy would lose them."""
+    with torch.no_grad():
+        return weights.probs(alpha)
+
+
 class MixedLayer(DifferentiableMixedLayer):
     """``DifferentiableMixedLayer`` with partial channels, pruning masks and skipping of zero-weight ops.
 
@@ -485,13 +499,13 @@ class MixedLayer(DifferentiableMixedLayer):
     def export(self, memo):
         if self.label in memo:
             return {}
-        probs = self._softmax.probs(self._arch_alpha.detach())
+        probs = _export_probs(self._softmax, self._arch_alpha)
         return {self.label: self.names[int(torch.argmax(probs).item())]}
 
     def export_probs(self, memo):
         if self.label in memo:
             return {}
-        return {self.label: dict(zip(self.names, self._softmax.probs(self._arch_alpha.detach()).cpu().tolist()))}
+        return {self.label: dict(zip(self.names, _export_probs(self._softmax, self._arch_alpha).cpu().tolist()))}
 
     @classmethod
     def mutate(cls, module, name, memo, mutate_kwargs):
@@ -622,7 +636,7 @@ class MixedCell(DifferentiableMixedCell):
         for name, parameter in self._arch_alpha.items():
             if name in memo:
                 continue
-            probs = self._softmax.probs(parameter.detach()).cpu().tolist()
+            probs = _export_probs(self._softmax, parameter).cpu().tolist()
             names = list(self.op_names) + (["<zero>"] if len(probs) > len(self.op_names) else [])
             ret[name] = dict(zip(names, probs))
         for name, parameter in self._arch_edge.items():
@@ -636,7 +650,7 @@ class MixedCell(DifferentiableMixedCell):
         probs = {}
         for i in range(self.num_predecessors, self.num_nodes + self.num_predecessors):
             for j in range(i):
-                p = self._softmax.probs(self._arch_alpha[f"{self.label}/{i}_{j}"].detach())
+                p = _export_probs(self._softmax, self._arch_alpha[f"{self.label}/{i}_{j}"])
                 edge = self._edge_weight(i, j, deterministic=True)
                 probs[(i, j)] = p * float(edge[j].detach()) if edge is not None else p
         return darts_cell_export(self.label, self.num_predecessors, self.num_nodes, self.num_ops_per_node,
@@ -719,7 +733,16 @@ class ArchDistributionModule(DartsLightningModule):
                     found[label] = param
         return found
 
+    def ddp_unused_parameters(self) -> bool:
+        """Whether a step can leave parameters without gradient (then DDP must look for them)."""
+        return False
+
     # -- NNI overrides ---------------------------------------------------------------------
+    def setup(self, stage=None):
+        if self.ddp_unused_parameters():
+            ddp_find_unused_parameters(self.trainer, type(self).__name__)
+        return super().setup(stage)
+
     def resample(self):
         self.arch_weights.resample()
         return super().resample()
@@ -794,6 +817,54 @@ class ArchDistributionModule(DartsLightningModule):
             if not getattr(opt, "is_arch_optimizer", False):
                 return cast(torch.optim.Optimizer, getattr(opt, "optimizer", opt))
         return None
+
+
+# ---------------------------------------------------------------------------------------------
+# Lightning DDP
+# ---------------------------------------------------------------------------------------------
+
+def _ddp_strategy(trainer: Any) -> Any:
+    from pytorch_lightning.strategies import DDPStrategy
+    strategy = getattr(trainer, "strategy", None)
+    return strategy if isinstance(strategy, DDPStrategy) else None
+
+
+def ddp_find_unused_parameters(trainer: Any, owner: str) -> None:
+    """Under Lightning's ``DDPStrategy`` (``ddp``, ``ddp_spawn``), turn on DDP's
+    ``find_unused_parameters`` before the module is wrapped (call from ``setup``): without it, a step
+    that gives some parameters no gradient fails with DDP's "parameters that were not used in
+    producing the loss" error."""
+    strategy = _ddp_strategy(trainer)
+    if strategy is None:
+        return
+    kwargs = getattr(strategy, "_ddp_kwargs", None)
+    if not isinstance(kwargs, dict):
+        raise RuntimeError(f"{owner} leaves some parameters without gradient in a step; this Lightning version's "
+                           "DDPStrategy keeps no _ddp_kwargs to enable find_unused_parameters in, so pass "
+                           "strategy='ddp_find_unused_parameters_true' (or ddp_spawn_find_unused_parameters_true)")
+    if not kwargs.get("find_unused_parameters"):
+        _logger.info("%s: DDP find_unused_parameters turned on (a step leaves some parameters without gradient)", owner)
+        kwargs["find_unused_parameters"] = True
+
+
+def rewrap_ddp(trainer: Any) -> None:
+    """After parameters changed shape, wrap the Lightning module in a new ``DistributedDataParallel``
+    (the old one's gradient buckets have the old shapes); the new wrapper broadcasts rank 0's
+    parameters and buffers. Nothing happens outside DDP."""
+    from torch.nn.parallel import DistributedDataParallel
+    strategy = _ddp_strategy(trainer)
+    if strategy is not None and isinstance(strategy.model, DistributedDataParallel):
+        strategy.model = strategy.lightning_module
+        strategy.configure_ddp()
+
+
+def shared_generator(trainer: Any) -> torch.Generator | None:
+    """``None`` (the global RNG) in a single process; in a distributed run, a generator seeded with
+    rank 0's draw, so that every rank makes the same random choices (e.g. widening channel maps)."""
+    if getattr(trainer, "world_size", 1) <= 1:
+        return None
+    seed = trainer.strategy.broadcast(int(torch.randint(0, 2 ** 62, ()).item()), src=0)
+    return torch.Generator().manual_seed(int(seed))
 
 
 def check_searchable_space(model: nn.Module) -> None:

@@ -33,7 +33,9 @@ from nni.nas.strategy import DARTS
 from torch.func import functional_call
 
 from .aux_models import CifarResNet
-from .oneshot_common import MixedCell, MixedLayer, SoftmaxWeights, check_searchable_space, resolve_base
+from .oneshot_common import (
+    MixedCell, MixedLayer, SoftmaxWeights, check_searchable_space, ddp_find_unused_parameters, resolve_base,
+)
 
 __all__ = ["TETLO", "TETLOLightningModule", "qrs_loss", "sample_quadruples"]
 
@@ -371,8 +373,7 @@ class TETLOLightningModule(DartsLightningModule):
         if self._main_tap is not None:
             return
         model = self.model
-        main_name, main_module = _find_feature_module(model, self.main_feature_module, "main_feature_module",
-                                                      "the main model (supernet)")
+        main_name, main_module = self._main_feature_module()
         if self.aux_model is None:
             self.aux_model = self._default_aux_model(model, main_name, main_module)
         aux_name, aux_module = _find_feature_module(self.aux_model, self.aux_feature_module, "aux_feature_module",
@@ -391,6 +392,17 @@ class TETLOLightningModule(DartsLightningModule):
         self._main_tap = _FeatureTap(main_module, main_name, "the main model (supernet)")
         self._aux_tap = _FeatureTap(aux_module, aux_name, "the auxiliary model")
 
+    def _main_feature_module(self) -> tuple[str, nn.Module]:
+        return _find_feature_module(self.model, self.main_feature_module, "main_feature_module",
+                                    "the main model (supernet)")
+
+    def _load_from_state_dict(self, state_dict, prefix, *args):
+        # DDP-spawn hands rank 0's weights back to a main process that never ran ``setup``: build the
+        # default auxiliary model there too, so that it receives rank 0's auxiliary weights.
+        if self.aux_model is None and any(key.startswith(prefix + "aux_model.") for key in state_dict):
+            self.aux_model = self._default_aux_model(self.model, *self._main_feature_module())
+        super()._load_from_state_dict(state_dict, prefix, *args)
+
     @staticmethod
     def _default_aux_model(model: nn.Module, main_name: str, main_module: nn.Module) -> nn.Module:
         out = getattr(main_module, "out_features", None)
@@ -406,6 +418,7 @@ class TETLOLightningModule(DartsLightningModule):
         return CifarResNet(num_classes=out, depth=20, width=16, in_channels=convs[0].in_channels)
 
     def setup(self, stage: str = None):  # type: ignore[assignment]
+        ddp_find_unused_parameters(self.trainer, "TETLO")  # a step trains one of the three models
         result = super().setup(stage)
         self.prepare()
         max_epochs = getattr(self.trainer, "max_epochs", None)
@@ -654,6 +667,8 @@ class TETLOLightningModule(DartsLightningModule):
         if self.warmup_epochs == 0 or self.trainer.current_epoch >= self.warmup_epochs:
             self.resample()
             hyper, stats = self.compute_hypergradient(trn_batch, val_batch, 2 * batch_idx)
+            if self.trainer.world_size > 1:  # DDP averages W's and V's gradients; A's is computed here
+                hyper = [self.trainer.strategy.reduce(g, reduce_op="mean") for g in hyper]
             arc_optim.zero_grad()
             for p, g in zip(self._arch_params, hyper):
                 p.grad = g.detach().to(p.dtype)

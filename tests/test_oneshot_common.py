@@ -69,6 +69,38 @@ def test_masks_zero_pruned_choices_and_renormalise():
         weights.set_mask(alpha, torch.zeros(4, dtype=torch.bool))
 
 
+def test_export_and_logged_probabilities_respect_pruning_masks():
+    """A pruned choice is never exported nor logged with weight, even when its parameter is largest
+    (pruned parameters keep drifting under the regulariser): LayerChoices and cell edges alike."""
+    from nni.nas.hub.pytorch import DARTS as DartsSpace
+
+    for space in (TinySpace(), DartsSpace(width=8, num_cells=3)):
+        import pytorch_lightning as pl
+
+        strategy = DrNAS()
+        holder = pl.LightningModule()
+        holder.model = strategy.mutate_model(space)
+        module = strategy.configure_oneshot_module(holder)
+        pruned = {}
+        for label, alpha in module.unique_arch_parameters().items():
+            if alpha.numel() > 1:
+                with torch.no_grad():
+                    alpha.copy_(torch.arange(alpha.numel(), dtype=alpha.dtype))  # the last choice is largest
+                keep = torch.ones(alpha.numel(), dtype=torch.bool)
+                keep[-1] = False
+                strategy.arch_weights.set_mask(alpha, keep)
+                pruned[label] = alpha.numel() - 1
+        probs = module.export_probs()
+        assert pruned and all(list(probs[label].values())[last] == 0 for label, last in pruned.items())
+        sample = module.export()
+        for label, last in pruned.items():
+            if label in sample:  # LayerChoice labels; cell edges are checked through their ops below
+                assert sample[label] != list(probs[label])[last]
+        for key, op in sample.items():
+            if "/op_" in key:
+                assert op != "dil_conv_5x5"  # the last op of the DARTS space, pruned on every edge
+
+
 def test_hard_gumbel_is_one_hot_straight_through():
     torch.manual_seed(0)
     theta = nn.Parameter(torch.tensor([0.1, 0.6, 0.3]))
