@@ -17,6 +17,9 @@ Fixes (name: NNI call it repairs):
 - ``failed_resume_keeps_checkpoint``: ``nni.nas.experiment.NasExperiment.save_checkpoint`` / ``load_checkpoint``
 - ``checkpoint_after_each_trial``: ``NasExperiment.execution_engine_factory`` /
   ``ExecutionEngine.dispatch_model_event`` (checkpoint only at start and stop)
+- ``trials_ended_after_checkpoint``: ``TrainingServiceExecutionEngine.state_dict`` / ``load_state_dict``
+  (record nothing), ``.submit_models`` and ``._trial_end_callback`` (a trial that ended between the
+  last checkpoint and a kill)
 - ``resumed_trials_rejoin_strategy``: ``TrainingServiceExecutionEngine.submit_models``,
   ``._report_metric_data_callback`` and ``._trial_end_callback`` (trials the resumed manager re-runs)
 - ``websocket_keep_comments``: ``nni.runtime.command_channel.websocket.connection.WsConnection.receive``
@@ -297,6 +300,146 @@ def _fix_checkpoint_after_each_trial() -> None:
 
     _patch('checkpoint_after_each_trial', NasExperiment, 'execution_engine_factory', make_factory)
     _patch('checkpoint_after_each_trial', TrainingServiceExecutionEngine, 'dispatch_model_event', make_dispatch)
+
+
+def _fix_trials_ended_after_checkpoint() -> None:
+    """The checkpoint a ``TrainingEnd`` triggers (:func:`_fix_checkpoint_after_each_trial`) is
+    written after the NNI manager has recorded the trial as ended. A driver killed in between leaves
+    a strategy state that saw the trial running, and ``TrainingServiceExecutionEngine.load_state_dict``
+    (``nni/nas/execution/training_service.py:281``, "does nothing") cannot tell which finished trials
+    the restored strategy knows. A strategy that forgets in-flight trials proposes the architecture
+    again, and it is trained a second time (``submit_models``). The engine's state now lists the
+    trial jobs whose ``TrainingEnd`` reached the strategy (``state_dict``, ``_trial_end_callback``).
+    On resume, ``load_state_dict`` reads the manager's trial list: a finished trial missing from
+    that list ended after the checkpoint. A model the strategy submits with its sample is bound to
+    it and receives its final metric and end (on a new thread, as a trial's would arrive) instead of
+    starting a new trial. A checkpoint written without the list (before this fix) binds nothing."""
+    import weakref
+    from nni.nas.execution.event import FinalMetricEvent, TrainingEndEvent
+    from nni.nas.execution.training_service import TrainingServiceExecutionEngine
+    from nni.nas.space import ModelStatus
+
+    key = 'nni_plugins_ended_trials'
+
+    def state(engine) -> _EndedTrials:
+        if '_nni_plugins_ended' not in engine.__dict__:
+            engine.__dict__.setdefault('_nni_plugins_ended', _EndedTrials())
+        return engine.__dict__['_nni_plugins_ended']
+
+    def make_state_dict(original):
+        def state_dict(self) -> dict:
+            ended = state(self)
+            with ended.lock:
+                return {**original(self), key: sorted(ended.ended)}
+        state_dict.__doc__ = original.__doc__
+        return state_dict
+
+    def make_load_state_dict(original):
+        def load_state_dict(self, state_dict: dict) -> None:
+            original(self, state_dict)
+            if key not in state_dict:
+                return
+            ended = state(self)
+            unknown = _finished_trials(self, exclude=set(state_dict[key]))
+            with ended.lock:
+                ended.ended.update(state_dict[key])
+                ended.unknown = unknown
+            if unknown:
+                _logger.info('%d trials ended after the last checkpoint; a strategy that proposes one of '
+                             'them again receives its result.', len(unknown))
+        load_state_dict.__doc__ = original.__doc__
+        return load_state_dict
+
+    def deliver(engine, model, trial_job_id: str, status, metric) -> None:
+        if metric is not None:
+            engine.dispatch_model_event(FinalMetricEvent(model, metric))
+        with state(engine).lock:
+            state(engine).ended.add(trial_job_id)
+        engine.dispatch_model_event(TrainingEndEvent(model, status))
+
+    def make_submit(original):
+        def submit_models(self, *models) -> None:
+            self._check_running()
+            ended = state(self)
+            fresh, bound = [], []
+            with ended.lock:
+                for model in models:
+                    sample = dict(model.sample)
+                    trial = next((t for t in ended.unknown if t.sample == sample), None)
+                    if trial is None:
+                        fresh.append(model)
+                        continue
+                    ended.unknown.remove(trial)
+                    self._models[trial.parameter_id] = weakref.ref(model)
+                    model.status = ModelStatus.Training
+                    bound.append((model, trial))
+            for model, trial in bound:
+                _logger.info('Model with parameter id %d was trained by trial %s, which ended after the last '
+                             'checkpoint; it receives that result instead of being trained again.',
+                             trial.parameter_id, trial.trial_job_id)
+                threading.Thread(target=deliver, args=(self, model, trial.trial_job_id, trial.status, trial.metric),
+                                 daemon=True, name=f'nni-plugins-ended-{trial.parameter_id}').start()
+            if fresh:
+                original(self, *fresh)
+        submit_models.__doc__ = original.__doc__
+        return submit_models
+
+    def make_end(original):
+        def _trial_end_callback(self, command) -> None:
+            if len(command.parameter_ids) == 1 and self._find_reference_model(command.parameter_ids[0]) is not None:
+                with state(self).lock:
+                    state(self).ended.add(command.trial_job_id)
+            return original(self, command)
+        _trial_end_callback.__doc__ = original.__doc__
+        return _trial_end_callback
+
+    _patch('trials_ended_after_checkpoint', TrainingServiceExecutionEngine, 'state_dict', make_state_dict)
+    _patch('trials_ended_after_checkpoint', TrainingServiceExecutionEngine, 'load_state_dict',
+           make_load_state_dict)
+    _patch('trials_ended_after_checkpoint', TrainingServiceExecutionEngine, 'submit_models', make_submit)
+    _patch('trials_ended_after_checkpoint', TrainingServiceExecutionEngine, '_trial_end_callback', make_end)
+
+
+@dataclass
+class _EndedTrial:
+    """A finished trial as the manager lists it: the architecture it ran and its result."""
+    trial_job_id: str
+    parameter_id: int
+    sample: dict
+    status: Any
+    metric: Any
+
+
+@dataclass
+class _EndedTrials:
+    """Per engine: the trial jobs whose end reached the strategy, and (after a resume) the finished
+    trials the restored strategy has not seen (see :func:`_fix_trials_ended_after_checkpoint`)."""
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    ended: set = field(default_factory=set)
+    unknown: list = field(default_factory=list)
+
+
+def _finished_trials(engine: Any, exclude: set) -> list[_EndedTrial]:
+    """The manager's finished trials not in ``exclude``, each with the parameter it ran
+    (:func:`_ran_parameter`) and its final metric."""
+    import nni
+    trials = list(engine.nodejs_binding.list_trial_jobs())
+    params = {t.hyperParameters[0].parameter_id: t.hyperParameters[0] for t in trials if len(t.hyperParameters) == 1}
+    found = []
+    for trial in trials:
+        if trial.status not in _FINISHED or trial.trialJobId in exclude or len(trial.hyperParameters) != 1:
+            continue
+        parameter_id = _ran_parameter(trial)
+        metric = trial.finalMetricData[-1].data if trial.finalMetricData else None
+        try:
+            model = nni.load(nni.dump(params[parameter_id].parameters))
+            sample = dict(model.sample)
+        except (KeyError, AttributeError, TypeError, ValueError) as error:   # not a model of ours
+            _logger.debug('Skipping finished trial %s: %s', trial.trialJobId, error)
+            continue
+        found.append(_EndedTrial(trial.trialJobId, parameter_id, sample,
+                                 engine._interpret_trial_job_status(trial.status), metric))
+    return found
 
 
 class _ResumedTrials:
@@ -625,6 +768,14 @@ TRIAL_END_PATIENCE = 30.0
 _FINISHED = ('SUCCEEDED', 'FAILED', 'USER_CANCELED', 'SYS_CANCELED', 'EARLY_STOPPED')
 
 
+def _ran_parameter(trial: Any) -> int:
+    """The parameter id a finished trial ran: the one its final metric reports, else the one it was
+    submitted with (see :func:`_fix_engine_pairs_reported_parameter`)."""
+    if trial.finalMetricData:
+        return int(trial.finalMetricData[-1].parameterId)
+    return trial.hyperParameters[0].parameter_id
+
+
 def _unended_models(engine: Any) -> list[str]:
     """Trial jobs the manager lists as finished whose model (the one the trial ran, as its final
     metric reports, else the one it was submitted with) is still alive and still ``Training``."""
@@ -633,10 +784,7 @@ def _unended_models(engine: Any) -> list[str]:
     for trial in engine.nodejs_binding.list_trial_jobs():
         if trial.status not in _FINISHED or len(trial.hyperParameters) != 1:
             continue
-        parameter_id = trial.hyperParameters[0].parameter_id
-        if trial.finalMetricData:
-            parameter_id = int(trial.finalMetricData[-1].parameterId)
-        ref = engine._models.get(parameter_id)
+        ref = engine._models.get(_ran_parameter(trial))
         model = ref() if ref is not None else None
         if model is not None and model.status == ModelStatus.Training:
             pending.append(trial.trialJobId)
@@ -990,6 +1138,7 @@ def apply() -> None:
     _fix_tuner_channel_resume_commands()
     _fix_failed_resume_keeps_checkpoint()
     _fix_checkpoint_after_each_trial()
+    _fix_trials_ended_after_checkpoint()
     _fix_resumed_trials_rejoin_strategy()
     _fix_websocket_keep_comments()
     _fix_trial_runs_own_parameter()

@@ -190,7 +190,8 @@ class GOAL(Strategy):
       weights; a resumed experiment continues without repeating finished trials. Trials still
       running at checkpoint time are forgotten and may be proposed again; on NNI's training
       services such a proposal joins the trial the resumed manager re-runs instead of training it
-      a second time (``resumed_trials_rejoin_strategy`` in :mod:`nni_plugins.compat`).
+      a second time (``resumed_trials_rejoin_strategy`` in :mod:`nni_plugins.compat`), or, if that
+      trial ended before the kill, receives its result (``trials_ended_after_checkpoint``).
     - Any NNI model space works through :func:`search_spaces.graph.graph_view` (NB201, NB101, DARTS
       cells, and a generic decision-chain graph for other spaces).
 
@@ -545,7 +546,8 @@ class GOAL(Strategy):
             running = set(state_dict["running"])
             if running:
                 _logger.warning("GOAL: %d trials were running at checkpoint time; they may be proposed again "
-                                "(a re-proposal joins the trial the resumed NNI manager re-runs).",
+                                "(a re-proposal joins the trial the resumed NNI manager re-runs, or receives its result "
+                                "if it has ended).",
                                 len(running))
             self._seen = set(state_dict["seen"]) - running
             self._running = {}

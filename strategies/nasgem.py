@@ -200,7 +200,8 @@ class NASGEM(Strategy):
     resumed experiment continues without repeating finished trials or the pre-training; cells that were
     still running when the state was saved may be proposed again, and on NNI's training services such
     a proposal joins the trial the resumed manager re-runs instead of training it a second time
-    (``resumed_trials_rejoin_strategy`` in :mod:`nni_plugins.compat`). The same ``seed`` gives the same
+    (``resumed_trials_rejoin_strategy`` in :mod:`nni_plugins.compat`), or, if that trial ended
+    before the kill, receives its result (``trials_ended_after_checkpoint``). The same ``seed`` gives the same
     sequence of proposals (for the same results).
 
     Parameters

@@ -31,7 +31,7 @@ def test_every_fix_is_registered_and_apply_is_idempotent():
     names = compat.patch_names()
     assert {'torch_load_weights_only', 'tuner_channel_resume_commands', 'failed_resume_keeps_checkpoint',
             'websocket_keep_comments', 'trial_runs_own_parameter', 'engine_pairs_reported_parameter',
-            'wait_models_for_trial_ends', 'nnictl_view_profile', 'manager_dies_with_driver',
+            'wait_models_for_trial_ends', 'trials_ended_after_checkpoint', 'nnictl_view_profile', 'manager_dies_with_driver',
             'oneshot_default_config', 'oneshot_log_every_n_steps', 'final_report_without_metrics'} <= set(names)
     compat.apply()
     assert compat.patch_names() == names
@@ -57,7 +57,8 @@ def test_undoing_one_fix_keeps_another_on_the_same_call():
     with compat.unpatched('resumed_trials_rejoin_strategy'):
         top = Engine.__dict__['_trial_end_callback']
         assert top is not both and top.__name__ == '_trial_end_callback'                # the pairing fix
-    with compat.unpatched('resumed_trials_rejoin_strategy', 'engine_pairs_reported_parameter'):
+    with compat.unpatched('resumed_trials_rejoin_strategy', 'engine_pairs_reported_parameter',
+                          'trials_ended_after_checkpoint'):
         assert Engine.__dict__['_trial_end_callback'].__module__.startswith('nni.')      # NNI's own
     assert Engine.__dict__['_trial_end_callback'] is both
 
@@ -512,6 +513,60 @@ def test_trial_rerun_by_resumed_manager_is_bound_not_trained_again():
     assert sent == [(5, other)]                                  # only the new architecture starts
     assert events == [('final_metric', rerun), ('training_end', rerun)]
     assert engine._workers == 0 and isinstance(engine._models[4], weakref.ref)
+
+
+def test_trial_ended_after_the_last_checkpoint_is_not_trained_again():
+    """Trial X ended and was checkpointed; trial Y ended after that checkpoint, before the driver
+    was killed. The restored strategy saw Y running and proposes its architecture again."""
+    import time
+    import weakref
+    from types import SimpleNamespace
+    from nni.nas.space import SimplifiedModelSpace
+    space = SimplifiedModelSpace.from_model(TinySpace(), FunctionalEvaluator(evaluate_model))
+    seen, late, new = {'a': 0, 'b': 1}, {'a': 1, 'b': 2}, {'a': 3, 'b': 0}
+
+    def row(trial_id, parameter_id, sample):
+        param = SimpleNamespace(parameter_id=parameter_id, parameter_source='algorithm', parameter_index=0,
+                                parameters=json.loads(nni.dump(space.freeze(sample))))
+        metric = SimpleNamespace(parameterId=str(parameter_id), data=arch_metric(sample), type='FINAL')
+        return SimpleNamespace(trialJobId=trial_id, status='SUCCEEDED', hyperParameters=[param],
+                               finalMetricData=[metric])
+
+    # Before the kill: X's end reaches the strategy, and the checkpoint records it.
+    before = _engine_with_trials([])
+    live = space.freeze(seen)
+    before._models = {0: weakref.ref(live)}
+    before.dispatch_model_event = lambda event: None
+    before._trial_end_callback(TrialEnd(trial_job_id='X', parameter_ids=[0], event='SUCCEEDED'))
+    checkpoint = json.loads(json.dumps(before.state_dict()))
+
+    def resume(checkpoint):
+        engine = _engine_with_trials([row('X', 0, seen), row('Y', 1, late)])
+        channel = _ScriptedChannel([])
+        sent = []
+        channel.send_trial = lambda parameter_id, parameters, placement_constraint=None: sent.append(
+            (parameter_id, dict(parameters.sample)))
+        engine._channel, engine._workers, engine._current_parameter_id = channel, 2, 1
+        engine.load_state_dict(checkpoint)
+        events = []
+        engine.dispatch_model_event = lambda event: events.append((event.event_type.value, dict(event.model.sample)))
+        models = [space.freeze(late), space.freeze(new)]
+        engine.submit_models(*models)
+        deadline = time.time() + 10
+        while len(events) < 2 and time.time() < deadline and len(sent) < 2:
+            time.sleep(0.01)
+        return sent, events, engine, models
+
+    with compat.unpatched('trials_ended_after_checkpoint'):
+        assert resume({})[0] == [(2, late), (3, new)]                       # Y is trained twice
+    assert resume({})[0] == [(2, late), (3, new)]                           # a checkpoint without the list
+    sent, events, engine, models = resume(checkpoint)
+    assert sent == [(2, new)]                                               # only the new architecture starts
+    assert events == [('final_metric', late), ('training_end', late)]      # Y's result, as a trial's
+    assert engine._models[1]() is models[0] and engine._workers == 1           # the new trial's worker only
+    assert engine.state_dict()['nni_plugins_ended_trials'] == ['X', 'Y']  # the next checkpoint knows Y
+    engine.submit_models(space.freeze(late))
+    assert sent == [(2, new), (3, late)]                                    # proposed again: trained
 
 
 def test_resuming_a_finished_oneshot_search_ends_with_its_checkpointed_supernet(tmp_path, monkeypatch, caplog):
