@@ -39,6 +39,13 @@ def test_every_fix_is_registered_and_apply_is_idempotent():
         compat.revert('no_such_fix')
 
 
+def test_every_fix_is_listed_in_the_module_docstring_and_the_docs_table():
+    from pathlib import Path
+    table = (Path(__file__).resolve().parents[1] / 'docs' / 'nni-compat.md').read_text()
+    assert [name for name in compat.patch_names() if f'| `{name}` |' not in table] == []
+    assert [name for name in compat.patch_names() if f'``{name}``' not in compat.__doc__] == []
+
+
 def test_unpatched_restores_inherited_and_own_attributes():
     own = NasExperiment.__dict__['save_checkpoint']
     assert '_stop_nni_manager' in NasExperiment.__dict__           # patched override of an inherited method
