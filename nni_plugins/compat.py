@@ -33,7 +33,8 @@ Fixes (name: NNI call it repairs):
 - ``nnictl_view_profile``: ``NasExperiment._stop_nni_manager`` (the profile ``nnictl view`` reloads)
 - ``manager_dies_with_driver``: ``nni.experiment.launcher._start_rest_server``
 - ``manager_start_patience``: ``nni.experiment.launcher._check_rest_server``
-- ``oneshot_default_config``: ``NasExperimentConfig.default``
+- ``sequential_engine_local_training_service``: ``NasExperimentConfig.default`` and
+  ``NasExperiment.load_checkpoint`` (both through ``NasExperimentConfig._canonicalize``)
 - ``oneshot_log_every_n_steps``: ``nni.nas.oneshot.pytorch.strategy.OneShotStrategy.mutate_evaluator``
 - ``hpo_strategy_idle_sleep``: ``nni.nas.strategy.hpo.HPOTunerStrategy._run``
 - ``sequential_engine_trial_params``: ``nni.nas.execution.SequentialExecutionEngine._run_single_model``
@@ -997,25 +998,27 @@ def _fix_tensorboard_button_dir() -> None:
 # One-shot runs.
 # ---------------------------------------------------------------------------------------------
 
-def _fix_oneshot_default_config() -> None:
-    """``NasExperimentConfig.default`` sets a ``local`` training service even when it picks the
-    sequential engine of a one-shot strategy, and every later ``canonical_copy()`` warns
-    "`training_service` will be ignored for sequential execution engine" (17 times in a short
-    run). The default config of a sequential engine now leaves the training service unset; its
-    canonical form is the same (``local``), without the warnings."""
+def _fix_sequential_engine_local_training_service() -> None:
+    """A config of the sequential engine (one-shot strategies) warns "`training_service` will be
+    ignored for sequential execution engine" at every ``canonical_copy()`` when it holds a
+    training service, even the ``local`` one that the engine runs on anyway:
+    ``NasExperimentConfig.default`` sets ``local`` (17 warnings in a short run), and
+    ``NasExperiment.load_checkpoint`` reads back the saved ``config.json``, which holds the
+    canonical ``local``, and warns twice on every resume. ``NasExperimentConfig._canonicalize`` now
+    drops a ``local`` training service of a sequential-engine config before NNI's canonicalisation,
+    which sets the same ``local`` service again; any other training service still warns."""
     import dataclasses
     from nni.nas.experiment.config import NasExperimentConfig, SequentialEngineConfig
 
     def make(original):
-        def default(cls, model_space, evaluator, strategy):
-            config = original.__func__(cls, model_space, evaluator, strategy)
-            if isinstance(config.execution_engine, SequentialEngineConfig):
-                config.training_service = dataclasses.MISSING
-            return config
-        default.__doc__ = original.__func__.__doc__
-        return default
+        def _canonicalize(self, parents):
+            if isinstance(self.execution_engine, SequentialEngineConfig) and \
+                    getattr(self.training_service, 'platform', None) == 'local':
+                self.training_service = dataclasses.MISSING
+            return original(self, parents)
+        return _canonicalize
 
-    _patch('oneshot_default_config', NasExperimentConfig, 'default', make)
+    _patch('sequential_engine_local_training_service', NasExperimentConfig, '_canonicalize', make)
 
 
 def _fix_oneshot_log_every_n_steps() -> None:
@@ -1148,7 +1151,7 @@ def apply() -> None:
     _fix_manager_dies_with_driver()
     _fix_manager_start_patience()
     _fix_tensorboard_button_dir()
-    _fix_oneshot_default_config()
+    _fix_sequential_engine_local_training_service()
     _fix_oneshot_log_every_n_steps()
     _fix_hpo_strategy_idle_sleep()
     _fix_sequential_engine_trial_params()

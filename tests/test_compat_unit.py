@@ -32,7 +32,7 @@ def test_every_fix_is_registered_and_apply_is_idempotent():
     assert {'torch_load_weights_only', 'tuner_channel_resume_commands', 'failed_resume_keeps_checkpoint',
             'websocket_keep_comments', 'trial_runs_own_parameter', 'engine_pairs_reported_parameter',
             'wait_models_for_trial_ends', 'trials_ended_after_checkpoint', 'nnictl_view_profile', 'manager_dies_with_driver',
-            'oneshot_default_config', 'oneshot_log_every_n_steps', 'final_report_without_metrics'} <= set(names)
+            'sequential_engine_local_training_service', 'oneshot_log_every_n_steps', 'final_report_without_metrics'} <= set(names)
     compat.apply()
     assert compat.patch_names() == names
     with pytest.raises(ValueError, match='Unknown NNI compatibility fix'):
@@ -271,26 +271,44 @@ class _Count(logging.Handler):
         self.messages.append(record.getMessage())
 
 
-def test_oneshot_default_config_does_not_warn_about_training_service(tmp_path):
-    from nni.nas.strategy import DARTS
+def _training_service_warnings(action) -> list[str]:
     handler = _Count()
     config_logger = logging.getLogger('nni.nas.experiment.config.experiment')
     config_logger.addHandler(handler)
     try:
-        with compat.unpatched('oneshot_default_config'):
-            config = NasExperimentConfig.default(_OneShotSpace(), _classification(tmp_path, max_epochs=1), DARTS())
-            for _ in range(5):
-                config.canonical_copy()
-        unpatched = [m for m in handler.messages if 'training_service' in m]
-        handler.messages.clear()
-        config = NasExperimentConfig.default(_OneShotSpace(), _classification(tmp_path, max_epochs=1), DARTS())
-        for _ in range(5):
-            canonical = config.canonical_copy()
-        patched = [m for m in handler.messages if 'training_service' in m]
+        action()
     finally:
         config_logger.removeHandler(handler)
-    assert len(unpatched) == 5 and patched == []
+    return [m for m in handler.messages if 'training_service' in m]
+
+
+def test_sequential_engine_config_does_not_warn_about_its_local_training_service(tmp_path):
+    from nni.nas.strategy import DARTS
+
+    def default_config():
+        return NasExperimentConfig.default(_OneShotSpace(), _classification(tmp_path, max_epochs=1), DARTS())
+
+    def canonicalise_five_times():
+        for _ in range(5):
+            default_config().canonical_copy()
+
+    config = default_config()
+    config.experiment_working_directory = str(tmp_path / 'exp')
+    exp = NasExperiment(_OneShotSpace(), _classification(tmp_path, max_epochs=1), DARTS(), config, id='seqcfg')
+    exp.save_checkpoint()             # config.json, as a run leaves it; NasExperiment.resume() reads it back
+
+    with compat.unpatched('sequential_engine_local_training_service'):
+        assert len(_training_service_warnings(canonicalise_five_times)) == 5
+        assert _training_service_warnings(exp.load_checkpoint) != []     # 3 with NNI 3.0: both configs, canonicalised
+    assert _training_service_warnings(canonicalise_five_times) == []
+    assert _training_service_warnings(exp.load_checkpoint) == []
+    canonical = default_config().canonical_copy()
     assert canonical.training_service.platform == 'local' and canonical.trial_concurrency == 1
+
+    remote = default_config()                 # a training service the engine cannot use still warns
+    remote.training_service = nni.experiment.config.training_services.RemoteConfig(
+        machine_list=[{'host': '127.0.0.1', 'user': 'nobody', 'password': 'x'}])
+    assert len(_training_service_warnings(remote.canonical_copy)) == 1
 
 
 def _prob_columns_after_darts(tmp_path, name):
@@ -609,3 +627,4 @@ def test_resuming_a_finished_oneshot_search_ends_with_its_checkpointed_supernet(
     assert sample == exported
     oneshot_helpers.TinySpace().freeze(sample)
     assert any('No final result is reported: this fit logged no train_acc' in r.getMessage() for r in caplog.records)
+    assert [r for r in caplog.records if 'training_service' in r.getMessage()] == []   # a one-shot resume
