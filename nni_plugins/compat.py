@@ -1004,7 +1004,7 @@ def _fix_sequential_engine_local_training_service() -> None:
     training service, even the ``local`` one that the engine runs on anyway:
     ``NasExperimentConfig.default`` sets ``local`` (17 warnings in a short run), and
     ``NasExperiment.load_checkpoint`` reads back the saved ``config.json``, which holds the
-    canonical ``local``, and warns twice on every resume. ``NasExperimentConfig._canonicalize`` now
+    canonical ``local``, and warns again on every resume. ``NasExperimentConfig._canonicalize`` now
     drops a ``local`` training service of a sequential-engine config before NNI's canonicalisation,
     which sets the same ``local`` service again; any other training service still warns."""
     import dataclasses
