@@ -188,10 +188,11 @@ class GOAL(Strategy):
       initialisation (through a forked torch RNG), so a given seed on a sequential engine yields the
       same proposals. :meth:`state_dict` holds history, dedup keys, queue, RNG state and surrogate
       weights; a resumed experiment continues without repeating finished trials. Trials still
-      running at checkpoint time are forgotten and may be proposed again; on NNI's training
-      services such a proposal joins the trial the resumed manager re-runs instead of training it
-      a second time (``resumed_trials_rejoin_strategy`` in :mod:`nni_plugins.compat`), or, if that
-      trial ended before the kill, receives its result (``trials_ended_after_checkpoint``).
+      running at checkpoint time are proposed again first; on NNI's training services such a
+      proposal joins the trial the resumed manager re-runs instead of training it a second time
+      (``resumed_trials_rejoin_strategy`` in :mod:`nni_plugins.compat`), or, if that trial ended
+      before the kill, receives its result (``trials_ended_after_checkpoint``), so no result is
+      lost to the surrogate.
     - Any NNI model space works through :func:`search_spaces.graph.graph_view` (NB201, NB101, DARTS
       cells, and a generic decision-chain graph for other spaces).
 
@@ -526,7 +527,7 @@ class GOAL(Strategy):
                 "history": [(dict(s), m) for _, s, m in self._history],
                 "failed": [dict(s) for s in self._failed],
                 "seen": sorted(self._seen),
-                "running": sorted(self._running),
+                "running": [dict(m.sample) for m in self._running.values()],
                 "queue": [(g.adjacency.tolist(), list(g.ops)) for g in self._queue],
                 "random_state": self._rng.get_state(),
                 "surrogate": None if self._model is None else
@@ -543,15 +544,14 @@ class GOAL(Strategy):
         with self._lock:
             self._history = [(self.view.to_graph(s), dict(s), float(m)) for s, m in state_dict["history"]]
             self._failed = [dict(s) for s in state_dict["failed"]]
-            running = set(state_dict["running"])
+            running = [self.view.to_graph(s) for s in state_dict["running"]]
             if running:
-                _logger.warning("GOAL: %d trials were running at checkpoint time; they may be proposed again "
-                                "(a re-proposal joins the trial the resumed NNI manager re-runs, or receives its result "
-                                "if it has ended).",
-                                len(running))
-            self._seen = set(state_dict["seen"]) - running
+                _logger.info("GOAL: %d trials were running at checkpoint time; they are proposed again first "
+                             "(each joins the trial the resumed NNI manager re-runs, or receives its result if it "
+                             "has ended).", len(running))
+            self._seen = set(state_dict["seen"]) - {g.key() for g in running}
             self._running = {}
-            self._queue = [ArchGraph(np.array(a), tuple(o)) for a, o in state_dict["queue"]]
+            self._queue = running + [ArchGraph(np.array(a), tuple(o)) for a, o in state_dict["queue"]]
             self._rng.set_state(state_dict["random_state"])
             if state_dict["surrogate"] is None:
                 self._model = None

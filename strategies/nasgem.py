@@ -198,11 +198,11 @@ class NASGEM(Strategy):
     proposed twice. :meth:`state_dict` holds the evaluated cells, the proposed ones, the pending batch,
     the pool, the random state and the encoder weights (the predictor is refitted from these), so a
     resumed experiment continues without repeating finished trials or the pre-training; cells that were
-    still running when the state was saved may be proposed again, and on NNI's training services such
+    still running when the state was saved are proposed again first, and on NNI's training services such
     a proposal joins the trial the resumed manager re-runs instead of training it a second time
     (``resumed_trials_rejoin_strategy`` in :mod:`nni_plugins.compat`), or, if that trial ended
-    before the kill, receives its result (``trials_ended_after_checkpoint``). The same ``seed`` gives the same
-    sequence of proposals (for the same results).
+    before the kill, receives its result (``trials_ended_after_checkpoint``), so no result is lost to
+    the predictor. The same ``seed`` gives the same sequence of proposals (for the same results).
 
     Parameters
     ----------
@@ -315,6 +315,7 @@ class NASGEM(Strategy):
         # training-service engine keeps only weak references and drops the events of collected models.
         self._running: dict[str, tuple[dict, ExecutableModelSpace]] = {}
         self._queue: list[dict] = []              # samples chosen by the last round, not yet submitted
+        self._resubmit: list[dict] = []           # running when the restored state was saved: proposed first
         self._num_submitted = 0
         #: One entry per predictor refit: ``num_evaluated``, ``num_heldout``, ``kendall_tau`` and ``seconds``.
         self.predictor_history: list[dict[str, float]] = []
@@ -392,7 +393,7 @@ class NASGEM(Strategy):
                 "history": [(dict(s), m) for s, m in self._history],
                 "failed": [dict(s) for s in self._failed],
                 "proposed": sorted(self._proposed),
-                "running": [dict(s) for s, _ in self._running.values()],
+                "running": [dict(s) for s, _ in self._running.values()] + [dict(s) for s in self._resubmit],
                 "queue": [dict(s) for s in self._queue],
                 "bank": [dict(s) for s, _ in self._bank.values()],
                 "num_submitted": self._num_submitted,
@@ -409,19 +410,20 @@ class NASGEM(Strategy):
             self._history = [(dict(s), float(m)) for s, m in state_dict["history"]]
             self._history_graphs = [self._view.to_graph(s) for s, _ in self._history]
             self._failed = [dict(s) for s in state_dict["failed"]]
-            running_keys = {self._key_of(s) for s in state_dict["running"]}
-            if running_keys:
-                _logger.warning("NASGEM: %d cells were still running when the state was saved; they may be "
-                                "proposed again (a re-proposal joins the trial the resumed NNI manager re-runs).",
-                                len(running_keys))
-            self._proposed = set(state_dict["proposed"]) - running_keys
+            running = [dict(s) for s in state_dict["running"]]
+            if running:
+                _logger.info("NASGEM: %d cells were still running when the state was saved; they are proposed "
+                             "again first (each joins the trial the resumed NNI manager re-runs, or receives its "
+                             "result if it has ended).", len(running))
+            self._proposed = set(state_dict["proposed"]) - {self._key_of(s) for s in running}
             self._running = {}
+            self._resubmit = running
             self._queue = [dict(s) for s in state_dict["queue"]]
             self._bank = {}
             for sample in state_dict["bank"]:
                 graph = self._view.to_graph(sample)
                 self._bank[graph.key()] = (dict(sample), graph)
-            self._num_submitted = int(state_dict["num_submitted"])
+            self._num_submitted = int(state_dict["num_submitted"]) - len(running)
             self._rng.set_state(state_dict["random_state"])
             self.predictor_history = [dict(p) for p in state_dict["predictor_history"]]
             self._embed_cache = {}
@@ -439,7 +441,10 @@ class NASGEM(Strategy):
         for _ in range(1000):
             with self._lock:
                 num_done = len(self._history)
-            if self._num_submitted < self.num_init or num_done < min(self.num_init, max(2, self.num_init // 2)):
+                resubmit = self._resubmit.pop(0) if self._resubmit else None
+            if resubmit is not None:
+                sample = resubmit
+            elif self._num_submitted < self.num_init or num_done < min(self.num_init, max(2, self.num_init // 2)):
                 sample = self._random_unseen()
             else:
                 if not self._queue:

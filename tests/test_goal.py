@@ -146,6 +146,20 @@ def test_state_round_trip_continues_exactly(table):
     assert len(resumed.evaluated) == 26
 
 
+def test_trial_running_at_checkpoint_is_proposed_first_on_resume(table):
+    part, head = run_on_table(table, 15, seed=1)
+    in_flight = part._next_model()              # proposed; the state is saved before its trial ends
+    state = part.state_dict()
+    resumed = GOAL(seed=1, **SMALL)
+    engine = SequentialExecutionEngine(max_model_count=3)
+    resumed.initialize(BenchmarkModelSpace(table), engine)
+    resumed.load_state_dict(state)
+    resumed.run()
+    tail = [m.sample for m in engine.list_models()]
+    assert tail[0] == in_flight.sample          # proposed again, before anything new
+    assert in_flight.sample in [s for s, _ in resumed.evaluated]
+    assert len(resumed.evaluated) == 18 and len({sample_to_arch_str(s) for s, _ in resumed.evaluated}) == 18
+
 # ---------------------------------------------------------------------------------------------------
 # Out-of-order results and failed trials
 # ---------------------------------------------------------------------------------------------------

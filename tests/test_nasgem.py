@@ -126,6 +126,24 @@ def test_state_round_trip_continues_exactly(table):
     assert len(resumed.evaluated) == 22
 
 
+def test_cell_running_at_checkpoint_is_proposed_first_on_resume(table):
+    part, head = run_on_table(table, 13, seed=1)
+    sample, model, key = part._next_proposal()  # proposed; the state is saved before its trial ends
+    part._running[key] = (sample, model)
+    part._num_submitted += 1
+    state = part.state_dict()
+    resumed = NASGEM(seed=1, **SMALL)
+    engine = SequentialExecutionEngine(max_model_count=3)
+    resumed.initialize(BenchmarkModelSpace(table), engine)
+    resumed.load_state_dict(state)
+    assert resumed.state_dict()["running"] == [sample]   # a checkpoint before it is resubmitted keeps it
+    resumed.run()
+    tail = [m.sample for m in engine.list_models()]
+    assert tail[0] == sample                    # proposed again, before anything new
+    assert sample in [s for s, _ in resumed.evaluated]
+    assert resumed._num_submitted == 16
+    assert len(resumed.evaluated) == 16 and len({sample_to_arch_str(s) for s, _ in resumed.evaluated}) == 16
+
 # ---------------------------------------------------------------------------------------------------
 # Out-of-order results and failed trials
 # ---------------------------------------------------------------------------------------------------
