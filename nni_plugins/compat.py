@@ -38,6 +38,8 @@ Fixes (name: NNI call it repairs):
 - ``oneshot_log_every_n_steps``: ``nni.nas.oneshot.pytorch.strategy.OneShotStrategy.mutate_evaluator``
 - ``hpo_strategy_idle_sleep``: ``nni.nas.strategy.hpo.HPOTunerStrategy._run``
 - ``sequential_engine_trial_params``: ``nni.nas.execution.SequentialExecutionEngine._run_single_model``
+- ``resumed_trials_reach_tuner``: ``nni.runtime.msg_dispatcher.MsgDispatcher.handle_add_customized_trial``
+  (keeps the parameters of the trials a resumed ``nnictl`` experiment re-runs from the tuner)
 - ``final_report_without_metrics``: ``nni.nas.evaluator.pytorch.lightning.SupervisedLearningModule._final_report``
   (a fit that ran no epoch, e.g. resuming a finished one-shot search)
 """
@@ -1131,6 +1133,34 @@ def _fix_final_report_without_metrics() -> None:
     _patch('final_report_without_metrics', SupervisedLearningModule, '_final_report', make)
 
 
+def _fix_resumed_trials_reach_tuner() -> None:
+    """On ``nnictl resume`` the manager re-runs the trials that were waiting or running and
+    announces them with ``ADD_CUSTOMIZED_TRIAL_JOB``. ``MsgDispatcher.handle_add_customized_trial``
+    (``nni/runtime/msg_dispatcher.py:124``) keeps their parameters to itself
+    (``Recoverable.recover_parameter_id``), so a tuner cannot tell that those configurations are
+    being trained already, and one that proposes such a configuration again has it trained twice
+    (GOAL through ``nnictl resume``: the re-run trial 3 and the new trial 4 ran the same cell). The
+    dispatcher now also hands the list of their parameters to a tuner that defines
+    ``import_running(parameters)`` (ours, :class:`nni_plugins.tuners.StrategyTuner`); NNI's own tuners
+    define no such method and see no change. Their final metrics reach the tuner as before, through
+    ``import_data``."""
+    import nni
+    from nni.runtime.msg_dispatcher import MsgDispatcher
+
+    def make(original):
+        def handle_add_customized_trial(self, data):
+            original(self, data)
+            hook = getattr(self.tuner, 'import_running', None)
+            if hook is None:
+                return
+            trials = [nni.load(t) if isinstance(t, str) else t for t in (data if isinstance(data, list) else [data])]
+            hook([t['parameters'] for t in trials if isinstance(t, dict) and 'parameters' in t])
+        handle_add_customized_trial.__doc__ = original.__doc__
+        return handle_add_customized_trial
+
+    _patch('resumed_trials_reach_tuner', MsgDispatcher, 'handle_add_customized_trial', make)
+
+
 def apply() -> None:
     """Apply every fix once (idempotent)."""
     global _APPLIED
@@ -1155,6 +1185,7 @@ def apply() -> None:
     _fix_oneshot_log_every_n_steps()
     _fix_hpo_strategy_idle_sleep()
     _fix_sequential_engine_trial_params()
+    _fix_resumed_trials_reach_tuner()
     _fix_final_report_without_metrics()
     _APPLIED = True
 

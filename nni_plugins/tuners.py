@@ -60,6 +60,12 @@ name the parameter recorded for the trial. The import applies the project's fix
 (``nni_plugins.compat``, ``trial_runs_own_parameter``): every trial runs its recorded parameter.
 Without it a trial that ends before the one that ran its parameter is counted as failed here.
 
+Resume. ``nnictl resume`` starts a new tuner; NNI's manager hands it the finished trials of the
+experiment (:meth:`StrategyTuner.import_data`, which ``nnictl experiment import`` uses as well) and
+the trials it re-runs (:meth:`StrategyTuner.import_running`, through the project's fix
+``resumed_trials_reach_tuner``). The strategy learns from the former, proposes neither again, and
+records the re-run trials' metrics as they arrive, so no configuration is trained twice.
+
 Register the tuners with ``nni-plugins register`` (see :mod:`nni_plugins.registration`).
 """
 from __future__ import annotations
@@ -73,7 +79,7 @@ import threading
 from typing import Any, Callable, Iterable, Mapping
 
 import nni
-from nni.mutable import Categorical, CategoricalMultiple, label_scope
+from nni.mutable import Categorical, CategoricalMultiple, SampleValidationError, label_scope
 from nni.nas.benchmark.space import SlimBenchmarkSpace
 from nni.nas.execution import ExecutionEngine
 from nni.nas.execution.event import TrainingEndEvent
@@ -112,6 +118,25 @@ class JsonSpace(SlimBenchmarkSpace):
             params[label] = [int(v) for v in sample[label]]
         return params
 
+    def from_parameters(self, params: Any) -> dict:
+        """The sample whose NNI parameters are ``params`` (the inverse of :meth:`to_parameters`; the
+        sub-choices of inactive options take their first value). ``ValueError`` naming the parameter
+        when ``params`` do not fit this space."""
+        sample = _tree_sample(self._tree, params, "")
+        for label in self._list_labels:
+            value = params.get(label)
+            if not isinstance(value, list) or not all(isinstance(v, int) and not isinstance(v, bool) for v in value):
+                raise ValueError(f"parameters: {label!r} must be a list of node indices, got {value!r}")
+            sample[label] = list(value)
+        extra = sorted(set(params) - {key for key, *_ in self._tree} - set(self._list_labels))
+        if extra:
+            raise ValueError(f"parameters: {extra} are not in the search space")
+        try:
+            self.validate(sample)
+        except SampleValidationError as err:
+            raise ValueError(f"parameters {params!r} are not a valid architecture of the space: {err}") from err
+        return sample
+
 
 def _tree_parameters(tree: list, sample: Mapping[str, Any]) -> dict:
     out: dict = {}
@@ -124,6 +149,38 @@ def _tree_parameters(tree: list, sample: Mapping[str, Any]) -> dict:
             out[key] = {"_name": option["_name"], **_tree_parameters(children[index], sample)}
         else:
             out[key] = option
+    return out
+
+
+def _tree_sample(tree: list, params: Any, path: str) -> dict:
+    if not isinstance(params, Mapping):
+        raise ValueError(f"parameters{path and ' at ' + path}: expected a JSON object, got {params!r}")
+    out: dict = {}
+    for key, label, options, children in tree:
+        where = f"{path}/{key}" if path else key
+        if key not in params:
+            raise ValueError(f"parameters: {where!r} is missing")
+        value = params[key]
+        name = value.get("_name") if isinstance(value, Mapping) else value
+        index = next((i for i, opt in enumerate(options)
+                      if (opt["_name"] if isinstance(opt, dict) else opt) == name
+                      and isinstance(opt, dict) == isinstance(value, Mapping)), None)
+        if index is None:
+            raise ValueError(f"parameters: {where!r} = {value!r} is not one of its choices")
+        out[label] = name
+        for i, child in enumerate(children):
+            active = i == index and isinstance(value, Mapping)
+            out.update(_tree_sample(child, value, f"{where}/{name}") if active else _tree_defaults(child))
+    return out
+
+
+def _tree_defaults(tree: list) -> dict:
+    """First option of every choice in ``tree`` (the value of an inactive sub-choice)."""
+    out: dict = {}
+    for _, label, options, children in tree:
+        out[label] = options[0]["_name"] if isinstance(options[0], dict) else options[0]
+        for child in children:
+            out.update(_tree_defaults(child))
     return out
 
 
@@ -267,7 +324,7 @@ class TunerEngine(ExecutionEngine):
             if not model.status.frozen() or model.status.completed():
                 raise RuntimeError(f"Model must be frozen before submitting, but got {model}")
             params = self._to_parameters(model.sample)
-            key = json.dumps(params, sort_keys=True, default=str)
+            key = _params_key(params)
             with self._cv:
                 self._models.append(model)
                 if key in self._done:
@@ -300,6 +357,18 @@ class TunerEngine(ExecutionEngine):
         with self._cv:
             self._closed = True
             self._cv.notify_all()
+
+    def import_result(self, params: dict, value: Any) -> float | None:
+        """The final ``value`` of a trial that ran ``params`` outside this engine: a model submitted
+        later with the same parameters receives it instead of starting a trial. Returns the metric as
+        the strategy sees it (sign applied), or ``None`` (nothing recorded) when ``value`` is not a
+        number or a dict with a numeric ``'default'``."""
+        metric = self._scalar(value)
+        if metric is not None:
+            with self._cv:
+                if self._done.get(_params_key(params)) is None:
+                    self._done[_params_key(params)] = metric
+        return metric
 
     def state_dict(self) -> dict:
         return {}
@@ -372,6 +441,10 @@ class TunerEngine(ExecutionEngine):
         self.dispatch_model_event(TrainingEndEvent(model, model.status))
 
 
+def _params_key(params: dict) -> str:
+    return json.dumps(params, sort_keys=True, default=str)
+
+
 # ----------------------------------------------------------------------------------------------------
 # Tuners
 # ----------------------------------------------------------------------------------------------------
@@ -419,6 +492,7 @@ class StrategyTuner(Tuner):
             tensorboard_dir = os.path.join(os.path.dirname(os.path.abspath(os.environ["NNI_LOG_DIRECTORY"])),
                                            "tensorboard", "tuner")
         self.tensorboard_dir = tensorboard_dir or None
+        self._space: JsonSpace | None = None
         self.model_space: RawFormatModelSpace | None = None
         self.engine: TunerEngine | None = None
         self._thread: threading.Thread | None = None
@@ -429,6 +503,7 @@ class StrategyTuner(Tuner):
             raise ValueError(f"{type(self.strategy).__name__} tuner: the search space cannot be changed while "
                              f"the experiment runs (create a new experiment instead)")
         space = build_space(search_space, self.space_kind, self.max_num_edges)
+        self._space = space
         self.model_space = RawFormatModelSpace(space, None)
         self.engine = TunerEngine(space.to_parameters, 1 if self.optimize_mode == "maximize" else -1)
         runner: Strategy = self.strategy
@@ -468,6 +543,50 @@ class StrategyTuner(Tuner):
     def trial_end(self, parameter_id: int, success: bool, **kwargs: Any) -> None:
         if self.engine is not None:
             self.engine.end(parameter_id, success)
+
+    def import_data(self, data: list[dict]) -> None:
+        """Finished trials this tuner did not run. On ``nnictl resume`` NNI's manager hands over every
+        finished trial of the experiment, and later the final metric of each trial it re-runs;
+        ``nnictl experiment import`` hands over a user's records. Each ``{'parameter': ..., 'value':
+        ...}`` joins the strategy's history (``import_results``), and the tuner never runs those
+        parameters again. A record whose parameters do not fit the search space, or whose value is
+        not a number (or a dict with a numeric ``'default'``), is skipped with a warning."""
+        if self.engine is None or self._space is None:
+            raise RuntimeError("import_data called before update_search_space")
+        name = type(self.strategy).__name__
+        results = []
+        for entry in data:
+            sample = self._imported_sample(entry.get("parameter") if isinstance(entry, Mapping) else None)
+            if sample is None:
+                continue
+            metric = self.engine.import_result(self._space.to_parameters(sample), entry.get("value"))
+            if metric is None:
+                _logger.warning("%s tuner: imported record of %s skipped: its value %r is not a metric",
+                                name, entry.get("parameter"), entry.get("value"))
+                continue
+            results.append((sample, metric))
+        added = self.strategy.import_results(results)
+        _logger.info("%s tuner: imported %d finished trials, %d of them new to the strategy", name, len(results), added)
+
+    def import_running(self, parameters: list[dict]) -> None:
+        """The parameters of the trials a resumed experiment re-runs (NNI's dispatcher hands them over
+        through the ``resumed_trials_reach_tuner`` fix of :mod:`nni_plugins.compat`). The strategy
+        does not propose them again; their final metrics arrive later through :meth:`import_data`.
+        (A sample that differs from a re-run one only in an inactive sub-choice is a different
+        architecture to the strategy and may still be handed out.) Parameters that do not fit the
+        search space are skipped with a warning."""
+        if self.engine is None or self._space is None:
+            raise RuntimeError("import_running called before update_search_space")
+        samples = [s for s in map(self._imported_sample, parameters) if s is not None]
+        self.strategy.import_results([(sample, None) for sample in samples])
+        _logger.info("%s tuner: %d trials re-run by the resumed experiment", type(self.strategy).__name__, len(samples))
+
+    def _imported_sample(self, params: Any) -> dict | None:
+        try:
+            return self._space.from_parameters(params)
+        except ValueError as err:
+            _logger.warning("%s tuner: imported record skipped: %s", type(self.strategy).__name__, err)
+            return None
 
     def _on_exit(self) -> None:
         if self.engine is not None:

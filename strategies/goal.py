@@ -9,7 +9,7 @@ import logging
 import math
 import threading
 import time
-from typing import Any
+from typing import Any, Iterable, Mapping
 
 import numpy as np
 import torch
@@ -567,6 +567,34 @@ class GOAL(Strategy):
     def evaluated(self) -> list[tuple[dict, float]]:
         """``(sample, metric)`` of every finished trial with a metric, in arrival order."""
         return [(dict(s), m) for _, s, m in self._history]
+
+    def import_results(self, results: Iterable[tuple[Mapping[str, Any], float | None]]) -> int:
+        """Record trials this strategy did not submit (the nnictl tuner passes on those NNI hands it
+        on ``nnictl resume`` and ``nnictl experiment import``). Each ``(sample, metric)`` joins the
+        history the surrogate is fitted on and is never proposed again; a metric of ``None`` marks a
+        trial still running elsewhere (re-run by a resumed experiment): it is not proposed, and its
+        metric may be imported later. A sample with a metric already, or submitted by this strategy,
+        is left alone; one outside the space is skipped with a warning. Call it after
+        ``initialize``. Returns how many metrics were recorded."""
+        if self.view is None:
+            raise RuntimeError("GOAL.import_results must be called after initialize()")
+        added = 0
+        with self._lock:
+            known = {graph.key() for graph, _, _ in self._history} | set(self._running)
+            for sample, metric in results:
+                try:
+                    graph = self.view.to_graph(sample)
+                except (KeyError, ValueError) as err:
+                    _logger.warning("GOAL: imported result for %s skipped: %s", sample, err)
+                    continue
+                if graph.key() in known:
+                    continue
+                self._seen.add(graph.key())
+                if metric is not None:
+                    known.add(graph.key())
+                    self._history.append((graph, dict(sample), float(metric)))
+                    added += 1
+        return added
 
 
 def _tau(pred: np.ndarray, true: np.ndarray) -> float | None:

@@ -10,7 +10,7 @@ import logging
 import math
 import threading
 import time
-from typing import Any, Iterator, Mapping
+from typing import Any, Iterable, Iterator, Mapping
 
 import numpy as np
 import torch
@@ -386,6 +386,37 @@ class NASGEM(Strategy):
             self._history.append((dict(sample), value))
             self._history_graphs.append(self._view.to_graph(sample))
         _logger.info("[NASGEM] metric %.6g for %s", value, sample)
+
+    def import_results(self, results: Iterable[tuple[Mapping[str, Any], float | None]]) -> int:
+        """Record trials this strategy did not submit (the nnictl tuner passes on those NNI hands it
+        on ``nnictl resume`` and ``nnictl experiment import``). Each ``(sample, metric)`` joins the
+        evaluated cells the predictor is trained on, counts towards ``num_init`` and is never proposed
+        again; a metric of ``None`` marks a trial still running elsewhere (re-run by a resumed
+        experiment): it is not proposed, and its metric may be imported later. A cell with a metric
+        already, or submitted by this strategy, is left alone; a sample outside the space is skipped
+        with a warning. Call it after ``initialize``. Returns how many metrics were recorded."""
+        if self._view is None:
+            raise RuntimeError("NASGEM.import_results must be called after initialize()")
+        added = 0
+        with self._lock:
+            known = {graph.key() for graph in self._history_graphs} | set(self._running)
+            for sample, metric in results:
+                try:
+                    graph = self._view.to_graph(sample)
+                except (KeyError, ValueError) as err:
+                    _logger.warning("NASGEM: imported result for %s skipped: %s", sample, err)
+                    continue
+                if graph.key() in known:
+                    continue
+                if graph.key() not in self._proposed:
+                    self._proposed.add(graph.key())
+                    self._num_submitted += 1
+                if metric is not None:
+                    known.add(graph.key())
+                    self._history.append((dict(sample), float(metric)))
+                    self._history_graphs.append(graph)
+                    added += 1
+        return added
 
     def state_dict(self) -> dict:
         with self._lock:

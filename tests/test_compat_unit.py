@@ -628,3 +628,37 @@ def test_resuming_a_finished_oneshot_search_ends_with_its_checkpointed_supernet(
     oneshot_helpers.TinySpace().freeze(sample)
     assert any('No final result is reported: this fit logged no train_acc' in r.getMessage() for r in caplog.records)
     assert [r for r in caplog.records if 'training_service' in r.getMessage()] == []   # a one-shot resume
+
+
+def test_resumed_trials_reach_a_tuner_that_asks_for_them(monkeypatch):
+    """``nnictl resume`` announces the re-run trials with ADD_CUSTOMIZED_TRIAL_JOB: the dispatcher
+    recovers their ids as before, and a tuner with ``import_running`` now also gets their parameters
+    (NNI's own tuners have no such method and are left alone)."""
+    from nni.recoverable import Recoverable
+    from nni.runtime import msg_dispatcher
+    from nni.tuner import Tuner
+
+    class Listening(Tuner):
+        def __init__(self):
+            self.running = []
+
+        def import_running(self, parameters):
+            self.running.extend(parameters)
+
+    monkeypatch.setattr(msg_dispatcher, '_next_parameter_id', msg_dispatcher._next_parameter_id)
+    announced = [nni.dump({'parameter_id': 3, 'parameter_source': 'resumed', 'parameter_index': 0,
+                           'parameters': {'0_1': 'nor_conv_3x3'}}),
+                 {'parameter_id': 5, 'parameter_source': 'resumed', 'parameter_index': 0, 'parameters': {'0_1': 'none'}}]
+
+    def dispatch(tuner):
+        dispatcher = msg_dispatcher.MsgDispatcher.__new__(msg_dispatcher.MsgDispatcher)
+        Recoverable.__init__(dispatcher)
+        dispatcher.tuner = tuner
+        dispatcher.handle_add_customized_trial(announced)
+        assert dispatcher.recovered_max_param_id == 5 and msg_dispatcher._next_parameter_id == 6
+        return tuner
+
+    with compat.unpatched('resumed_trials_reach_tuner'):
+        assert dispatch(Listening()).running == []
+    assert dispatch(Listening()).running == [{'0_1': 'nor_conv_3x3'}, {'0_1': 'none'}]
+    dispatch(Tuner())                    # a tuner without the hook: nothing else happens

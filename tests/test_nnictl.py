@@ -11,6 +11,7 @@ from __future__ import annotations
 import csv
 import gzip
 import json
+import re
 import os
 import shutil
 import signal
@@ -170,6 +171,38 @@ def test_goal_nb201_example_reaches_done(sandbox):
     sandbox.stop_all()
     sandbox.run(str(BIN / "nni-plugins"), "unregister")
     assert not {"GOAL", "NASGEM"} & sandbox.algo_names()
+
+
+@pytest.mark.slow
+def test_goal_resumed_with_nnictl_goes_on_from_its_finished_trials(sandbox):
+    """nnictl stop after a few trials, then nnictl resume: NNI's manager hands the finished trials to
+    the new tuner (import_data), GOAL goes on from them, and no cell is trained twice. (A fresh GOAL
+    with the same seed would otherwise propose its first cells again.)"""
+    sandbox.run(str(BIN / "nni-plugins"), "register")
+    config = sandbox.root / "nnictl" / "goal_nb201.yml"
+    config.write_text(config.read_text().replace("trialConcurrency: 2", "trialConcurrency: 1"))
+    port = _free_port()
+    exp_id = sandbox.create(config, port)
+    deadline = time.time() + 300
+    while len(before := [t for t in rest(port, "trial-jobs") if t["status"] == "SUCCEEDED"]) < 3:
+        assert time.time() < deadline, "no three finished trials within 300 s"
+        time.sleep(0.5)
+    sandbox.nnictl("stop", exp_id, timeout=120)     # the trial running now may still finish first
+    before = {_arch(json.loads(t["hyperParameters"][0])["parameters"]) for t in before}
+    port = _free_port()
+    sandbox.nnictl("resume", exp_id, "--port", str(port), timeout=180)
+    sandbox.wait_done(port, exp_id, timeout=420)
+    archs = [_arch(r["parameter"]) for r in _export(sandbox, exp_id)]
+    trials = rest(port, "trial-jobs")
+    dispatcher = (sandbox.experiment_dir(exp_id) / "log" / "dispatcher.log").read_text()
+    listing = [(t["sequenceId"], t["status"], _arch(json.loads(t["hyperParameters"][0])["parameters"])) for t in trials]
+    assert len(trials) == 10 and len(archs) >= 9, listing     # one may have been cancelled by the stop
+    assert before <= set(archs)
+    assert len(archs) == len(set(archs)), f"a cell was trained again after the resume: {listing}\n{dispatcher}"
+    imported = re.search(r"imported (\d+) finished trials, (\d+) of them new to the strategy", dispatcher)
+    assert imported, dispatcher[-2000:]
+    assert len(before) <= int(imported[1]) == int(imported[2]) <= len(before) + 1
+    sandbox.stop_all()
 
 
 @pytest.mark.slow

@@ -168,3 +168,88 @@ def test_search_space_cannot_change_while_running():
     with pytest.raises(ValueError, match="cannot be changed"):
         tuner.update_search_space(NESTED)
     tuner._on_exit()
+
+
+def test_parameters_round_trip_to_samples_and_bad_ones_are_named():
+    nested = build_space(NESTED)
+    for params in ({"block": {"_name": "conv", "kernel": 5}, "width": 16}, {"block": {"_name": "pool"}, "width": 32}):
+        assert nested.to_parameters(nested.from_parameters(params)) == params
+    assert nested.from_parameters({"block": {"_name": "pool"}, "width": 32})["block/conv/kernel"] == 3  # inactive
+    for params, message in [({"block": {"_name": "conv", "kernel": 7}, "width": 16}, "'block/conv/kernel' = 7"),
+                            ({"block": "pool", "width": 32}, "'block' = 'pool' is not one of its choices"),
+                            ({"width": 16}, "'block' is missing"),
+                            ({"block": {"_name": "pool"}, "width": 32, "depth": 2}, r"\['depth'\] are not in"),
+                            ([16], "expected a JSON object")]:
+        with pytest.raises(ValueError, match=message):
+            nested.from_parameters(params)
+    nb101 = build_space(NB101, "nasbench101")
+    params = {"num_nodes": 4, "op1": "maxpool3x3", "op2": "conv1x1-bn-relu", "op3": "conv1x1-bn-relu",
+              "input1": [0], "input2": [1], "input3": [2], "input4": []}
+    assert nb101.to_parameters(nb101.from_parameters(params)) == params
+    with pytest.raises(ValueError, match="not a valid architecture"):
+        nb101.from_parameters({**params, "input3": []})           # node 3 no longer reaches the output
+    with pytest.raises(ValueError, match="'input1' must be a list"):
+        nb101.from_parameters({**params, "input1": 0})
+
+
+def test_import_data_joins_goal_history_and_is_never_run_again(caplog):
+    """What NNI's dispatcher sends on ``nnictl resume`` (and ``nnictl experiment import``): GOAL
+    fits its surrogate on the records and hands out none of their cells again; records that do not
+    fit the space or carry no metric are skipped with a warning."""
+    table = NasBench201Table()
+    tuner = GOALTuner(space="nasbench201", **FAST_GOAL)
+    with pytest.raises(RuntimeError, match="before update_search_space"):
+        tuner.import_data([])
+    tuner.update_search_space(NB201)
+    rng = random.Random(1)
+    imported = [{e: rng.choice(NB201_OPS) for e in EDGES} for _ in range(8)]
+    bad = [{"parameter": {**imported[0], "0_1": "conv_5x5"}, "value": 1.0},
+           {"parameter": {**imported[1], "0_2": "none"}, "value": {"arch": "no default"}}]
+    tuner.import_data([{"parameter": p, "value": {"default": table.query(p)}} for p in imported] + bad)
+    assert [s for s, _ in tuner.strategy.evaluated] == imported
+    assert [m for _, m in tuner.strategy.evaluated] == pytest.approx([table.query(p) for p in imported])
+    assert "'0_1' = 'conv_5x5' is not one of its choices" in caplog.text and "is not a metric" in caplog.text
+    handed_out = []
+    for pid in range(6):
+        params = tuner.generate_parameters(pid)
+        handed_out.append(params)
+        tuner.receive_trial_result(pid, params, table.query(params))
+        tuner.trial_end(pid, True)
+    assert not any(p in imported for p in handed_out)
+    assert tuner.strategy.surrogate_history[0]["num_train"] >= 8   # the first fit already used them
+    tuner._on_exit()
+
+
+def test_tuner_runs_no_parameters_it_has_imported():
+    """NASGEM proposes samples that differ from the imported ones only in an inactive sub-choice:
+    they get the imported results and no trial, so with every configuration imported nothing runs."""
+    tuner = NASGEMTuner(space="generic", **FAST_NASGEM)
+    tuner.update_search_space(NESTED)
+    configs = [{"block": {"_name": "conv", "kernel": k}, "width": w} for k in (3, 5) for w in (16, 32)] + \
+              [{"block": {"_name": "pool"}, "width": w} for w in (16, 32)]
+    tuner.import_data([{"parameter": c, "value": float(i)} for i, c in enumerate(configs)])
+    with pytest.raises(nni.NoMoreTrialError):
+        tuner.generate_parameters(0)
+    evaluated = tuner.strategy.evaluated
+    assert len(evaluated) == 8                 # 6 imported, and both pools with kernel 5 answered from them
+    assert {m for _, m in evaluated} == {float(i) for i in range(6)}
+
+
+def test_trials_rerun_by_a_resumed_experiment_are_not_handed_out_again():
+    """``import_running`` (what the dispatcher hands over on ``nnictl resume``): those configurations
+    are not proposed, and the metric imported for them later joins the strategy's history."""
+    tuner = NASGEMTuner(space="generic", **FAST_NASGEM)
+    tuner.update_search_space(NESTED)
+    rerun = [{"block": {"_name": "conv", "kernel": 3}, "width": 16}, {"block": {"_name": "conv", "kernel": 5}, "width": 32}]
+    tuner.import_running(rerun + [{"block": {"_name": "conv", "kernel": 4}, "width": 16}])   # the last does not fit
+    handed_out = []
+    with pytest.raises(nni.NoMoreTrialError):
+        for pid in range(10):
+            params = tuner.generate_parameters(pid)
+            handed_out.append(params)
+            tuner.receive_trial_result(pid, params, 1.0)
+            tuner.trial_end(pid, True)
+    assert len(handed_out) == 4 and not any(p in rerun for p in handed_out)
+    tuner.import_data([{"parameter": p, "value": 2.0} for p in rerun])
+    assert sorted(tuner.strategy._view.to_graph(s).key() for s, m in tuner.strategy.evaluated if m == 2.0) == \
+        sorted(tuner.strategy._view.to_graph(tuner._space.from_parameters(p)).key() for p in rerun)
