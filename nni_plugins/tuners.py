@@ -365,9 +365,10 @@ class TunerEngine(ExecutionEngine):
         number or a dict with a numeric ``'default'``."""
         metric = self._scalar(value)
         if metric is not None:
+            key = _params_key(params)
             with self._cv:
-                if self._done.get(_params_key(params)) is None:
-                    self._done[_params_key(params)] = metric
+                if self._done.get(key) is None:
+                    self._done[key] = metric
         return metric
 
     def state_dict(self) -> dict:
