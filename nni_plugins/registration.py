@@ -8,9 +8,11 @@ writes ``registered_algorithms.yml`` in NNI's config directory (``$NNI_CONFIG_DI
 tuner class imports. Afterwards ``nnictl algo list`` shows ``GOAL`` and ``NASGEM`` and an
 experiment may say ``tuner: {name: GOAL, classArgs: {...}}`` (see :mod:`nni_plugins.tuners`).
 
-Both functions are idempotent: registering again updates the entries, unregistering names that are
-not registered does nothing. A name that NNI provides built in, or that a different class holds in
-the registry, is refused with a ``ValueError`` (never overwritten or removed).
+The registered classes are those of :mod:`nni_plugins_nnictl`, which connect to NNI's manager before
+loading :mod:`nni_plugins.tuners`. Both functions are idempotent: registering again updates the
+entries (also those of earlier versions, which registered ``nni_plugins.tuners`` directly),
+unregistering names that are not registered does nothing. A name that NNI provides built in, or that
+a different class holds in the registry, is refused with a ``ValueError`` (never overwritten or removed).
 """
 from __future__ import annotations
 
@@ -36,12 +38,16 @@ def registry_file() -> Path:
     return Path(get_config_file("registered_algorithms.yml"))
 
 
+#: Where earlier versions of this package registered the tuners (replaced or removed like the current ones).
+_EARLIER_CLASSES = {"GOAL": "nni_plugins.tuners.GOALTuner", "NASGEM": "nni_plugins.tuners.NASGEMTuner"}
+
+
 def _check_owner(meta, old) -> None:
     if old is None:
         return
     if old.is_builtin:
         raise ValueError(f"{meta.name!r} is an algorithm built into NNI and cannot be replaced")
-    if old.class_name != meta.class_name:
+    if old.class_name not in (meta.class_name, _EARLIER_CLASSES.get(meta.name)):
         raise ValueError(f"{meta.name!r} is already registered in {registry_file()} for another class "
                          f"({old.class_name}); run `nnictl algo unregister {meta.name}` first")
 

@@ -66,7 +66,8 @@ the trials it re-runs (:meth:`StrategyTuner.import_running`, through the project
 ``resumed_trials_reach_tuner``). The strategy learns from the former, proposes neither again, and
 records the re-run trials' metrics as they arrive, so no configuration is trained twice.
 
-Register the tuners with ``nni-plugins register`` (see :mod:`nni_plugins.registration`).
+Register the tuners with ``nni-plugins register`` (see :mod:`nni_plugins.registration`). nnictl then
+starts :mod:`nni_plugins_nnictl`'s classes, which load these after the dispatcher has connected.
 """
 from __future__ import annotations
 

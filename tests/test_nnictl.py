@@ -143,10 +143,37 @@ def test_register_is_idempotent_and_unregister_removes(sandbox):
         sandbox.run(str(BIN / "nni-plugins"), "register")
         assert {"GOAL", "NASGEM"} <= sandbox.algo_names()
     shown = json.loads(sandbox.nnictl("algo", "show", "GOAL").stdout)
-    assert shown["className"] == "nni_plugins.tuners.GOALTuner" and shown["source"] == "user"
+    assert shown["className"] == "nni_plugins_nnictl.GOALTuner" and shown["source"] == "user"
     for _ in range(2):
         sandbox.run(str(BIN / "nni-plugins"), "unregister")
         assert not {"GOAL", "NASGEM"} & sandbox.algo_names()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("wrong", ["class argument", "search space"])
+def test_wrong_tuner_input_ends_the_experiment_with_the_cause_logged(sandbox, wrong):
+    """The registered tuner loads the real one after connecting (NNI gives a tuner 10 s to connect).
+    A wrong class argument, or a search space the tuner rejects, ends the experiment as ERROR with
+    the cause in dispatcher.log (NNI's dispatcher alone would log it and leave the experiment RUNNING)."""
+    sandbox.run(str(BIN / "nni-plugins"), "register")
+    config = sandbox.root / "nnictl" / "goal_nb201.yml"
+    if wrong == "class argument":
+        config.write_text(config.read_text().replace("n_init: 4", "n_init: 4\n    n_inti: 3"))
+        cause = "unknown class argument(s) ['n_inti']"
+    else:
+        space = sandbox.root / "nnictl" / "nb201_space.json"
+        space.write_text(json.dumps({**json.loads(space.read_text()), "lr": {"_type": "uniform", "_value": [0, 1]}}))
+        cause = "accept only 'choice'"
+    port = _free_port()
+    exp_id = sandbox.create(config, port)
+    deadline = time.time() + 120
+    while (status := rest(port, "check-status"))["status"] == "RUNNING":
+        assert time.time() < deadline, "the experiment kept running with a tuner that could not start"
+        time.sleep(1)
+    assert status["status"] == "ERROR", status
+    dispatcher = (sandbox.experiment_dir(exp_id) / "log" / "dispatcher.log").read_text()
+    assert cause in dispatcher, dispatcher[-2000:]
+    assert rest(port, "trial-jobs") == []
 
 
 @pytest.mark.slow
@@ -202,6 +229,38 @@ def test_goal_resumed_with_nnictl_goes_on_from_its_finished_trials(sandbox):
     imported = re.search(r"imported (\d+) finished trials, (\d+) of them new to the strategy", dispatcher)
     assert imported, dispatcher[-2000:]
     assert len(before) <= int(imported[1]) == int(imported[2]) <= len(before) + 1
+    sandbox.stop_all()
+
+
+@pytest.mark.slow
+def test_goal_takes_results_imported_with_nnictl_experiment_import(sandbox):
+    """nnictl experiment import into a running GOAL experiment: the records reach the tuner (NNI's
+    import_data), join the strategy's history, and none of their cells is trained as a trial."""
+    sandbox.run(str(BIN / "nni-plugins"), "register")
+    config = sandbox.root / "nnictl" / "goal_nb201.yml"
+    config.write_text(config.read_text().replace("trialConcurrency: 2", "trialConcurrency: 1"))
+    table = _nb201_table()
+    ops = ("none", "skip_connect", "nor_conv_1x1", "nor_conv_3x3", "avg_pool_3x3")
+    edges = [f"{j}_{i}" for i in (1, 2, 3) for j in range(i)]
+    rng = __import__("random").Random(7)
+    records = []
+    while len(records) < 5:
+        params = {edge: rng.choice(ops) for edge in edges}
+        if _arch(params) not in {_arch(r["parameter"]) for r in records}:
+            records.append({"parameter": params, "value": table[_arch(params)]})
+    data = sandbox.root / "results.json"
+    data.write_text(json.dumps(records))
+    port = _free_port()
+    exp_id = sandbox.create(config, port)
+    sandbox.nnictl("experiment", "import", exp_id, "--filename", str(data))
+    sandbox.wait_done(port, exp_id, timeout=420)
+    dispatcher = (sandbox.experiment_dir(exp_id) / "log" / "dispatcher.log").read_text()
+    imported = re.search(r"imported (\d+) finished trials, (\d+) of them new to the strategy", dispatcher)
+    assert imported and imported.groups() == ("5", "5"), dispatcher[-2000:]
+    trials = rest(port, "trial-jobs")
+    ran = {_arch(json.loads(t["hyperParameters"][0])["parameters"]) for t in trials}
+    assert len(trials) == 10 and all(t["status"] == "SUCCEEDED" for t in trials)
+    assert not ran & {_arch(r["parameter"]) for r in records}, "a cell imported with nnictl was trained"
     sandbox.stop_all()
 
 

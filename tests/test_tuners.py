@@ -253,3 +253,87 @@ def test_trials_rerun_by_a_resumed_experiment_are_not_handed_out_again():
     tuner.import_data([{"parameter": p, "value": 2.0} for p in rerun])
     assert sorted(tuner.strategy._view.to_graph(s).key() for s, m in tuner.strategy.evaluated if m == 2.0) == \
         sorted(tuner.strategy._view.to_graph(tuner._space.from_parameters(p)).key() for p in rerun)
+
+
+# --- the classes nnictl starts (nni_plugins_nnictl) ------------------------------------------------
+
+def test_registered_tuner_module_imports_nothing_heavy():
+    """NNI's manager gives the tuner process 10 s to connect; the class it constructs must not import
+    torch, Lightning or our packages before the dispatcher connects."""
+    import subprocess
+    import sys
+    code = ("import sys, nni_plugins_nnictl; "
+            "print(sorted(m for m in ('torch', 'pytorch_lightning', 'nni_plugins', 'strategies', 'nni.nas') "
+            "if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120)
+    assert out.stdout.strip() == "[]"
+
+
+def test_registered_tuner_hands_every_call_to_the_real_one():
+    import nni_plugins_nnictl
+    from nni_plugins import tuners
+
+    table = NasBench201Table()
+    proxy = nni_plugins_nnictl.GOALTuner(space="nasbench201", **FAST_GOAL)
+    proxy.update_search_space(NB201)
+    real = proxy._tuner
+    assert type(real) is tuners.GOALTuner and real.strategy is not None
+    proxy.import_running([dict(zip(EDGES, ["nor_conv_3x3"] * 6))])
+    proxy.import_data([{"parameter": dict(zip(EDGES, ["skip_connect"] * 6)), "value": 80.0}])
+    seen = set()
+    for pid in range(4):
+        params = proxy.generate_parameters(pid)
+        assert set(params) == set(EDGES)
+        seen.add(json.dumps(params, sort_keys=True))
+        proxy.receive_trial_result(pid, params, table.query(params))
+        proxy.trial_end(pid, True)
+    assert len(seen) == 4
+    assert json.dumps(dict(zip(EDGES, ["nor_conv_3x3"] * 6)), sort_keys=True) not in seen
+    assert len(real.strategy.evaluated) == 4 + 1      # the four trials and the imported record
+    proxy._on_exit()
+
+
+def test_registered_tuner_that_cannot_start_ends_the_dispatcher(monkeypatch):
+    import nni_plugins_nnictl
+
+    aborted = []
+    monkeypatch.setattr(nni_plugins_nnictl._LoadingTuner, "_abort", staticmethod(lambda: aborted.append(True)))
+    proxy = nni_plugins_nnictl.NASGEMTuner(n_init=3)     # NASGEM calls it num_init
+    with pytest.raises(RuntimeError, match=r"NASGEMTuner could not be started: .*unknown class argument"):
+        proxy.update_search_space(NB201)
+    assert aborted == [True]
+
+
+def test_registered_tuner_ends_the_dispatcher_when_a_call_fails(monkeypatch):
+    import nni_plugins_nnictl
+
+    aborted = []
+    monkeypatch.setattr(nni_plugins_nnictl._LoadingTuner, "_abort", staticmethod(lambda: aborted.append(True)))
+    proxy = nni_plugins_nnictl.GOALTuner(space="nasbench201", **FAST_GOAL)
+    with pytest.raises(ValueError, match="accept only 'choice'"):
+        proxy.update_search_space({"lr": {"_type": "uniform", "_value": [0, 1]}})
+    assert aborted == [True]
+    proxy.update_search_space(NB201)
+    monkeypatch.setattr(proxy._tuner, "generate_parameters", lambda pid, **kw: (_ for _ in ()).throw(nni.NoMoreTrialError()))
+    with pytest.raises(nni.NoMoreTrialError):     # the end of the search, not a failure
+        proxy.generate_parameters(0)
+    assert aborted == [True]
+    proxy._on_exit()
+
+
+def test_register_replaces_the_earlier_tuner_class_and_refuses_a_foreign_one(tmp_path, monkeypatch):
+    from nni.tools import package_utils
+    from nni_plugins import registration
+
+    monkeypatch.setenv("NNI_CONFIG_DIR", str(tmp_path))
+    goal = next(m for m in registration._metas() if m.name == "GOAL")
+    package_utils.register_algo_meta(goal._replace(class_name="nni_plugins.tuners.GOALTuner"))
+    assert registration.registered()["GOAL"] is False
+    assert registration.register() == ["GOAL", "NASGEM"]
+    assert package_utils.get_algo_meta("GOAL").class_name == "nni_plugins_nnictl.GOALTuner"
+    assert registration.registered() == {"GOAL": True, "NASGEM": True}
+    package_utils.register_algo_meta(goal._replace(class_name="someone.else.GOALTuner"))
+    with pytest.raises(ValueError, match="already registered .* for another class"):
+        registration.register()
+    with pytest.raises(ValueError, match="for another class"):
+        registration.unregister()

@@ -1,0 +1,120 @@
+"""The tuner classes ``nnictl`` starts for ``tuner: {name: GOAL}`` / ``{name: NASGEM}``.
+
+NNI's manager gives a tuner process 10 seconds to connect (``TunerCommandChannel.init`` in
+``nni_node/core/tuner_command_channel.js``: "Tuner did not connect in 10 seconds"), and
+``python -m nni`` (``nni/__main__.py``) imports and constructs the tuner before its
+``MsgDispatcher`` connects. :mod:`nni_plugins.tuners` needs torch, Lightning and NNI's NAS
+packages, whose import alone takes 7-10 s on a 2-core machine (more with a cold disk cache or a
+busy CPU), so an experiment could die before its first trial. The classes here import nothing
+heavy: construction starts loading :class:`nni_plugins.tuners.GOALTuner` / ``NASGEMTuner`` with
+the same class arguments in a background thread and returns, the dispatcher connects, and every
+tuner call waits for the real tuner and hands over to it. An error while loading (e.g. a wrong
+class argument) or in a call (e.g. a search space the tuner rejects) is logged to
+``dispatcher.log`` and ends the dispatcher, so the experiment ends as ERROR: NNI's dispatcher
+would only log it and leave the experiment waiting for ever.
+
+This is a package of its own because importing anything under ``nni_plugins`` applies
+:mod:`nni_plugins.compat`, which is the slow import. ``nni-plugins register`` registers these
+classes (``nni_plugins/data/nnictl_algorithms.yml``); the class arguments are documented on the
+real tuners.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from typing import Any
+
+import nni
+from nni.tuner import Tuner
+
+__all__ = ["GOALTuner", "NASGEMTuner"]
+
+_logger = logging.getLogger(__name__)
+
+
+class _LoadingTuner(Tuner):
+    """Hands every tuner call to ``nni_plugins.tuners.<_target>(**class_args)``, loaded in the background."""
+
+    _target = ""
+
+    def __init__(self, **class_args: Any) -> None:
+        self._loaded = threading.Event()
+        self._tuner: Tuner | None = None
+        self._error: BaseException | None = None
+        threading.Thread(target=self._load, args=(class_args,), daemon=True,
+                         name=f"load-{self._target}").start()
+
+    def _load(self, class_args: dict) -> None:
+        try:
+            from nni_plugins import tuners
+            self._tuner = getattr(tuners, self._target)(**class_args)
+        except BaseException as err:
+            self._error = err
+            _logger.exception("Cannot start nni_plugins.tuners.%s(**%r): %s", self._target, class_args, err)
+            self._loaded.set()
+            self._abort()
+        else:
+            self._loaded.set()
+
+    @staticmethod
+    def _abort() -> None:
+        """End the dispatcher process, as a tuner that fails in its constructor does. NNI's dispatcher
+        only logs an exception raised while it handles a command, and the experiment would wait
+        forever; a dispatcher that exits makes the manager end it as ERROR ("Dispatcher stream
+        error, tuner may have crashed"), with the cause in ``dispatcher.log``."""
+        logging.shutdown()
+        os._exit(1)
+
+    def _call(self, method: str, *args: Any, **kwargs: Any) -> Any:
+        """``method`` of the real tuner; an error other than ``NoMoreTrialError`` (the end of the
+        search) is logged and ends the dispatcher (:meth:`_abort`)."""
+        self._loaded.wait()
+        if self._error is not None:
+            raise RuntimeError(f"nni_plugins.tuners.{self._target} could not be started: {self._error}") from self._error
+        try:
+            return getattr(self._tuner, method)(*args, **kwargs)
+        except nni.NoMoreTrialError:
+            raise
+        except BaseException as err:
+            _logger.exception("%s.%s failed, ending the tuner: %s", self._target, method, err)
+            self._abort()
+            raise
+
+    def update_search_space(self, search_space: dict) -> None:
+        self._call("update_search_space", search_space)
+
+    def generate_parameters(self, parameter_id: int, **kwargs: Any) -> dict:
+        return self._call("generate_parameters", parameter_id, **kwargs)
+
+    def receive_trial_result(self, parameter_id: int, parameters: dict, value: Any, **kwargs: Any) -> None:
+        self._call("receive_trial_result", parameter_id, parameters, value, **kwargs)
+
+    def trial_end(self, parameter_id: int, success: bool, **kwargs: Any) -> None:
+        self._call("trial_end", parameter_id, success, **kwargs)
+
+    def import_data(self, data: list[dict]) -> None:
+        self._call("import_data", data)
+
+    def import_running(self, parameters: list[dict]) -> None:
+        self._call("import_running", parameters)
+
+    def _on_exit(self) -> None:
+        if self._loaded.is_set() and self._tuner is not None:
+            self._tuner._on_exit()
+
+    def _on_error(self) -> None:
+        if self._loaded.is_set() and self._tuner is not None:
+            self._tuner._on_error()
+
+
+class GOALTuner(_LoadingTuner):
+    """:class:`nni_plugins.tuners.GOALTuner` (the GOAL strategy as an nnictl tuner), loaded in the background."""
+
+    _target = "GOALTuner"
+
+
+class NASGEMTuner(_LoadingTuner):
+    """:class:`nni_plugins.tuners.NASGEMTuner` (the NASGEM strategy as an nnictl tuner), loaded in the background."""
+
+    _target = "NASGEMTuner"
