@@ -52,10 +52,10 @@ class _LoadingTuner(Tuner):
         except BaseException as err:
             self._error = err
             _logger.exception("Cannot start nni_plugins.tuners.%s(**%r): %s", self._target, class_args, err)
+        finally:
             self._loaded.set()
+        if self._error is not None:
             self._abort()
-        else:
-            self._loaded.set()
 
     @staticmethod
     def _abort() -> None:

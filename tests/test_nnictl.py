@@ -13,9 +13,9 @@ import gzip
 import json
 import re
 import os
+import random
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -24,15 +24,12 @@ from pathlib import Path
 
 import pytest
 
+from search_spaces.nasbench201 import NB201_EDGES, NB201_OPS, sample_to_arch_str
+from tests.nni_harness import free_port, pid_alive
+
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLES = REPO / "examples" / "nnictl"
 BIN = Path(sys.executable).parent
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class NnictlSandbox:
@@ -44,7 +41,7 @@ class NnictlSandbox:
         (root / "config").mkdir()
         self.env = dict(os.environ, HOME=str(root / "home"), NNI_CONFIG_DIR=str(root / "config"),
                         PATH=f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}", PYTHONUNBUFFERED="1")
-        self.experiments: list[str] = []
+        self.managers: dict[int, str] = {}      # NNI manager pid -> experiment id, for every start
 
     def run(self, *args: str, timeout: float = 120, check: bool = True) -> subprocess.CompletedProcess:
         proc = subprocess.run(list(args), env=self.env, cwd=self.root, capture_output=True, text=True, timeout=timeout)
@@ -60,13 +57,27 @@ class NnictlSandbox:
         return {line.split("|")[1].strip() for line in out.splitlines() if line.startswith("|") and "user" in line}
 
     def create(self, config: Path, port: int) -> str:
-        out = self.nnictl("create", "--config", str(config), "--port", str(port), timeout=180).stdout
+        try:
+            out = self.nnictl("create", "--config", str(config), "--port", str(port), timeout=180).stdout
+        finally:
+            self._record_managers()
         for token in out.split():
             token = token.strip().replace("\x1b[36m", "").replace("\x1b[0m", "")
             if token in self.manifest():
-                self.experiments.append(token)
                 return token
         raise AssertionError(f"no experiment id in nnictl output:\n{out}")
+
+    def resume(self, exp_id: str, port: int) -> None:
+        try:
+            self.nnictl("resume", exp_id, "--port", str(port), timeout=180)
+        finally:
+            self._record_managers()
+
+    def _record_managers(self) -> None:
+        """Every live manager pid the manifest names (a resume writes the new manager's over the old one)."""
+        for exp_id, info in self.manifest().items():
+            if info.get("pid") and pid_alive(info["pid"]):
+                self.managers[info["pid"]] = exp_id
 
     def manifest(self) -> dict:
         path = self.root / "home" / "nni-experiments" / ".experiment"
@@ -88,20 +99,21 @@ class NnictlSandbox:
             tails = {p.name: p.read_text()[-1500:] for p in logs.glob("*.log")} if logs.exists() else {}
             raise AssertionError(f"experiment {exp_id} ended as {status}, not DONE; logs: {json.dumps(tails, indent=1)}")
 
-    def stop_all(self) -> None:
-        for exp_id in self.experiments:
-            pid = self.manifest().get(exp_id, {}).get("pid")
-            self.nnictl("stop", exp_id, check=False, timeout=120)
-            if pid and _alive(pid):
+    def stop(self, exp_id: str) -> None:
+        """nnictl stop, then kill whatever manager of the experiment is still alive. nnictl stop
+        sends SIGTERM and only warns if the manager outlives its 60 s wait, and a resume replaces the
+        manager pid in the manifest, so both managers are tracked here (two managers of the resume
+        test, the first and the resumed one, were once found alive after a test run)."""
+        self.nnictl("stop", exp_id, check=False, timeout=120)
+        for pid in [pid for pid, exp in self.managers.items() if exp == exp_id]:
+            if pid_alive(pid):
                 os.kill(pid, signal.SIGKILL)
+            del self.managers[pid]
 
+    def stop_all(self) -> None:
+        for exp_id in sorted(set(self.managers.values())):
+            self.stop(exp_id)
 
-def _alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
-    except OSError:
-        return False
 
 
 def rest(port: int, path: str, data: dict | None = None, method: str | None = None):
@@ -127,9 +139,6 @@ def _nb201_table() -> dict[str, float]:
     with gzip.open(REPO / "nni_plugins" / "data" / "nb201_cifar10.csv.gz", "rt", newline="") as f:
         return {row["arch"]: float(row["cifar10_test_acc"]) for row in csv.DictReader(f)}
 
-
-def _arch(params: dict) -> str:
-    return "+".join("|" + "|".join(f"{params[f'{j}_{i}']}~{j}" for j in range(i)) + "|" for i in (1, 2, 3))
 
 
 def _export(box: NnictlSandbox, exp_id: str) -> list[dict]:
@@ -158,7 +167,7 @@ def test_wrong_tuner_input_ends_the_experiment_with_the_cause_logged(sandbox):
     config = sandbox.root / "nnictl" / "goal_nb201.yml"
     config.write_text(config.read_text().replace("n_init: 4", "n_init: 4\n    n_inti: 3"))
     cause = "unknown class argument(s) ['n_inti']"
-    port = _free_port()
+    port = free_port()
     exp_id = sandbox.create(config, port)
     deadline = time.time() + 120
     while (status := rest(port, "check-status"))["status"] == "RUNNING":
@@ -175,7 +184,7 @@ def test_goal_nb201_example_reaches_done(sandbox):
     """examples/nnictl/goal_nb201.yml: 10 trials, each reporting the table's accuracy of the cell it
     ran, which is the cell NNI recorded for it (export pairs parameters and metrics correctly)."""
     sandbox.run(str(BIN / "nni-plugins"), "register")
-    port = _free_port()
+    port = free_port()
     exp_id = sandbox.create(sandbox.root / "nnictl" / "goal_nb201.yml", port)
     sandbox.wait_done(port, exp_id, timeout=420)
     records = _export(sandbox, exp_id)
@@ -185,7 +194,7 @@ def test_goal_nb201_example_reaches_done(sandbox):
     for record in records:
         params, value = record["parameter"], record["value"]
         value = json.loads(value) if isinstance(value, str) else value
-        arch = _arch(params)
+        arch = sample_to_arch_str(params)
         assert value["default"] == pytest.approx(table[arch]) and value["arch"] == arch
         archs.add(arch)
     assert len(archs) == 10, "GOAL proposed an architecture twice"
@@ -202,21 +211,21 @@ def test_goal_resumed_with_nnictl_goes_on_from_its_finished_trials(sandbox):
     sandbox.run(str(BIN / "nni-plugins"), "register")
     config = sandbox.root / "nnictl" / "goal_nb201.yml"
     config.write_text(config.read_text().replace("trialConcurrency: 2", "trialConcurrency: 1"))
-    port = _free_port()
+    port = free_port()
     exp_id = sandbox.create(config, port)
     deadline = time.time() + 300
     while len(before := [t for t in rest(port, "trial-jobs") if t["status"] == "SUCCEEDED"]) < 3:
         assert time.time() < deadline, "no three finished trials within 300 s"
         time.sleep(0.5)
-    sandbox.nnictl("stop", exp_id, timeout=120)     # the trial running now may still finish first
-    before = {_arch(json.loads(t["hyperParameters"][0])["parameters"]) for t in before}
-    port = _free_port()
-    sandbox.nnictl("resume", exp_id, "--port", str(port), timeout=180)
+    sandbox.stop(exp_id)     # the trial running now may still finish first
+    before = {sample_to_arch_str(json.loads(t["hyperParameters"][0])["parameters"]) for t in before}
+    port = free_port()
+    sandbox.resume(exp_id, port)
     sandbox.wait_done(port, exp_id, timeout=420)
-    archs = [_arch(r["parameter"]) for r in _export(sandbox, exp_id)]
+    archs = [sample_to_arch_str(r["parameter"]) for r in _export(sandbox, exp_id)]
     trials = rest(port, "trial-jobs")
     dispatcher = (sandbox.experiment_dir(exp_id) / "log" / "dispatcher.log").read_text()
-    listing = [(t["sequenceId"], t["status"], _arch(json.loads(t["hyperParameters"][0])["parameters"])) for t in trials]
+    listing = [(t["sequenceId"], t["status"], sample_to_arch_str(json.loads(t["hyperParameters"][0])["parameters"])) for t in trials]
     assert len(trials) == 10 and len(archs) >= 9, listing     # one may have been cancelled by the stop
     assert before <= set(archs)
     assert len(archs) == len(set(archs)), f"a cell was trained again after the resume: {listing}\n{dispatcher}"
@@ -235,17 +244,15 @@ def test_goal_takes_results_imported_with_nnictl_experiment_import(sandbox):
     config.write_text(config.read_text().replace("trialConcurrency: 2", "trialConcurrency: 1")
                       .replace("maxTrialNumber: 10", "maxTrialNumber: 5"))
     table = _nb201_table()
-    ops = ("none", "skip_connect", "nor_conv_1x1", "nor_conv_3x3", "avg_pool_3x3")
-    edges = [f"{j}_{i}" for i in (1, 2, 3) for j in range(i)]
-    rng = __import__("random").Random(7)
+    rng = random.Random(7)
     records = []
     while len(records) < 5:
-        params = {edge: rng.choice(ops) for edge in edges}
-        if _arch(params) not in {_arch(r["parameter"]) for r in records}:
-            records.append({"parameter": params, "value": table[_arch(params)]})
+        params = {edge: rng.choice(NB201_OPS) for edge in NB201_EDGES}
+        if sample_to_arch_str(params) not in {sample_to_arch_str(r["parameter"]) for r in records}:
+            records.append({"parameter": params, "value": table[sample_to_arch_str(params)]})
     data = sandbox.root / "results.json"
     data.write_text(json.dumps(records))
-    port = _free_port()
+    port = free_port()
     exp_id = sandbox.create(config, port)
     sandbox.nnictl("experiment", "import", exp_id, "--filename", str(data))
     sandbox.wait_done(port, exp_id, timeout=420)
@@ -253,9 +260,9 @@ def test_goal_takes_results_imported_with_nnictl_experiment_import(sandbox):
     imported = re.search(r"imported (\d+) finished trials, (\d+) of them new to the strategy", dispatcher)
     assert imported and imported.groups() == ("5", "5"), dispatcher[-2000:]
     trials = rest(port, "trial-jobs")
-    ran = {_arch(json.loads(t["hyperParameters"][0])["parameters"]) for t in trials}
+    ran = {sample_to_arch_str(json.loads(t["hyperParameters"][0])["parameters"]) for t in trials}
     assert len(trials) == 5 and all(t["status"] == "SUCCEEDED" for t in trials)
-    assert not ran & {_arch(r["parameter"]) for r in records}, "a cell imported with nnictl was trained"
+    assert not ran & {sample_to_arch_str(r["parameter"]) for r in records}, "a cell imported with nnictl was trained"
     sandbox.stop_all()
 
 
@@ -267,7 +274,7 @@ def test_nasgem_digits_example_trains_and_logs(sandbox):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     sandbox.run(str(BIN / "nni-plugins"), "register")
-    port = _free_port()
+    port = free_port()
     exp_id = sandbox.create(sandbox.root / "nnictl" / "nasgem_digits.yml", port)
     sandbox.wait_done(port, exp_id, timeout=540)
     records = _export(sandbox, exp_id)
