@@ -115,7 +115,6 @@ class NnictlSandbox:
             self.stop(exp_id)
 
 
-
 def rest(port: int, path: str, data: dict | None = None, method: str | None = None):
     url = f"http://127.0.0.1:{port}/api/v1/nni/{path}"
     body = None if data is None else json.dumps(data).encode()
@@ -138,7 +137,6 @@ def sandbox(tmp_path):
 def _nb201_table() -> dict[str, float]:
     with gzip.open(REPO / "nni_plugins" / "data" / "nb201_cifar10.csv.gz", "rt", newline="") as f:
         return {row["arch"]: float(row["cifar10_test_acc"]) for row in csv.DictReader(f)}
-
 
 
 def _export(box: NnictlSandbox, exp_id: str) -> list[dict]:
