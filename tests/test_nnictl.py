@@ -99,12 +99,12 @@ class NnictlSandbox:
             tails = {p.name: p.read_text()[-1500:] for p in logs.glob("*.log")} if logs.exists() else {}
             raise AssertionError(f"experiment {exp_id} ended as {status}, not DONE; logs: {json.dumps(tails, indent=1)}")
 
-    def stop(self, exp_id: str) -> None:
+    def stop(self, exp_id: str, check: bool = False) -> None:
         """nnictl stop, then kill whatever manager of the experiment is still alive. nnictl stop
         sends SIGTERM and only warns if the manager outlives its 60 s wait, and a resume replaces the
         manager pid in the manifest, so both managers are tracked here (two managers of the resume
         test, the first and the resumed one, were once found alive after a test run)."""
-        self.nnictl("stop", exp_id, check=False, timeout=120)
+        self.nnictl("stop", exp_id, check=check, timeout=120)
         for pid in [pid for pid, exp in self.managers.items() if exp == exp_id]:
             if pid_alive(pid):
                 os.kill(pid, signal.SIGKILL)
@@ -215,7 +215,7 @@ def test_goal_resumed_with_nnictl_goes_on_from_its_finished_trials(sandbox):
     while len(before := [t for t in rest(port, "trial-jobs") if t["status"] == "SUCCEEDED"]) < 3:
         assert time.time() < deadline, "no three finished trials within 300 s"
         time.sleep(0.5)
-    sandbox.stop(exp_id)     # the trial running now may still finish first
+    sandbox.stop(exp_id, check=True)     # the trial running now may still finish first
     before = {sample_to_arch_str(json.loads(t["hyperParameters"][0])["parameters"]) for t in before}
     port = free_port()
     sandbox.resume(exp_id, port)
