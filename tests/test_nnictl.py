@@ -86,6 +86,20 @@ class NnictlSandbox:
     def experiment_dir(self, exp_id: str) -> Path:
         return self.root / "home" / "nni-experiments" / exp_id
 
+    def import_data(self, exp_id: str, path: Path, timeout: float = 120) -> None:
+        """nnictl experiment import, again until NNI takes it. Until the tuner has connected, NNI's
+        manager refuses the records ("tuner has not been setup") and nnictl prints "Import data
+        failed!" with exit status 0; right after ``nnictl create`` the tuner may still be starting."""
+        deadline = time.time() + timeout
+        while True:
+            out = self.nnictl("experiment", "import", exp_id, "--filename", str(path)).stdout
+            if "Import data failed" not in out:
+                assert "ERROR" not in out, out
+                return
+            if time.time() > deadline:
+                raise AssertionError(f"nnictl experiment import kept failing for {timeout} s:\n{out}")
+            time.sleep(1)
+
     def wait_done(self, port: int, exp_id: str, timeout: float) -> None:
         deadline = time.time() + timeout
         status = None
@@ -252,7 +266,7 @@ def test_goal_takes_results_imported_with_nnictl_experiment_import(sandbox):
     data.write_text(json.dumps(records))
     port = free_port()
     exp_id = sandbox.create(config, port)
-    sandbox.nnictl("experiment", "import", exp_id, "--filename", str(data))
+    sandbox.import_data(exp_id, data)
     sandbox.wait_done(port, exp_id, timeout=420)
     dispatcher = (sandbox.experiment_dir(exp_id) / "log" / "dispatcher.log").read_text()
     imported = re.search(r"imported (\d+) finished trials, (\d+) of them new to the strategy", dispatcher)
