@@ -172,6 +172,7 @@ def main(argv: list[str] | None = None) -> dict:
     class EpochTimer(pl.Callback):
         def __init__(self):
             self.times: list[float] = []
+            self.peaks: list[float] = []     # the process's peak RSS (MB) so far, at each epoch's end
             self._start = 0.0
 
         def on_train_epoch_start(self, trainer, pl_module):
@@ -179,6 +180,7 @@ def main(argv: list[str] | None = None) -> dict:
 
         def on_train_epoch_end(self, trainer, pl_module):
             self.times.append(time.perf_counter() - self._start)
+            self.peaks.append(round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1))
 
     timer = EpochTimer()
     logger = pl.loggers.TensorBoardLogger(str(args.logdir), name=f"{args.strategy}_s{args.seed}") if args.logdir else False
@@ -217,7 +219,7 @@ def main(argv: list[str] | None = None) -> dict:
         "epoch_s": round(sum(timer.times) / len(timer.times), 2) if timer.times else None,
         "epoch_times_s": [round(t, 2) for t in timer.times],
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
-        "rss_before_search_mb": round(rss_before, 1),
+        "rss_before_search_mb": round(rss_before, 1), "epoch_peak_rss_mb": timer.peaks,
         "sample": sample, "strategy_repr": repr(strategy), "torch_threads": torch.get_num_threads(),
     }
     print(json.dumps(result, indent=2))

@@ -58,6 +58,8 @@ def test_tiny_run_writes_a_complete_record(tmp_path, monkeypatch):
     assert record["num_skip"] + record["num_none"] <= 6
     assert len(record["epoch_times_s"]) == 1
     assert record["peak_rss_mb"] >= record["rss_before_search_mb"] > 0
+    assert len(record["epoch_peak_rss_mb"]) == 1
+    assert record["rss_before_search_mb"] <= record["epoch_peak_rss_mb"][0] <= record["peak_rss_mb"]
     # the experiment's working directory is removed (torch may leave its own torchinductor_<user> cache
     # there when this test is the first in the process to touch it)
     assert [p.name for p in (tmp_path / "tmp").iterdir() if not p.name.startswith("torchinductor_")] == []
