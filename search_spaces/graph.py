@@ -13,7 +13,10 @@ chosen values. A :class:`GraphView` converts between the two for one model space
   layout (``max_nodes`` nodes, one-hot labels over :attr:`GraphView.op_vocab`, the output node
   always last), and ``project`` maps arbitrary real scores of that layout to the nearest valid
   discrete graph of the space (the proximal operator; invalid proposals are repaired here or
-  rejected with :class:`InvalidGraph`, never returned).
+  rejected with :class:`InvalidGraph`, never returned). A projection that prunes nodes (NB101)
+  returns a graph with fewer nodes; :meth:`GraphView.project_with_positions` also says which row
+  of the layout each of its nodes came from, and ``encode(graph, positions)`` puts them back there,
+  so that a gradient taken at the projected graph lands on the relaxed variables it belongs to.
 
 Views shipped here (:func:`graph_view` picks one from the space's mutables, so it works on NNI hub
 spaces, on our spaces, on ``BenchmarkModelSpace`` wrappers and on the executable wrappers
@@ -33,8 +36,10 @@ spaces, on our spaces, on ``BenchmarkModelSpace`` wrappers and on the executable
     ``NasBench101CellConstraint``). The graph is the *pruned* spec NNI's constraint computes
     (``sample['cell/final']``): nodes not on an input->output path are removed. ``project``
     thresholds the strict upper triangle at 0.5, keeps the ``max_num_edges`` strongest edges,
-    repairs a disconnected cell by adding the strongest input->output path (then drops the weakest
-    off-path edges to stay within the edge limit), and prunes, exactly as NAS-Bench-101 does.
+    repairs a cell whose output is unreachable by adding the single strongest edge that completes
+    an input->output path (from a node the input reaches to a node that reaches the output), prunes
+    as NAS-Bench-101 does, and rejects the cell if it then holds more than ``max_num_edges`` edges
+    (the notes' "add the highest-Ã edge that completes a path, otherwise reject").
 ``darts``
     NNI hub ``DARTS`` cell spaces (``normal/op_i_k``, ``normal/input_i_k``, same for ``reduce``),
     normal and reduction cell in one graph, again with ops as nodes: ``input`` (c_{k-2}),
@@ -62,7 +67,7 @@ from __future__ import annotations
 import hashlib
 import re
 from dataclasses import dataclass
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
@@ -191,14 +196,17 @@ class GraphView:
         return None
 
     # --- relaxed (dense) interface -----------------------------------------------------------------
-    def encode(self, graph: ArchGraph) -> tuple[np.ndarray, np.ndarray]:
+    def encode(self, graph: ArchGraph, positions: Sequence[int] | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Dense ``(A, X)`` in this view's fixed layout: ``A`` is ``(max_nodes, max_nodes)``, ``X`` is
-        ``(max_nodes, len(op_vocab))`` one-hot. A graph with fewer nodes keeps its nodes ``0..n-2``
-        in place and puts the output node last; the padding rows of ``X`` are zero."""
+        ``(max_nodes, len(op_vocab))`` one-hot. Node ``k`` of the graph sits at row ``positions[k]``
+        (increasing, from 0 to ``max_nodes - 1``); by default a graph with fewer nodes keeps its
+        nodes ``0..n-2`` in place and puts the output node last. The padding rows of ``X`` are zero."""
         n, N = graph.num_nodes, self.max_nodes
         if n > N:
             raise InvalidGraph(f"{self.name} view: graph has {n} nodes, more than max_nodes={N}")
-        pos = list(range(n - 1)) + [N - 1]
+        pos = self.default_positions(n) if positions is None else [int(p) for p in positions]
+        if len(pos) != n or pos[0] != 0 or pos[-1] != N - 1 or any(a >= b for a, b in zip(pos, pos[1:])):
+            raise ValueError(f"{self.name} view: positions {pos} of a {n}-node graph must increase from 0 to {N - 1}")
         A = np.zeros((N, N), dtype=np.float32)
         X = np.zeros((N, len(self.op_vocab)), dtype=np.float32)
         for i, op in enumerate(graph.ops):
@@ -221,6 +229,17 @@ class GraphView:
         """Nearest valid discrete graph of the space to real scores ``(A, X)`` in the dense layout
         (the proximal operator). Raises :class:`InvalidGraph` if no valid graph can be formed."""
         raise NotImplementedError
+
+    def project_with_positions(self, A: np.ndarray, X: np.ndarray) -> tuple[ArchGraph, list[int]]:
+        """:meth:`project`, and the row of the layout each node of the projected graph came from
+        (``encode(graph, positions)`` lays it out there). Views whose projection keeps every node
+        return :meth:`encode`'s default positions."""
+        graph = self.project(A, X)
+        return graph, self.default_positions(graph.num_nodes)
+
+    def default_positions(self, num_nodes: int) -> list[int]:
+        """Rows of the layout that :meth:`encode` gives a ``num_nodes``-node graph by default."""
+        return list(range(num_nodes - 1)) + [self.max_nodes - 1]
 
     def _argmax_ops(self, X: np.ndarray, mask: np.ndarray) -> list[str]:
         scores = np.where(mask, np.asarray(X, dtype=np.float64), -np.inf)
@@ -396,27 +415,28 @@ class NasBench101View(GraphView):
         return mask
 
     def project(self, A: np.ndarray, X: np.ndarray) -> ArchGraph:
+        return self.project_with_positions(A, X)[0]
+
+    def project_with_positions(self, A: np.ndarray, X: np.ndarray) -> tuple[ArchGraph, list[int]]:
         N = self.max_nodes
         scores = np.where(self.edge_mask(), np.asarray(A, dtype=np.float64), -np.inf)
         order = [(i, j) for i, j in zip(*np.unravel_index(np.argsort(-scores, axis=None, kind="stable"), scores.shape))
                  if scores[i, j] > 0.5]
-        chosen = order[:self.max_num_edges]
         adj = np.zeros((N, N), dtype=np.int8)
-        for i, j in chosen:
+        for i, j in order[:self.max_num_edges]:
             adj[i, j] = 1
         if not _reachable(adj)[N - 1]:
-            path = _best_path(np.where(np.isfinite(scores), scores, -np.inf))
-            for i, j in path:
-                adj[i, j] = 1
-            on_path = set(path)
-            for i, j in sorted(((i, j) for i, j in zip(*np.nonzero(adj)) if (i, j) not in on_path),
-                               key=lambda e: scores[e]):
-                if adj.sum() <= self.max_num_edges:
-                    break
-                adj[i, j] = 0
+            # the strongest edge from a node the input reaches to a node that reaches the output;
+            # (0, N-1) always qualifies, so there is one
+            completes = np.outer(_reachable(adj), _coreachable(adj)) & np.isfinite(scores) & (adj == 0)
+            i, j = np.unravel_index(np.argmax(np.where(completes, scores, -np.inf)), scores.shape)
+            adj[i, j] = 1
         keep = np.nonzero(_prune_mask(adj))[0]
+        adj = adj[np.ix_(keep, keep)]
+        if int(adj.sum()) > self.max_num_edges:
+            raise InvalidGraph(f"NasBench101View: the repaired cell has {int(adj.sum())} edges > max {self.max_num_edges}")
         ops = self._argmax_ops(X, self.op_mask())
-        return ArchGraph(adj[np.ix_(keep, keep)], tuple(ops[k] for k in keep))
+        return ArchGraph(adj, tuple(ops[k] for k in keep)), [int(k) for k in keep]
 
 
 def _reachable(adj: np.ndarray) -> np.ndarray:
@@ -428,29 +448,15 @@ def _reachable(adj: np.ndarray) -> np.ndarray:
     return seen
 
 
+def _coreachable(adj: np.ndarray) -> np.ndarray:
+    """Nodes from which the output (the last node) is reachable."""
+    return _reachable(adj[::-1, ::-1].T.copy())[::-1]
+
+
 def _prune_mask(adj: np.ndarray) -> np.ndarray:
     """Nodes on some input->output path (NAS-Bench-101's pruning); all False if output unreachable."""
-    fwd = _reachable(adj)
-    bwd = _reachable(adj[::-1, ::-1].T.copy())[::-1]
-    keep = fwd & bwd
+    keep = _reachable(adj) & _coreachable(adj)
     return keep if keep[-1] and keep[0] else np.zeros(len(adj), dtype=bool)
-
-
-def _best_path(scores: np.ndarray) -> list[tuple[int, int]]:
-    """Input->output path in the upper triangle maximising the summed edge scores."""
-    N = len(scores)
-    best = np.full(N, -np.inf)
-    prev = np.full(N, -1)
-    best[0] = 0.0
-    for j in range(1, N):
-        for i in range(j):
-            if np.isfinite(best[i]) and np.isfinite(scores[i, j]) and best[i] + scores[i, j] > best[j]:
-                best[j], prev[j] = best[i] + scores[i, j], i
-    path, j = [], N - 1
-    while j > 0:
-        path.append((int(prev[j]), j))
-        j = int(prev[j])
-    return path[::-1]
 
 
 # ----------------------------------------------------------------------------------------------------

@@ -27,6 +27,9 @@ from search_spaces.graph import ArchGraph, GraphView, InvalidGraph, graph_view
 
 from .metrics import scalar_metric
 
+#: The notes' initial design size N0 by graph view: 10 on NB201, 20 on NB101 and NB301 (DARTS cells).
+_DEFAULT_N_INIT = {"nb201": 10, "nb101": 20, "darts": 20}
+
 __all__ = ["GOAL", "DirectedGNN"]
 
 _logger = logging.getLogger(__name__)
@@ -141,14 +144,17 @@ class GOAL(Strategy):
     text and code were not available, so the details below are the project's reconstruction
     (``notes/goal_nasgem_tetlo.md`` §1, tagged [D] there):
 
-    1. **Initial design [D].** ``n_init`` uniformly random valid architectures.
+    1. **Initial design [D].** ``n_init`` uniformly random valid architectures: by default the
+       notes' N0, 10 on NB201 and 20 on NB101 and DARTS (NB301) cells, and 10 on any other space.
     2. **Surrogate [D].** A :class:`DirectedGNN` ensemble of ``ensemble`` members (dense, forward
        and backward messages, ``num_layers`` layers of width ``hidden``) on the padded adjacency ``A``
        and one-hot labels ``X`` of :mod:`search_spaces.graph`, trained with the pairwise BPR loss
        ``-log sigmoid(f_i - f_j)`` over every evaluated pair with ``y_i > y_j`` (``loss='hinge'``
        gives ``max(0, margin - (f_i - f_j))``), full batch, Adam (``lr``), ``epochs`` epochs per refit.
        Members are warm-started from the previous fit and re-initialised every ``reinit_every``
-       refits. The loss only uses the order of the metrics, so no metric scaling is needed.
+       refits (the notes: a full refit every 5 rounds; with the default ``batch_size`` of 1 a
+       round is one result, so that is every 5 results rather than every 25-50). The loss only
+       uses the order of the metrics, so no metric scaling is needed.
        Departure from the notes' sizes (hidden 64-128, ~200 epochs): the defaults are hidden 32 and
        100 warm-started epochs, which keeps the strategy well under 1 s per proposal at 150
        queries on a 2-core CPU; both are parameters.
@@ -157,8 +163,13 @@ class GOAL(Strategy):
     4. **Proximal ascent [D], lazy / BinaryConnect style.** Relaxed ``Z = (Ã, X̃)`` start at the
        dense encoding of a start point; for ``ascent_steps`` steps: ``G = prox(Z)`` (the view's
        projection onto valid discrete graphs: per-node argmax of the label scores; NB101: threshold
-       0.5, at most 9 edges, reconnect, prune; DARTS: best predecessor per op node; NB201: fixed
-       topology), ``g = ∇_{A,X} f(G)`` (ensemble mean, only the entries the space lets change),
+       0.5, at most 9 edges, add the strongest edge that completes an input->output path if the
+       output is unreachable, prune, reject a cell still over 9 edges; DARTS: best predecessor per
+       op node, chosen for each of a node's two inputs on its own as NNI's DARTS cell samples them,
+       where the notes take a node's top-2 incoming edges; NB201: fixed topology),
+       ``g = ∇_{A,X} f(G)`` (ensemble mean, only the entries the space lets change, taken with ``G``
+       laid out on the rows of ``Z`` its nodes came from, so a node that NB101's pruning removed
+       gets no gradient and the others keep theirs),
        ``Z <- clip(Z + step_size * g / max|g|, 0, 1)``. Every valid, unseen ``G`` on the way is a
        candidate. Dividing by ``max|g|`` (so a step moves the largest coordinate by ``step_size``)
        is our choice: it makes ``step_size`` independent of the surrogate's output scale.
@@ -199,7 +210,8 @@ class GOAL(Strategy):
     Parameters
     ----------
     n_init
-        Random architectures evaluated before the surrogate is used.
+        Random architectures evaluated before the surrogate is used; ``None`` (default): 10 on
+        NB201, 20 on NB101 and DARTS cells, 10 elsewhere.
     batch_size
         Architectures proposed per round (B).
     top_k
@@ -238,13 +250,14 @@ class GOAL(Strategy):
         Random seed.
     """
 
-    def __init__(self, *, n_init: int = 10, batch_size: int = 1, top_k: int = 5, random_starts: int = 1,
+    def __init__(self, *, n_init: int | None = None, batch_size: int = 1, top_k: int = 5, random_starts: int = 1,
                  ascent_steps: int = 30, step_size: float = 0.2, epsilon: float = 0.1, hidden: int = 32,
                  num_layers: int = 3, ensemble: int = 3, epochs: int = 100, lr: float = 1e-3,
                  weight_decay: float = 0.0, loss: str = "bpr", margin: float = 0.05, reinit_every: int = 5,
                  num_threads: int | None = 1, seed: int | None = None):
         super().__init__()
-        for name, value, low in [("n_init", n_init, 1), ("batch_size", batch_size, 1), ("top_k", top_k, 0),
+        for name, value, low in [("n_init", 10 if n_init is None else n_init, 1), ("batch_size", batch_size, 1),
+                                 ("top_k", top_k, 0),
                                  ("random_starts", random_starts, 0), ("ascent_steps", ascent_steps, 1),
                                  ("hidden", hidden, 1), ("num_layers", num_layers, 1), ("ensemble", ensemble, 1),
                                  ("epochs", epochs, 1), ("reinit_every", reinit_every, 1),
@@ -275,6 +288,7 @@ class GOAL(Strategy):
         self._rng = np.random.RandomState(seed)
         self._lock = threading.RLock()
         self.view: GraphView | None = None
+        self._num_init = n_init     # resolved against the space in _initialize when n_init is None
         # Evaluated architectures: (graph, sample, metric), in arrival order.
         self._history: list[tuple[ArchGraph, dict, float]] = []
         self._failed: list[dict] = []
@@ -304,8 +318,9 @@ class GOAL(Strategy):
     # ------------------------------------------------------------------------------------------------
     def _initialize(self, model_space: ExecutableModelSpace, engine: ExecutionEngine) -> ExecutableModelSpace:
         self.view = graph_view(model_space)
-        _logger.info("GOAL uses the %s graph view (%d nodes, %d labels)", self.view.name,
-                     self.view.max_nodes, len(self.view.op_vocab))
+        self._num_init = self.n_init if self.n_init is not None else _DEFAULT_N_INIT.get(self.view.name, 10)
+        _logger.info("GOAL uses the %s graph view (%d nodes, %d labels), %d random architectures first",
+                     self.view.name, self.view.max_nodes, len(self.view.op_vocab), self._num_init)
         engine.register_model_event_callback(ModelEventType.TrainingEnd, self._training_end_callback)
         return model_space
 
@@ -381,7 +396,7 @@ class GOAL(Strategy):
         return None
 
     def _propose_batch(self) -> list[ArchGraph]:
-        if len(self._history) < self.n_init:
+        if len(self._history) < self._num_init:
             graph = self._random_graph()
             return [graph] if graph is not None else []
         previous = torch.get_num_threads()
@@ -425,9 +440,10 @@ class GOAL(Strategy):
         generator = torch.Generator().manual_seed(int(self._rng.randint(2 ** 31 - 1)) if seed is None else seed)
         return DirectedGNN(len(self.view.op_vocab), self.hidden, self.num_layers, self.ensemble, generator)
 
-    def _encode(self, graphs: list[ArchGraph]) -> tuple[torch.Tensor, torch.Tensor]:
+    def _encode(self, graphs: list[ArchGraph], positions: list[list[int]] | None = None
+                ) -> tuple[torch.Tensor, torch.Tensor]:
         assert self.view is not None
-        pairs = [self.view.encode(g) for g in graphs]
+        pairs = [self.view.encode(g, None if positions is None else positions[i]) for i, g in enumerate(graphs)]
         return (torch.from_numpy(np.stack([a for a, _ in pairs])),
                 torch.from_numpy(np.stack([x for _, x in pairs])))
 
@@ -487,23 +503,25 @@ class GOAL(Strategy):
             starts.append(graph)
         A0, X0 = self._encode(starts)
         ZA, ZX = A0.numpy().astype(np.float64), X0.numpy().astype(np.float64)
+        layout = [self.view.default_positions(g.num_nodes) for g in starts]
         edge_mask = torch.from_numpy(self.view.edge_mask()).to(torch.float32)
         op_mask = torch.from_numpy(self.view.op_mask()).to(torch.float32)
         candidates: dict[str, ArchGraph] = {}
         for step in range(self.ascent_steps + 1):
-            projected = []
+            projected, positions = [], []
             for s in range(len(starts)):
                 try:
-                    graph = self.view.project(ZA[s], ZX[s])
+                    graph, where = self.view.project_with_positions(ZA[s], ZX[s])
                 except InvalidGraph:
-                    graph = starts[s]
+                    graph, where = starts[s], layout[s]
                 projected.append(graph)
+                positions.append(where)
                 key = graph.key()
                 if key not in self._seen and key not in candidates:
                     candidates[key] = graph
             if step == self.ascent_steps:
                 break
-            A, X = self._encode(projected)
+            A, X = self._encode(projected, positions)     # the gradient lands on the rows Z's nodes hold
             A.requires_grad_(True)
             X.requires_grad_(True)
             score = self._model(A, X).mean(0).sum()

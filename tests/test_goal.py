@@ -94,6 +94,35 @@ def test_score_is_differentiable_in_graph():
     assert gA[0][torch.from_numpy(view.edge_mask())].abs().sum() > 0 and gX.abs().sum() > 0
 
 
+def test_pruned_cell_scores_alike_on_its_own_rows_and_its_gradient_moves_with_it():
+    """GOAL's ascent takes the gradient at the projected graph laid out on the rows of the relaxed
+    variables its nodes came from (NB101's pruning removes nodes). The surrogate scores that layout
+    as the compact one, its gradient is the compact one's moved to those rows, and the rows of the
+    removed nodes get none."""
+    view = graph_view(NasBench101(stem_out_channels=4, num_stacks=1, num_modules_per_stack=1))
+    N = view.max_nodes
+    A = np.zeros((N, N))
+    A[0, 2] = A[2, 4] = A[4, N - 1] = A[0, 4] = A[1, 3] = 0.9      # nodes 1, 3 and 5 are off every path
+    graph, positions = view.project_with_positions(A, np.random.RandomState(0).normal(size=(N, len(view.op_vocab))))
+    assert positions == [0, 2, 4, N - 1]
+    model = DirectedGNN(len(view.op_vocab), hidden=16, num_layers=2, members=2,
+                        generator=torch.Generator().manual_seed(0))
+    scores, grads = [], []
+    for where in (None, positions):
+        a, x = (torch.tensor(m[None], requires_grad=True) for m in view.encode(graph, where))
+        score = model(a, x).sum()
+        scores.append(float(score.detach()))
+        grads.append([g[0].numpy() for g in torch.autograd.grad(score, (a, x))])
+    assert scores[0] == pytest.approx(scores[1], rel=1e-5)
+    compact = view.default_positions(graph.num_nodes)
+    (gA_c, gX_c), (gA_p, gX_p) = grads
+    np.testing.assert_allclose(gA_p[np.ix_(positions, positions)], gA_c[np.ix_(compact, compact)], rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(gX_p[positions], gX_c[compact], rtol=1e-5, atol=1e-7)
+    removed = [1, 3, 5]
+    assert not gA_p[removed].any() and not gA_p[:, removed].any() and not gX_p[removed].any()
+    assert np.abs(gA_p[np.ix_(positions, positions)]).sum() > 0
+
+
 def test_invalid_arguments():
     with pytest.raises(ValueError, match="batch_size"):
         GOAL(batch_size=0)
@@ -248,6 +277,19 @@ def test_valid_proposals_on_hub_spaces(space_fn):
         for constraint in view.constraints:   # NB101: <= 9 edges, connected; NNI's own check
             assert constraint.check_contains(dict(model.sample)) is None
     assert strategy.surrogate_history
+
+
+def test_default_initial_design_is_the_notes_n0_of_the_space(table):
+    """``n_init=None`` (the default): 10 random architectures before the first surrogate fit on
+    NB201, 20 on NB101 (the notes' N0)."""
+    strategy, _ = run_on_table(table, 12, n_init=None)
+    assert strategy.surrogate_history[0]["num_train"] == 10
+    space = SimplifiedModelSpace.from_model(NasBench101(stem_out_channels=4, num_stacks=1, num_modules_per_stack=1),
+                                            FunctionalEvaluator(lambda model: None))
+    strategy = GOAL(seed=0, **{**SMALL, "n_init": None})
+    strategy(space, ShuffledEngine(_graph_metric(graph_view(space)), budget=22, concurrency=1))
+    assert strategy.surrogate_history[0]["num_train"] == 20
+    assert "n_init=None" in repr(strategy)
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -63,14 +63,21 @@ def test_projection_always_valid(spaces, name):
     view = graph_view(space)
     rng = np.random.RandomState(1)
     N, K = view.max_nodes, len(view.op_vocab)
+    rejected = 0
     for trial in range(200):
         A = rng.uniform(-0.5, 1.5, size=(N, N)) if trial % 2 else rng.uniform(0, 1, size=(N, N)) ** 3
         X = rng.normal(size=(N, K))
-        graph = view.project(A, X)
+        try:
+            graph = view.project(A, X)
+        except InvalidGraph as err:             # NB101 rejects a repaired cell over the edge limit
+            assert name == "nb101" and "edges > max" in str(err), err
+            rejected += 1
+            continue
         sample = view.to_sample(graph)          # raises InvalidGraph if the projection were invalid
         assert view.to_graph(sample) == graph
         for constraint in view.constraints:
             assert constraint.check_contains(dict(sample)) is None
+    assert rejected <= 10
     space.freeze(sample)
 
 
@@ -114,11 +121,45 @@ def test_nb101_projection_repairs_and_limits_edges(spaces):
     # all-ones scores: 21 candidate edges, only 9 may stay
     graph = view.project(np.ones((N, N)), X)
     assert graph.adjacency.sum() <= 9
-    # all scores below the threshold: no edge survives, repair adds the best input->output path
+    # the output unreachable: repair adds the strongest edge from a node the input reaches to a node
+    # that reaches the output (here 3 -> output, 0.4, over the weaker chains), then prunes node 5
     A = np.full((N, N), 0.1)
-    A[0, 3] = A[3, N - 1] = 0.4
-    graph = view.project(A, X)
-    assert graph.num_nodes == 3 and graph.adjacency.tolist() == [[0, 1, 0], [0, 0, 1], [0, 0, 0]]
+    A[0, 2] = A[2, 3] = A[4, 5] = 0.9
+    A[3, N - 1], A[0, N - 1], A[1, N - 1] = 0.4, 0.3, 0.45
+    graph, positions = view.project_with_positions(A, X)
+    assert positions == [0, 2, 3, N - 1]
+    assert graph.adjacency.tolist() == [[0, 1, 0, 0], [0, 0, 1, 0], [0, 0, 0, 1], [0, 0, 0, 0]]
+    # nothing above the threshold: only the direct input -> output edge completes a path
+    graph, positions = view.project_with_positions(np.full((N, N), 0.1), X)
+    assert graph.num_nodes == 2 and positions == [0, N - 1]
+    # a repaired cell over the edge limit is rejected, not trimmed
+    A = np.zeros((N, N))
+    for i, j in [(0, 1), (1, 2), (2, 3), (3, 4), (4, 5), (0, 5), (1, 5), (2, 5), (3, 5)]:
+        A[i, j] = 0.9                               # 9 edges, every node on a path to node 5
+    A[5, N - 1] = 0.2                               # ... which the repair joins to the output: 10 edges
+    with pytest.raises(InvalidGraph, match="edges > max"):
+        view.project(A, X)
+
+
+def test_encode_at_positions_puts_each_node_on_its_row(spaces):
+    """A pruned projection laid out on the rows its nodes came from: the dense arrays hold the
+    graph there, the rows of removed nodes are empty, and the default layout is the compact one."""
+    view = graph_view(spaces["nb101"])
+    N = view.max_nodes
+    rng = np.random.RandomState(3)
+    X = rng.normal(size=(N, len(view.op_vocab)))
+    A = np.zeros((N, N))
+    A[0, 2] = A[2, 4] = A[4, N - 1] = A[1, 3] = 0.9    # nodes 1 and 3 are off every path
+    graph, positions = view.project_with_positions(A, X)
+    assert positions == [0, 2, 4, N - 1]
+    Ag, Xg = view.encode(graph, positions)
+    assert {(int(i), int(j)) for i, j in zip(*np.nonzero(Ag))} == {(0, 2), (2, 4), (4, N - 1)}
+    assert not Xg[[1, 3, 5]].any() and (Xg[positions].sum(1) == 1).all()
+    Ac, Xc = view.encode(graph)
+    assert {(int(i), int(j)) for i, j in zip(*np.nonzero(Ac))} == {(0, 1), (1, 2), (2, N - 1)}
+    assert view.project_with_positions(Ag, Xg) == (graph, positions)
+    with pytest.raises(ValueError, match="positions"):
+        view.encode(graph, [0, 3, 2, N - 1])
 
 
 def test_invalid_graphs_rejected(spaces):
