@@ -227,10 +227,7 @@ class DrNASLightningModule(ArchDistributionModule):
             return None
         total = None
         for alpha in self.unique_arch_parameters().values():
-            mask = self.arch_weights.mask(alpha)
-            beta = DirichletWeights.concentration(alpha.float())
-            if mask is not None:
-                beta = beta[mask]
+            beta = DirichletWeights.concentration(alpha.float())     # every choice, pruned ones too (the code's _get_kl_reg)
             kl = torch.distributions.kl_divergence(torch.distributions.Dirichlet(beta),
                                                    torch.distributions.Dirichlet(torch.ones_like(beta)))
             total = kl if total is None else total + kl
@@ -274,10 +271,14 @@ class DrNAS(ArchDistributionStrategy):
       then the evaluator's weight step on a ``train`` batch;
     * regulariser ``l2``: Adam weight decay ``reg_scale`` on ``alpha`` (pulls ``beta`` to the anchor
       1; the code's default) or ``kl``: ``reg_scale * sum KL(Dir(beta) || Dir(1))`` in the arch loss
-      with no weight decay;
+      with no weight decay, over every choice's full ``beta`` (pruned choices included, as the
+      code's ``_get_kl_reg`` ignores the masks);
     * export: argmax ``beta`` per choice; for ``Cell``\\ s the DARTS rule (per node the two inputs
       with the largest op weight, each with its argmax op), with NNI's implicit zero op disabled
-      (DrNAS's DARTS space has no ``none``).
+      (DrNAS's DARTS space has no ``none``). Departure: the op weights that rank a node's inputs
+      are the normalised ``beta`` (the issue's "export uses the normalised beta"); the code's
+      ``genotype`` ranks them by the masked softmax of ``x``. The argmax op of an edge is the same
+      under both; which two inputs of a node win can differ.
 
     Progressive learning (``stages``): every ``LayerChoice`` / ``Cell`` edge becomes a partial-channel
     mixed op (ops at ``C/K``, the other channels bypass, channel shuffle); at each stage start the

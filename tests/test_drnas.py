@@ -68,6 +68,9 @@ def test_regularisers():
     assert torch.isclose(module.arch_regularizer(), torch.tensor(0.0) + 0.5 * expected)  # differentiable
     module.arch_regularizer().backward()
     assert params["op"].grad is not None
+    # a pruned choice stays in the KL, as in DrNAS's _get_kl_reg (which ignores the masks)
+    module.arch_weights.set_mask(params["op"], torch.tensor([True, False, True]))
+    assert torch.isclose(module.arch_regularizer(), 0.5 * expected, atol=1e-5)
 
 
 def test_invalid_arguments():
