@@ -6,11 +6,12 @@ and sparse architecture weights. Reference code: liamcli/gaea_release.
 """
 from __future__ import annotations
 
+import copy as _copy
 import logging
 from typing import Any, Iterable, Mapping
 
 import torch
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, RandomSampler, Sampler, SequentialSampler
 
 from nni.nas.evaluator.pytorch import DataLoader as TracedDataLoader
 
@@ -34,6 +35,7 @@ class ExponentiatedGradient(torch.optim.Optimizer):
     (``normalize_first=True`` divides first and clamps after, as GAEA's GDAS architect does).
     The clamp lets an entry that underflowed recover.
 
+
     Parameters
     ----------
     params
@@ -44,14 +46,20 @@ class ExponentiatedGradient(torch.optim.Optimizer):
         Lower bound of every entry (default 1e-5).
     normalize_first
         Normalise before clamping.
+    supports
+        ``{parameter: bool tensor of its shape}``: the choices marked ``False`` are out of the
+        simplex; they stay exactly 0 and the others take the EG step of the smaller simplex (GAEA's
+        ``exclude_none``). Not part of the optimiser's state: whoever builds it passes them.
     """
 
-    def __init__(self, params: Iterable[Any], lr: float = 0.1, clamp: float = 1e-5, normalize_first: bool = False):
+    def __init__(self, params: Iterable[Any], lr: float = 0.1, clamp: float = 1e-5, normalize_first: bool = False,
+                 supports: Mapping[torch.Tensor, torch.Tensor] | None = None):
         if lr <= 0:
             raise ValueError(f"Exponentiated gradient needs lr > 0, got {lr}")
         if not 0 <= clamp < 1:
             raise ValueError(f"clamp must be in [0, 1), got {clamp}")
         super().__init__(params, {"lr": lr, "clamp": clamp, "normalize_first": normalize_first})
+        self.supports = {p: torch.as_tensor(mask, dtype=torch.bool) for p, mask in (supports or {}).items()}
 
     @torch.no_grad()
     def step(self, closure=None):
@@ -63,12 +71,17 @@ class ExponentiatedGradient(torch.optim.Optimizer):
             for p in group["params"]:
                 if p.grad is None:
                     continue
-                p.mul_(torch.exp(-group["lr"] * p.grad))
+                support = self.supports.get(p)
+                grad = p.grad if support is None else p.grad.masked_fill(~support, 0.0)
+                p.mul_(torch.exp(-group["lr"] * grad))
                 if group["normalize_first"]:
                     p.div_(p.sum(-1, keepdim=True))
                     p.clamp_(min=group["clamp"])
                 else:
                     p.clamp_(min=group["clamp"])
+                if support is not None:
+                    p.mul_(support)
+                if not group["normalize_first"]:
                     p.div_(p.sum(-1, keepdim=True))
         return loss
 
@@ -99,14 +112,21 @@ class GAEALightningModule(ArchDistributionModule):
         groups = [{"params": ops, "lr": self.arc_learning_rate}]
         if edges:
             groups.append({"params": edges, "lr": self.edge_learning_rate})
-        return ExponentiatedGradient(groups, lr=self.arc_learning_rate, normalize_first=self.normalize_first)
+        supports = {p: self.arch_weights.mask(p) for p in ops if self.arch_weights.mask(p) is not None}
+        return ExponentiatedGradient(groups, lr=self.arc_learning_rate, normalize_first=self.normalize_first,
+                                     supports=supports)
 
     def arch_regularizer(self) -> torch.Tensor | None:
-        """``lambda * sum theta * log(|O| theta)`` over the op distributions (KL to uniform)."""
+        """``lambda * sum theta * log(|O| theta)`` over the op distributions (KL to uniform), with
+        ``O`` the choices left after ``exclude_none``."""
         if not self.entropy_weight:
             return None
         ops, _ = self._op_and_edge_parameters()
-        total = sum((p * torch.log(p.numel() * p)).sum() for p in ops)
+        total = 0.0
+        for p in ops:
+            mask = self.arch_weights.mask(p)
+            theta = p if mask is None else p[mask]
+            total = total + (theta * torch.log(theta.numel() * theta)).sum()
         return self.entropy_weight * total
 
     def ddp_unused_parameters(self) -> bool:
@@ -150,8 +170,10 @@ class GAEA(ArchDistributionStrategy):
       renormalise (:class:`ExponentiatedGradient`), on the loss plus the optional entropic term
       ``entropy_weight * sum theta log(|O| theta)``; then the evaluator's weight step;
     * ``single_level=True`` (ERM, the paper's headline): both steps use the evaluator's **training**
-      data, the arch batch from an independently shuffled copy of the train loader; the evaluator's
-      val loader is not used. ``single_level=False``: bilevel, arch steps on the val loader;
+      data, the arch batch from an independently shuffled copy of the train loader (same dataset,
+      batching and workers; a sampler or batch sampler the user gave, e.g. a subset, is kept with a
+      random stream of its own); the evaluator's val loader is not used. ``single_level=False``:
+      bilevel, arch steps on the val loader;
     * export: argmax ``theta`` per choice; for ``Cell``\\ s the DARTS rule on ``theta`` (times the
       edge weights for PC-DARTS), never picking the implicit zero op or ``none``.
 
@@ -182,8 +204,9 @@ class GAEA(ArchDistributionStrategy):
     partial_k
         Partial-channel factor (``pc-darts`` only; default 4).
     exclude_none
-        Remove choices named ``none`` from ``LayerChoice``\\ s (masked, never chosen), as the release
-        searches NAS-Bench-201 (``exclude_zero=true``). Cells keep their implicit zero op, as GAEA
+        Remove choices named ``none`` from ``LayerChoice``\\ s, as the release searches NAS-Bench-201
+        (``exclude_zero=true``): ``theta`` starts uniform over the other choices, its ``none`` entry
+        stays 0, and EG runs on the smaller simplex. Cells keep their implicit zero op, as GAEA
         PC-DARTS searches ``none`` on the DARTS space.
     temperature
         ``(start, end)`` Gumbel temperature (``gdas`` only; default ``(10, 0.1)``).
@@ -265,6 +288,8 @@ class GAEA(ArchDistributionStrategy):
                     if not bool(keep.any()):
                         raise ValueError(f"LayerChoice {module.label!r} only offers 'none'; use exclude_none=False")
                     self.arch_weights.set_mask(module._arch_alpha, keep)
+                    with torch.no_grad():
+                        module._arch_alpha.copy_(keep.to(module._arch_alpha.dtype) / keep.sum())
         return model
 
     def train_dataloader(self, train_dataloader_fn, val_dataloader_fn):
@@ -274,9 +299,7 @@ class GAEA(ArchDistributionStrategy):
         if not isinstance(train, DataLoader):
             raise TypeError(f"GAEA single_level=True needs a torch DataLoader as training data, got {type(train).__name__}; "
                             "use single_level=False to pass the architecture data as validation loader")
-        shuffled = TracedDataLoader(train.dataset, batch_size=train.batch_size, shuffle=True, num_workers=train.num_workers,
-                              collate_fn=train.collate_fn, pin_memory=train.pin_memory, drop_last=train.drop_last)
-        return {"train": train, "val": shuffled}
+        return {"train": train, "val": _shuffled_copy(train)}
 
     def configure_oneshot_module(self, training_module) -> GAEALightningModule:
         return GAEALightningModule(
@@ -291,3 +314,30 @@ class GAEA(ArchDistributionStrategy):
                  "gdas": f", temperature={self.temperature}"}.get(self.base, "")
         return (f"GAEA(base={self.base!r}, arc_learning_rate={self.arc_learning_rate}, "
                 f"single_level={self.single_level}, entropy_weight={self.entropy_weight}{extra})")
+
+
+
+def _shuffled_copy(loader: DataLoader) -> DataLoader:
+    """A loader over the same examples as ``loader`` in an order of its own. The default samplers
+    (sequential, random) become a random one; a sampler or batch sampler the user gave (a subset, a
+    weighting) is copied, with a fresh generator seeded from its own where it holds one."""
+    options = dict(num_workers=loader.num_workers, collate_fn=loader.collate_fn, pin_memory=loader.pin_memory)
+    if loader.batch_size is None and loader.batch_sampler is not None:        # DataLoader(batch_sampler=...)
+        return TracedDataLoader(loader.dataset, batch_sampler=_fresh(loader.batch_sampler), **options)
+    batching = dict(batch_size=loader.batch_size, drop_last=loader.drop_last)
+    if type(loader.sampler) in (SequentialSampler, RandomSampler):
+        return TracedDataLoader(loader.dataset, shuffle=True, **batching, **options)
+    return TracedDataLoader(loader.dataset, sampler=_fresh(loader.sampler), **batching, **options)
+
+
+def _fresh(sampler: Any) -> Any:
+    """A shallow copy of ``sampler`` (and of the sampler a batch sampler wraps) whose ``generator``,
+    where it has one, is a new one seeded from the original's seed, so the copy does not replay the
+    original's order."""
+    copy = _copy.copy(sampler)
+    if isinstance(getattr(copy, "sampler", None), Sampler):
+        copy.sampler = _fresh(copy.sampler)
+    generator = getattr(copy, "generator", None)
+    if isinstance(generator, torch.Generator):
+        copy.generator = torch.Generator(device=generator.device).manual_seed(generator.initial_seed() + 1)
+    return copy

@@ -86,6 +86,27 @@ def test_single_level_uses_training_data_for_both_steps():
         strategy.train_dataloader(lambda: [1, 2], lambda: None)
 
 
+def test_single_level_arch_batches_keep_the_users_sampler():
+    """ERM's arch batches come from the examples the weight batches come from: a subset sampler (or
+    a batch sampler) of the user's is kept, with a generator of its own."""
+    from torch.utils.data import BatchSampler, DataLoader, SubsetRandomSampler, TensorDataset
+    data = TensorDataset(torch.arange(40).float()[:, None], torch.zeros(40, dtype=torch.long))
+    subset = list(range(0, 40, 4))
+    generator = torch.Generator().manual_seed(5)
+    train = DataLoader(data, batch_size=3, sampler=SubsetRandomSampler(subset, generator=generator))
+    before = generator.get_state()
+    val = GAEA().train_dataloader(lambda: train, lambda: None)["val"]
+    assert isinstance(val.sampler, SubsetRandomSampler) and val.batch_size == 3
+    assert val.sampler.generator is not generator and torch.equal(generator.get_state(), before)
+    seen = [int(v) for x, _ in val for v in x[:, 0]]
+    assert sorted(seen) == subset
+    assert seen != [int(v) for x, _ in train for v in x[:, 0]]      # an order of its own
+    batches = DataLoader(data, batch_sampler=BatchSampler(SubsetRandomSampler(subset), batch_size=4, drop_last=False))
+    val = GAEA().train_dataloader(lambda: batches, lambda: None)["val"]
+    assert val.batch_sampler is not batches.batch_sampler and val.batch_sampler.sampler is not batches.batch_sampler.sampler
+    assert sorted(int(v) for x, _ in val for v in x[:, 0]) == subset
+
+
 def test_invalid_arguments():
     with pytest.raises(ValueError, match="base"):
         GAEA(base="enas")
@@ -95,12 +116,43 @@ def test_invalid_arguments():
         GAEA(arc_learning_rate=-1.0)
 
 
-def test_exclude_none_masks_none_choice():
+@pytest.mark.parametrize("normalize_first", [False, True])
+def test_eg_with_a_support_is_eg_on_the_smaller_simplex(normalize_first):
+    """A choice outside the support stays exactly 0, whatever its gradient (NaN included), and the
+    others take the EG step of the simplex without it."""
+    theta = nn.Parameter(torch.tensor([0.0, 0.2, 0.3, 0.5]))
+    small = nn.Parameter(torch.tensor([0.2, 0.3, 0.5]))
+    opt = ExponentiatedGradient([theta], lr=0.1, normalize_first=normalize_first,
+                                supports={theta: torch.tensor([False, True, True, True])})
+    reference = ExponentiatedGradient([small], lr=0.1, normalize_first=normalize_first)
+    torch.manual_seed(0)
+    for step in range(20):
+        grad = torch.randn(3) * 3
+        theta.grad = torch.cat([torch.tensor([float("nan") if step == 3 else 5.0]), grad])
+        small.grad = grad.clone()
+        opt.step()
+        reference.step()
+        assert theta[0] == 0 and torch.allclose(theta[1:], small, atol=1e-6)
+    opt.load_state_dict(opt.state_dict())                 # a checkpoint's state leaves the support alone
+    theta.grad = torch.ones(4)
+    opt.step()
+    assert theta[0] == 0
+
+
+def test_exclude_none_takes_none_out_of_the_simplex():
+    """exclude_none: ``none`` is masked, starts (and stays) at 0, the others start uniform at 1/4;
+    EG's support and the entropic term (KL to the uniform over 4 choices) leave it out."""
     space = NasBench201(stem_out_channels=8, num_modules_per_stack=1)
-    model, module = _module(GAEA(), space)
+    model, module = _module(GAEA(entropy_weight=0.5), space)
+    optimizer = module.configure_architecture_optimizers()
     for param in module.unique_arch_parameters().values():
         mask = module.arch_weights.mask(param)
         assert mask is not None and mask.tolist() == [False, True, True, True, True]
+        assert param.tolist() == [0.0, 0.25, 0.25, 0.25, 0.25]
+        assert torch.equal(optimizer.supports[param], mask)
+    assert torch.isclose(module.arch_regularizer(), torch.tensor(0.0), atol=1e-7)   # uniform over the 4 = zero KL
+    _, kept = _module(GAEA(exclude_none=False), NasBench201(stem_out_channels=8, num_modules_per_stack=1))
+    assert all(torch.allclose(p, torch.full((5,), 0.2)) for p in kept.unique_arch_parameters().values())
 
 
 def test_gdas_evaluates_only_the_sampled_op_and_anneals():
@@ -157,7 +209,9 @@ def test_exports_on_hub_nasbench201_freeze(base):
     assert "sparsity/mean" in metrics and "entropy/cell/0_1" in metrics
     assert any(k.startswith("prob/cell/1_2/") for k in metrics)
     for param in module.unique_arch_parameters().values():
-        assert torch.isclose(param.sum(), torch.tensor(1.0), atol=1e-5) and bool((param > 0).all())
+        mask = module.arch_weights.mask(param)         # exclude_none: `none` stays at 0
+        assert torch.isclose(param.sum(), torch.tensor(1.0), atol=1e-5)
+        assert bool((param[mask] > 0).all()) and bool((param[~mask] == 0).all())
 
 
 def test_export_on_hub_darts_space_and_registry():
