@@ -165,7 +165,11 @@ class NASGEM(Strategy):
       ``encoder_steps`` = 150, ``pretrain_size`` = 1000 graphs (notes: 10^4-10^5).
     - The pool is kept across rounds rather than redrawn in full: every round adds ``pool_refresh``
       fresh draws to a bank holding the ``pool_size`` most recent distinct graphs (the pre-training
-      graphs included), so each graph is sampled and embedded once.
+      graphs included), so each graph is sampled and embedded once. So the first round scores about
+      ``pretrain_size + pool_refresh`` graphs (2,000 by default), and the pool reaches M only after
+      ``(pool_size - pretrain_size) / pool_refresh`` rounds (9 by default).
+    - The GIN's readout concatenates the sum-pooled node states of every layer, the input one-hots
+      included, before the linear map to z (notes: sum pooling of the last layer, then a linear map).
     - ``num_init`` = 10 (notes: 20): with batches of 10 the predictor chooses 15 of the first 25 queries.
     - ``score_transform="rank"`` [D, ours]: the predictor regresses the normal scores of the metrics'
       ranks (``Phi^-1((rank - 1/2) / n)``, ties averaged) instead of the standardised metrics
@@ -179,11 +183,20 @@ class NASGEM(Strategy):
       adjacency-reconstruction loss is added, so the embedding of a graph is computed once and cached.
     - The strategy's tensor work runs on one intra-op thread (restored afterwards): the models are
       tiny and multi-threaded kernels were many times slower on a shared CPU.
+    - The notes' stand-in "efficiency score" for hardware runs, ``acc - beta * max(0, MACs/target - 1)``,
+      is not built in: the predictor ranks the scalar metric a trial reports (or its ``'default'``
+      key), so a trial that should trade accuracy for MACs reports that score itself.
 
     Additions:
 
-    - ``wl_loss=False`` is the ablation "GNN encoder without the WL loss": no pre-training; encoder and
-      predictor are trained together, from scratch, on the evaluated cells at every round.
+    - The notes' NB101 ablation has three arms: (a) ``encoding="onehot"``, no graph encoder: the
+      predictor reads the cell's dense adjacency (upper triangle) and one-hot op labels in the graph
+      view's layout (:meth:`search_spaces.graph.GraphView.encode`), flattened, and the diversity
+      filter compares those vectors; (b) ``wl_loss=False``, "GNN encoder without the WL loss": no
+      pre-training; encoder and predictor are trained together, from scratch, on the evaluated cells
+      at every round; (c) the default, the WL-guided encoder. Arms (a) and (b) still draw
+      ``pretrain_size`` graphs into the pool bank before the first round, as (c)'s pre-training
+      does, so that all three arms choose from pools of the same size.
     - The predictor's quality is measured at every refit: a fit on all but ``holdout_fraction`` of the
       evaluated cells is scored by Kendall's tau on the rest. Each value is logged and appended to
       :attr:`predictor_history` (read by ``nni_plugins``' TensorBoard logger); proposals use the fit
@@ -234,7 +247,11 @@ class NASGEM(Strategy):
     encoder_lr
         Adam learning rate of the encoder.
     wl_loss
-        Pre-train the encoder with the WL loss (``False``: the ablation described above).
+        Pre-train the encoder with the WL loss (``False``: ablation arm (b) above). No effect with
+        ``encoding="onehot"``.
+    encoding
+        ``"gnn"`` (default): cells are embedded by the GIN encoder; ``"onehot"``: ablation arm (a),
+        the flattened adjacency and op one-hots.
     predictor_hidden
         Width of the predictor's two hidden layers.
     predictor_epochs
@@ -260,7 +277,7 @@ class NASGEM(Strategy):
                  pretrain_size: int = 1000,
                  wl_iterations: int = 3, degree_labels: bool | str = "auto", embedding_dim: int = 32,
                  hidden_dim: int = 64, num_layers: int = 4, encoder_steps: int = 150, encoder_pairs: int = 128,
-                 encoder_lr: float = 1e-3, wl_loss: bool = True, predictor_hidden: int = 64,
+                 encoder_lr: float = 1e-3, wl_loss: bool = True, encoding: str = "gnn", predictor_hidden: int = 64,
                  predictor_epochs: int = 200, predictor_lr: float = 1e-3, ensemble_size: int = 1,
                  score_transform: str = "rank",
                  holdout_fraction: float = 0.2, epsilon: float = 0.1, diversity_threshold: float = 0.98,
@@ -284,6 +301,9 @@ class NASGEM(Strategy):
         if not isinstance(wl_loss, bool):
             raise TypeError(f"NASGEM: wl_loss must be a bool, got {type(wl_loss).__name__}")
         self.wl_loss = wl_loss
+        if encoding not in ("gnn", "onehot"):
+            raise ValueError(f"NASGEM: encoding must be 'gnn' or 'onehot', got {encoding!r}")
+        self.encoding = encoding
         self.predictor_hidden = _check_int("predictor_hidden", predictor_hidden, 1)
         self.predictor_epochs = _check_int("predictor_epochs", predictor_epochs, 1)
         self.predictor_lr = _check_float("predictor_lr", predictor_lr, 0.0, math.inf, low_open=True)
@@ -331,6 +351,7 @@ class NASGEM(Strategy):
     def extra_repr(self) -> str:
         return (f"num_init={self.num_init}, batch_size={self.batch_size}, pool_size={self.pool_size}, "
                 f"wl_iterations={self.wl_iterations}, embedding_dim={self.embedding_dim}, wl_loss={self.wl_loss}, "
+                f"encoding={self.encoding!r}, "
                 f"score_transform={self.score_transform!r}, epsilon={self.epsilon}, "
                 f"diversity_threshold={self.diversity_threshold}, seed={self.seed}")
 
@@ -349,10 +370,12 @@ class NASGEM(Strategy):
         self.engine.unregister_model_event_callback(ModelEventType.TrainingEnd, self._training_end_callback)
 
     def _run(self) -> None:
-        if self.wl_loss and not self._encoder_ready:
+        if self._pretrains and not self._encoder_ready:
             start = time.perf_counter()
             self._pretrain_encoder()
             self.timing["pretrain"] += time.perf_counter() - start
+        elif not self._bank:
+            self._draw_pretrain_set()     # the bank arm (c)'s pre-training draws, so pools have one size
         while self.wait_for_resource():
             start = time.perf_counter()
             proposal = self._next_proposal()
@@ -579,6 +602,11 @@ class NASGEM(Strategy):
 
     # ------------------------------------------------------------------ encoder and predictor
 
+    @property
+    def _pretrains(self) -> bool:
+        """The WL-guided encoder (arm (c)): pre-trained once, then frozen."""
+        return self.encoding == "gnn" and self.wl_loss
+
     def _new_encoder(self) -> GINEncoder:
         return GINEncoder(len(self._vocab), self.hidden_dim, self.num_layers, self.embedding_dim)
 
@@ -602,26 +630,44 @@ class NASGEM(Strategy):
         parts = [encoder(*self._tensorize(graphs[i:i + chunk])) for i in range(0, len(graphs), chunk)]
         return torch.cat(parts) if parts else torch.zeros(0, self.embedding_dim)
 
+    def _onehot(self, graphs: list[ArchGraph]) -> np.ndarray:
+        """Arm (a)'s encoding: upper triangle of the dense adjacency and the one-hot labels, flattened."""
+        upper = np.triu_indices(self._view.max_nodes, 1)
+        rows = []
+        for graph in graphs:
+            A, X = self._view.encode(graph)
+            rows.append(np.concatenate([A[upper], X.ravel()]))
+        return np.asarray(rows, dtype=np.float32).reshape(len(graphs), -1)
+
     def _embed(self, graphs: list[ArchGraph], keys: list[str]) -> np.ndarray:
-        """Embeddings of ``graphs`` by the frozen pre-trained encoder (cached by graph key)."""
-        if not self._encoder_ready:
+        """Fixed embeddings of ``graphs`` (cached by graph key): the frozen pre-trained encoder's, or
+        arm (a)'s one-hot encoding; empty for arm (b), whose encoder is refitted with the predictor."""
+        if self.encoding == "gnn" and not self._encoder_ready:
             return np.zeros((len(graphs), 0), dtype=np.float32)
         missing = [i for i, key in enumerate(keys) if key not in self._embed_cache]
         if missing:
-            with torch.no_grad():
-                z = self._encode(self._encoder, [graphs[i] for i in missing]).numpy()
+            if self.encoding == "onehot":
+                z = self._onehot([graphs[i] for i in missing])
+            else:
+                with torch.no_grad():
+                    z = self._encode(self._encoder, [graphs[i] for i in missing]).numpy()
             for row, i in enumerate(missing):
                 self._embed_cache[keys[i]] = z[row]
         return np.stack([self._embed_cache[key] for key in keys])
 
-    @_torch_single_thread()
-    def _pretrain_encoder(self) -> None:
-        """Label-free pre-training: cos(z_G, z_G') regressed on the normalised WL kernel (MSE)."""
+    def _draw_pretrain_set(self) -> list[ArchGraph]:
+        """Up to ``pretrain_size`` distinct graphs drawn into the bank (three tries at the shortfall)."""
         graphs: list[ArchGraph] = []
         for _ in range(3):
             graphs += self._draw(self.pretrain_size - len(graphs))
             if len(graphs) >= self.pretrain_size:
                 break
+        return graphs
+
+    @_torch_single_thread()
+    def _pretrain_encoder(self) -> None:
+        """Label-free pre-training: cos(z_G, z_G') regressed on the normalised WL kernel (MSE)."""
+        graphs = self._draw_pretrain_set()
         if len(graphs) < 2:
             raise ValueError(f"NASGEM: the space has fewer than 2 distinct graphs ({self._view.name} view); "
                              "there is nothing to search")
@@ -661,20 +707,20 @@ class NASGEM(Strategy):
         self.encoder_loss = float(loss.item()) if self.encoder_steps else float("nan")
 
     def _fit_once(self, graphs: list[ArchGraph], y: np.ndarray):
-        """Fit the predictor (and, for ``wl_loss=False``, a fresh encoder) on ``graphs``; returns a scorer."""
+        """Fit the predictor (and, for arm (b), a fresh encoder) on ``graphs``; returns a scorer."""
         target = torch.from_numpy(self._targets(y).astype(np.float32))
         encoders: list[GINEncoder | None] = []
         heads: list[_Predictor] = []
-        if self.wl_loss:
-            keys = [g.key() for g in graphs]
-            z_train = torch.from_numpy(self._embed(graphs, keys))
+        fixed = self.encoding == "onehot" or self.wl_loss
+        if fixed:
+            z_train = torch.from_numpy(self._embed(graphs, [g.key() for g in graphs]))
         else:
             tensors = self._tensorize(graphs)
         for _ in range(self.ensemble_size):
-            head = _Predictor(self.embedding_dim, self.predictor_hidden)
+            head = _Predictor(z_train.shape[1] if fixed else self.embedding_dim, self.predictor_hidden)
             params = list(head.parameters())
             encoder = None
-            if not self.wl_loss:
+            if not fixed:
                 encoder = self._new_encoder()
                 params += list(encoder.parameters())
             optimizer = torch.optim.Adam(params, lr=self.predictor_lr)

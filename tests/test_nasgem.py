@@ -236,6 +236,32 @@ def test_wl_loss_off_ablation_trains_encoder_with_predictor(table):
     assert strategy.predictor_history
 
 
+def test_onehot_ablation_reads_the_flattened_adjacency_and_labels(table):
+    """Arm (a) of the notes' ablation: no encoder; the predictor and the diversity filter read the
+    upper triangle of the dense adjacency and the one-hot labels of the view's layout."""
+    strategy, archs = run_on_table(table, 14, seed=0, encoding="onehot")
+    assert len(set(archs)) == 14 and strategy.predictor_history
+    assert strategy._encoder is None and strategy.timing["pretrain"] == 0.0
+    view = strategy._view
+    graph = view.to_graph(strategy.evaluated[0][0])
+    A, X = view.encode(graph)
+    z = strategy._embed([graph], [graph.key()])[0]
+    N = view.max_nodes
+    assert z.shape == (N * (N - 1) // 2 + X.size,)
+    assert np.array_equal(z, np.concatenate([A[np.triu_indices(N, 1)], X.ravel()]))
+    assert "encoding='onehot'" in repr(strategy)
+
+
+def test_the_three_ablation_arms_choose_from_pools_of_one_size(table):
+    """Arms (a) and (b) draw the bank that arm (c)'s pre-training draws, so the first round's pool
+    has the same size in all three."""
+    sizes = {}
+    for arm in ({}, {"wl_loss": False}, {"encoding": "onehot"}):
+        strategy, _ = run_on_table(table, SMALL["num_init"], seed=0, **arm)
+        sizes[str(arm)] = len(strategy._bank)
+    assert len(set(sizes.values())) == 1, sizes
+
+
 def test_rank_targets_ignore_the_metric_scale(table):
     """With ``score_transform="rank"`` the predictor sees only the order of the metrics: an increasing
     transform of every metric leaves its scores unchanged; with ``"standardize"`` it does not."""
@@ -278,6 +304,8 @@ def test_invalid_arguments():
         NASGEM(degree_labels="yes")
     with pytest.raises(TypeError, match="wl_loss"):
         NASGEM(wl_loss=1)
+    with pytest.raises(ValueError, match="encoding must be 'gnn' or 'onehot'"):
+        NASGEM(encoding="adjacency")
     with pytest.raises(ValueError, match="score_transform must be 'rank' or 'standardize'"):
         NASGEM(score_transform="minmax")
 
