@@ -184,7 +184,8 @@ class GAEA(ArchDistributionStrategy):
       edge, and for cells EG-updated edge weights, one simplex vector per node over its inputs
       (init ``1/#inputs``, step ``edge_learning_rate``).
     * ``"gdas"``: hard straight-through Gumbel-softmax on ``log theta`` (one draw per label per
-      forward; only the chosen op is evaluated), temperature annealed linearly from 10 to 0.1 after
+      forward; only the chosen op of a ``LayerChoice`` or ``Cell`` edge is evaluated, while an
+      ``InputChoice`` weighs its inputs, which exist anyway, with the one-hot draw), temperature annealed linearly from 10 to 0.1 after
       the warm-up; EG with ``eta`` 0.01, ``entropy_weight`` 0.01, normalise-then-clamp.
 
     Parameters
