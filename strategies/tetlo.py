@@ -179,6 +179,30 @@ def _restored(tensors: Sequence[torch.Tensor]) -> Iterator[list[torch.Tensor]]:
                 tensor.copy_(copy)
 
 
+class _SameDraws:
+    """``with draws():`` around each pass of a central difference: every pass after the first draws
+    from the global RNG what the first drew (the same dropout / drop-path masks), so the difference is
+    the derivative and not the change of mask divided by ``2ε``. The RNG ends as the first pass left
+    it, so a model that draws nothing sees the same random stream as without this."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        self.state: tuple[torch.Tensor, torch.Tensor | None] | None = None
+
+    @contextlib.contextmanager
+    def __call__(self) -> Iterator[None]:
+        cuda = self.device.type == "cuda"
+        if self.state is None:
+            self.state = (torch.get_rng_state(), torch.cuda.get_rng_state(self.device) if cuda else None)
+            yield
+            return
+        with torch.random.fork_rng(devices=[self.device] if cuda else []):
+            torch.set_rng_state(self.state[0])
+            if cuda:
+                torch.cuda.set_rng_state(self.state[1], self.device)
+            yield
+
+
 def _norm(tensors: Sequence[torch.Tensor]) -> torch.Tensor:
     return torch.sqrt(sum((t.detach().double() ** 2).sum() for t in tensors))
 
@@ -585,12 +609,13 @@ class TETLOLightningModule(DartsLightningModule):
         mixed_a = [torch.zeros_like(p) for p in A]
         if norm_v > 0:
             eps = self.fd_epsilon / float(norm_v)
-            feats = []
+            feats, draws = [], _SameDraws(x_t.device)
             with torch.no_grad():
                 for sign in (1.0, -1.0):
                     for p, p0, d in zip(V, V0, direction_v):
                         p.copy_(p0).add_(d, alpha=sign * eps)
-                    feats.append(self._aux_forward(x_t)[1])
+                    with draws():
+                        feats.append(self._aux_forward(x_t)[1])
                 for p, p0 in zip(V, V0):
                     p.copy_(p0)
             diff = (qrs_loss(feats[0], feat_main, quads, self.tau)
@@ -611,12 +636,13 @@ class TETLOLightningModule(DartsLightningModule):
         norm_w = _norm(direction_w)
         if norm_w > 0:
             eps_w = self.fd_epsilon / float(norm_w)
-            grads_a = []
+            grads_a, draws = [], _SameDraws(x_t.device)
             for sign in (1.0, -1.0):
                 with torch.no_grad():
                     for p, p0, d in zip(W, W0, direction_w):
                         p.copy_(p0).add_(d, alpha=sign * eps_w)
-                loss = self._main_loss(train_batch, batch_idx)
+                with draws():
+                    loss = self._main_loss(train_batch, batch_idx)
                 grads_a.append(_grads_or_zeros(torch.autograd.grad(loss, A, allow_unused=True), A))
             hyper = [h - (gp - gm) / (2 * eps_w) for h, gp, gm in zip(hyper, *grads_a)]
         return hyper, self._stats(hyper, direct, val_main, aux_val, logits_val, y_v)
@@ -653,8 +679,10 @@ class TETLOLightningModule(DartsLightningModule):
         logits_val, _ = self._aux_forward(x_v, v1)
         aux_val = self.aux_criterion(logits_val, y_v)
         val_main = self._main_loss(val_batch, batch_idx, w1)
-        direct = _grads_or_zeros(torch.autograd.grad(self.gamma * val_main, A, retain_graph=True, allow_unused=True), A)
         hyper = _grads_or_zeros(torch.autograd.grad(aux_val + self.gamma * val_main, A, allow_unused=True), A)
+        # γ ∂L_val^M(W', A)/∂A with W' held fixed, as the finite-difference mode's ``direct`` (for the stats)
+        held = self._main_loss(val_batch, batch_idx, {name: w.detach() for name, w in w1.items()})
+        direct = _grads_or_zeros(torch.autograd.grad(self.gamma * held, A, allow_unused=True), A)
         return hyper, self._stats(hyper, direct, val_main, aux_val, logits_val, y_v)
 
     # ---- training loop ---------------------------------------------------------------------
@@ -824,6 +852,12 @@ class TETLO(DARTS):
       group's multi-level code do (momentum buffer and weight decay), generalised to Adam: Adam's
       moments and bias corrections, with ``∂s/∂g = lr·(1−β1)/(1−β1^t)/(√v̂ + eps)`` element-wise, its
       denominator held fixed (a linearisation; before Adam's first step, a plain gradient step).
+      Neither unrolled step is clipped: where the real step clips (the auxiliary's at 5 by default,
+      the weights' with ``gradient_clip_val``) and the gradient is longer than the clip, the
+      unrolled step is longer than the step taken.
+    - The second pass of each central difference replays the first one's draws of the global RNG,
+      so a model with dropout or drop-path uses the same masks in both (otherwise the difference of
+      two masks divided by ``2ε`` swamps the derivative); a model that draws nothing is unaffected.
     - The unrolled QRS term also depends on A directly (the main features are computed with A), so
       the finite-difference hypergradient includes ``−λ∂²L_QRS/∂A∂V·(ξ_v⊙v)``, which the notes'
       formula omits; the exact mode contains it by construction, and the two modes agree.
@@ -885,7 +919,8 @@ class TETLO(DARTS):
     arc_learning_rate
         Learning rate of the architecture optimiser (Adam, betas (0.5, 0.999), weight decay 1e-3).
     gradient_clip_val
-        Gradient clipping of the weight step (NNI's DARTS option; the DARTS protocol uses 5).
+        Gradient clipping of the weight step (NNI's DARTS option). Default ``None``, NNI's
+        default, where the DARTS protocol of the notes clips at 5.
     log_prob_every_n_step
         Log the architecture distribution every this many steps (and at every epoch end).
     **kwargs

@@ -64,11 +64,11 @@ def _tiny_aux(classes: int = 3) -> nn.Module:
                          nn.Linear(4, classes))
 
 
-def _module(dtype=torch.float32, bn=True, space=None, unroll_lr=0.5, **kwargs) -> TETLOLightningModule:
+def _module(dtype=torch.float32, bn=True, space=None, unroll_lr=0.5, aux=None, **kwargs) -> TETLOLightningModule:
     """A prepared TETLO Lightning module on TinySpace (or ``space``), without a trainer."""
     torch.manual_seed(0)
     space = TinySpace(bn=bn) if space is None else space
-    strategy = TETLO(aux_model=_tiny_aux(), unroll_lr_w=unroll_lr, unroll_lr_v=unroll_lr, **kwargs)
+    strategy = TETLO(aux_model=_tiny_aux() if aux is None else aux, unroll_lr_w=unroll_lr, unroll_lr_v=unroll_lr, **kwargs)
     strategy.mutate_model(space)
     training_module = ClassificationModule(num_classes=3)
     training_module.set_model(space)
@@ -95,12 +95,33 @@ def test_finite_difference_hypergradient_matches_exact(gamma):
     module = _module(torch.float64, gamma=gamma)
     train, val = _batches(torch.float64)
     quads = sample_quadruples(8, 64, generator=torch.Generator().manual_seed(2))
-    fd, _ = module.compute_hypergradient(train, val, quadruples=quads, mode="finite_difference")
-    exact, _ = module.compute_hypergradient(train, val, quadruples=quads, mode="exact")
+    fd, fd_stats = module.compute_hypergradient(train, val, quadruples=quads, mode="finite_difference")
+    exact, exact_stats = module.compute_hypergradient(train, val, quadruples=quads, mode="exact")
     fd, exact = _flat(fd), _flat(exact)
     assert exact.norm() > 0
     assert F.cosine_similarity(fd, exact, dim=0) > 0.99
     assert torch.allclose(fd, exact, rtol=1e-3, atol=1e-7)
+    # both modes split off the same part: what is not γ·∂L_val^M/∂A at W' held fixed
+    assert fd_stats["hypergrad_unrolled_norm"] == pytest.approx(exact_stats["hypergrad_unrolled_norm"], rel=1e-3)
+
+
+def test_central_differences_draw_the_same_dropout_masks_in_both_passes():
+    """An auxiliary with dropout: the two passes of each central difference share their masks, so
+    the finite-difference hypergradient does not grow as ε shrinks (with independent masks it would
+    scale as 1/ε)."""
+    norms = []
+    for eps in (1e-2, 1e-5):
+        torch.manual_seed(4)
+        aux = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.Tanh(), nn.Dropout(0.5), nn.AdaptiveAvgPool2d(1),
+                            nn.Flatten(), nn.Linear(4, 3))
+        module = _module(torch.float64, gamma=0.0, fd_epsilon=eps, aux=aux)
+        train, val = _batches(torch.float64)
+        quads = sample_quadruples(8, 64, generator=torch.Generator().manual_seed(2))
+        torch.manual_seed(3)
+        grads, _ = module.compute_hypergradient(train, val, quadruples=quads, mode="finite_difference")
+        norms.append(float(_flat(grads).norm()))
+    assert norms[0] > 0
+    assert norms[1] == pytest.approx(norms[0], rel=0.05), norms
 
 
 def test_pcdarts_base_partial_channels_edge_normalisation_and_hypergradient():
