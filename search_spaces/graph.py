@@ -434,7 +434,8 @@ class NasBench101View(GraphView):
         keep = np.nonzero(_prune_mask(adj))[0]
         adj = adj[np.ix_(keep, keep)]
         if int(adj.sum()) > self.max_num_edges:
-            raise InvalidGraph(f"NasBench101View: the repaired cell has {int(adj.sum())} edges > max {self.max_num_edges}")
+            raise InvalidGraph(f"NasBench101View: the repaired cell has {int(adj.sum())} edges "
+                               f"> max {self.max_num_edges}")
         ops = self._argmax_ops(X, self.op_mask())
         return ArchGraph(adj, tuple(ops[k] for k in keep)), [int(k) for k in keep]
 

@@ -227,7 +227,8 @@ class DrNASLightningModule(ArchDistributionModule):
             return None
         total = None
         for alpha in self.unique_arch_parameters().values():
-            beta = DirichletWeights.concentration(alpha.float())     # every choice, pruned ones too (the code's _get_kl_reg)
+            # every choice, pruned ones too, as DrNAS's _get_kl_reg
+            beta = DirichletWeights.concentration(alpha.float())
             kl = torch.distributions.kl_divergence(torch.distributions.Dirichlet(beta),
                                                    torch.distributions.Dirichlet(torch.ones_like(beta)))
             total = kl if total is None else total + kl

@@ -35,7 +35,6 @@ class ExponentiatedGradient(torch.optim.Optimizer):
     (``normalize_first=True`` divides first and clamps after, as GAEA's GDAS architect does).
     The clamp lets an entry that underflowed recover.
 
-
     Parameters
     ----------
     params
@@ -185,8 +184,9 @@ class GAEA(ArchDistributionStrategy):
       (init ``1/#inputs``, step ``edge_learning_rate``).
     * ``"gdas"``: hard straight-through Gumbel-softmax on ``log theta`` (one draw per label per
       forward; only the chosen op of a ``LayerChoice`` or ``Cell`` edge is evaluated, while an
-      ``InputChoice`` weighs its inputs, which exist anyway, with the one-hot draw), temperature annealed linearly from 10 to 0.1 after
-      the warm-up; EG with ``eta`` 0.01, ``entropy_weight`` 0.01, normalise-then-clamp.
+      ``InputChoice`` weighs its inputs, which exist anyway, with the one-hot draw), temperature
+      annealed linearly from 10 to 0.1 after the warm-up; EG with ``eta`` 0.01, ``entropy_weight``
+      0.01, normalise-then-clamp.
 
     Parameters
     ----------
@@ -315,7 +315,6 @@ class GAEA(ArchDistributionStrategy):
                  "gdas": f", temperature={self.temperature}"}.get(self.base, "")
         return (f"GAEA(base={self.base!r}, arc_learning_rate={self.arc_learning_rate}, "
                 f"single_level={self.single_level}, entropy_weight={self.entropy_weight}{extra})")
-
 
 
 def _shuffled_copy(loader: DataLoader) -> DataLoader:
