@@ -111,7 +111,7 @@ class GAEALightningModule(ArchDistributionModule):
         groups = [{"params": ops, "lr": self.arc_learning_rate}]
         if edges:
             groups.append({"params": edges, "lr": self.edge_learning_rate})
-        supports = {p: self.arch_weights.mask(p) for p in ops if self.arch_weights.mask(p) is not None}
+        supports = {p: mask for p in ops if (mask := self.arch_weights.mask(p)) is not None}
         return ExponentiatedGradient(groups, lr=self.arc_learning_rate, normalize_first=self.normalize_first,
                                      supports=supports)
 
