@@ -366,38 +366,63 @@ def check_partial_channels(op: nn.Module, ks: Sequence[int], name: str = "op") -
                                  f"partial-channel factor(s) {bad}; use a width divisible by them")
 
 
-def mix_ops(ops: Sequence[nn.Module], weights: torch.Tensor, x: Any, partial_k: int = 1,
-            extra_args: tuple = (), extra_kwargs: Mapping[str, Any] | None = None) -> Any:
+def mix_ops(ops: Sequence[nn.Module] | Mapping[str, nn.Module], weights: torch.Tensor, x: Any, partial_k: int = 1,
+            extra_args: tuple = (), extra_kwargs: Mapping[str, Any] | None = None, where: str = "mixed op") -> Any:
     """``sum_i weights[i] * ops[i](x)`` with partial channels when ``partial_k > 1``.
 
     ``weights`` may hold one more entry than ``ops`` (DARTS cells' implicit zero op): it contributes
     nothing. Ops whose weight is exactly 0 (pruned, or not chosen by a hard straight-through draw) are
     not evaluated; their weight is added as a zero-valued term so that the straight-through gradient
     still reaches it (GDAS). With partial channels, ``x`` must be a 4-D tensor and the ops
-    channel-preserving at ``C/K`` width (see :func:`rescale_width`).
+    channel-preserving at ``C/K`` width (see :func:`rescale_width`); a candidate that is not (one
+    that changes the channel count, or has a layer whose width does not scale with its input's) is
+    a ``ValueError`` naming ``where`` and the candidate (``ops`` given as a mapping names them).
     """
     extra_kwargs = dict(extra_kwargs or {})
+    named = isinstance(ops, (Mapping, nn.ModuleDict))
+    names = list(ops.keys()) if named else [str(i) for i in range(len(ops))]
+    ops = list(ops.values()) if named else list(ops)
     n = len(ops)
     if weights.shape[-1] not in (n, n + 1):
-        raise ValueError(f"{weights.shape[-1]} weights for {n} candidate ops")
+        raise ValueError(f"{where}: {weights.shape[-1]} weights for {n} candidate ops")
     if partial_k > 1:
         if not isinstance(x, torch.Tensor) or x.dim() != 4 or x.size(1) % partial_k:
-            raise ValueError(f"Partial channels (K={partial_k}) need a 4-D tensor input with channels divisible by K, "
-                             f"got {getattr(x, 'shape', type(x))}")
+            raise ValueError(f"{where}: partial channels (K={partial_k}) need a 4-D tensor input with channels "
+                             f"divisible by K, got {getattr(x, 'shape', type(x))}")
         c = x.size(1) // partial_k
         x_op, x_bypass = x[:, :c], x[:, c:]
     else:
         x_op = x
+
+    def run(i: int) -> Any:
+        if partial_k == 1:
+            return ops[i](x_op, *extra_args, **extra_kwargs)
+        hint = (f"{where}: candidate {names[i]!r} cannot run on partial channels (K={partial_k}: {c} of "
+                f"{x.size(1)} channels go through the ops). Partial channels need candidates that map C channels "
+                "to C with every layer's width proportional to C, as the DARTS and NAS-Bench-201 cell ops; search "
+                "this space without partial channels (the strategy's plain mode)")
+        try:
+            out = ops[i](x_op, *extra_args, **extra_kwargs)
+        except torch.OutOfMemoryError:
+            raise
+        except RuntimeError as err:
+            raise ValueError(f"{hint}. It failed with: {err}") from err
+        if not isinstance(out, torch.Tensor) or out.dim() != 4:
+            raise ValueError(f"{hint}. Its output is {getattr(out, 'shape', type(out))}, not a 4-D tensor")
+        if out.shape[1] != c:
+            raise ValueError(f"{hint}. It maps {c} channels to {out.shape[1]}")
+        return out
+
     active = (weights[:n].detach() != 0).tolist()
     items, item_weights, dangling = [], [], None
-    for i, op in enumerate(ops):
+    for i in range(n):
         if active[i]:
-            items.append(op(x_op, *extra_args, **extra_kwargs))
+            items.append(run(i))
             item_weights.append(weights[i])
         else:
             dangling = weights[i] if dangling is None else dangling + weights[i]
     if not items:  # only the implicit zero op is chosen: a zero output of the right shape
-        out = ops[0](x_op, *extra_args, **extra_kwargs) * 0.0
+        out = run(0) * 0.0
     elif len(items) == 1 and isinstance(items[0], torch.Tensor):
         out = items[0] * item_weights[0]
     else:
@@ -405,8 +430,6 @@ def mix_ops(ops: Sequence[nn.Module], weights: torch.Tensor, x: Any, partial_k: 
     if dangling is not None and isinstance(out, torch.Tensor):
         out = out + dangling
     if partial_k > 1:
-        if out.shape[1] != x_op.shape[1]:
-            raise ValueError(f"Partial channels need channel-preserving ops: {x_op.shape[1]} in, {out.shape[1]} out")
         if out.shape[2:] != x_bypass.shape[2:]:
             x_bypass = F.max_pool2d(x_bypass, 2, 2)
         out = channel_shuffle(torch.cat([out, x_bypass], dim=1), partial_k)
@@ -445,7 +468,7 @@ class PartialChannelMixedOp(nn.Module):
         self.k = k
 
     def forward(self, x: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
-        return mix_ops(list(self.ops.values()), weights, x, self.k)
+        return mix_ops(self.ops, weights, x, self.k, where=type(self).__name__)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -521,8 +544,9 @@ class MixedLayer(DifferentiableMixedLayer):
         return None
 
     def forward(self, *args, **kwargs):
-        ops = [self[name] for name in self.names]
-        return mix_ops(ops, self._softmax(self._arch_alpha), args[0], self.partial_k, args[1:], kwargs)
+        ops = {name: self[name] for name in self.names}
+        return mix_ops(ops, self._softmax(self._arch_alpha), args[0], self.partial_k, args[1:], kwargs,
+                       where=f"LayerChoice {self.label!r}")
 
 
 def darts_cell_export(label: str, num_predecessors: int, num_nodes: int, num_ops_per_node: int,
@@ -664,7 +688,8 @@ class MixedCell(DifferentiableMixedCell):
             current = []
             for j in range(i):
                 weights = self._softmax(self._arch_alpha[f"{self.label}/{i}_{j}"])
-                out = mix_ops(list(node_ops[j].values()), weights, states[j], self.partial_k)
+                out = mix_ops(node_ops[j], weights, states[j], self.partial_k,
+                              where=f"Cell {self.label!r} edge {i}_{j}")
                 edge = self._edge_weight(i, j, deterministic=False)
                 current.append(out * edge[j] if edge is not None else out)
             states.append(sum(current))

@@ -34,6 +34,20 @@ class TinySpace(ModelSpace):
         return self.head(x.mean((2, 3)))
 
 
+class Holder(pl.LightningModule):
+    """A bare Lightning module holding ``model``: what a strategy's one-shot module wraps."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+
+def oneshot_module(strategy, space):
+    """``space`` mutated into ``strategy``'s supernet, and the strategy's Lightning module around it."""
+    model = strategy.mutate_model(space)
+    return model, strategy.configure_oneshot_module(Holder(model))
+
+
 def tiny_data(n: int = 16, size: int = 16, seed: int = 0):
     g = torch.Generator().manual_seed(seed)
     return torch.randn(n, 3, size, size, generator=g), torch.randint(0, 10, (n,), generator=g)

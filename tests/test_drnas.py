@@ -4,7 +4,6 @@ from __future__ import annotations
 import os
 
 import pytest
-import pytorch_lightning as pl
 import torch
 from torch import nn
 
@@ -15,26 +14,15 @@ from strategies.drnas import DrNASLightningModule, NB201_STAGES, ProgressiveStag
 from strategies.oneshot_common import DirichletWeights
 from nni_plugins.registry import make_strategy
 from tests.oneshot_helpers import (
-    TinySpace, classification, run_then_resume, search,
+    Holder, TinySpace, classification, oneshot_module, run_then_resume, search,
 )
 
 torch.set_num_threads(1)
 
 
-class _Holder(pl.LightningModule):
-    def __init__(self, model):
-        super().__init__()
-        self.model = model
-
-
-def _module(strategy, space):
-    model = strategy.mutate_model(space)
-    return model, strategy.configure_oneshot_module(_Holder(model))
-
-
 def test_gradient_flows_through_dirichlet_samples_to_concentrations():
     torch.manual_seed(0)
-    model, module = _module(DrNAS(), TinySpace())
+    model, module = oneshot_module(DrNAS(), TinySpace())
     model.train()
     module.resample()
     nn.functional.cross_entropy(model(torch.randn(4, 3, 8, 8)), torch.randint(0, 10, (4,))).backward()
@@ -45,13 +33,13 @@ def test_gradient_flows_through_dirichlet_samples_to_concentrations():
 
 def test_regularisers():
     torch.manual_seed(0)
-    _, module = _module(DrNAS(reg_type="l2", reg_scale=2e-3), TinySpace())
+    _, module = oneshot_module(DrNAS(reg_type="l2", reg_scale=2e-3), TinySpace())
     opt = module.configure_architecture_optimizers()
     assert isinstance(opt, torch.optim.Adam) and opt.defaults["weight_decay"] == 2e-3
     assert opt.defaults["betas"] == (0.5, 0.999) and opt.defaults["lr"] == 3e-4
     assert module.arch_regularizer() is None
 
-    _, module = _module(DrNAS(reg_type="kl", reg_scale=0.5), TinySpace())
+    _, module = oneshot_module(DrNAS(reg_type="kl", reg_scale=0.5), TinySpace())
     assert module.configure_architecture_optimizers().defaults["weight_decay"] == 0.0
     params = module.unique_arch_parameters()
     with torch.no_grad():
@@ -108,7 +96,7 @@ def test_stages_can_be_given_as_mappings_of_their_fields():
 def test_stage_transition_prunes_widens_and_carries_optimizer_state():
     torch.manual_seed(0)
     stages = [ProgressiveStage(1, 4, None, 0), ProgressiveStage(1, 2, 2, 0)]
-    model, module = _module(DrNAS(stages=stages), TinySpace(c=8))
+    model, module = oneshot_module(DrNAS(stages=stages), TinySpace(c=8))
     conv = model.a["conv"][1]
     assert conv.weight.shape == (2, 2, 3, 3)  # C/K = 8/4
     weight_params = [p for n, p in model.named_parameters() if "_arch_alpha" not in n]
@@ -142,7 +130,7 @@ def test_stage_transition_prunes_widens_and_carries_optimizer_state():
 
 
 def test_stage_schedule_scales_to_max_epochs():
-    module = DrNASLightningModule(_Holder(nn.Linear(1, 1)), DirichletWeights(), reg_type="l2", reg_scale=1e-3,
+    module = DrNASLightningModule(Holder(nn.Linear(1, 1)), DirichletWeights(), reg_type="l2", reg_scale=1e-3,
                                   stages=NB201_STAGES)
     assert module.stage_schedule(100) == ([0, 50], [10, 10])
     assert module.stage_schedule(10) == ([0, 5], [1, 1])

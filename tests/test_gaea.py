@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import pytest
-import pytorch_lightning as pl
 import torch
 from torch import nn
 
@@ -12,20 +11,9 @@ from strategies import GAEA
 from strategies.gaea import ExponentiatedGradient
 from strategies.oneshot_common import HardGumbelWeights, MixedCell, SimplexWeights
 from nni_plugins.registry import make_strategy
-from tests.oneshot_helpers import TinySpace, classification, search
+from tests.oneshot_helpers import TinySpace, classification, oneshot_module, search
 
 torch.set_num_threads(1)
-
-
-class _Holder(pl.LightningModule):
-    def __init__(self, model):
-        super().__init__()
-        self.model = model
-
-
-def _module(strategy, space):
-    model = strategy.mutate_model(space)
-    return model, strategy.configure_oneshot_module(_Holder(model))
 
 
 def test_eg_matches_closed_form_and_stays_on_simplex():
@@ -59,7 +47,7 @@ def test_eg_clamps_so_entries_can_recover():
 
 
 def test_uniform_init_no_softmax_and_eg_optimizer_with_entropic_term():
-    model, module = _module(GAEA(entropy_weight=0.5), TinySpace())
+    model, module = oneshot_module(GAEA(entropy_weight=0.5), TinySpace())
     alpha = model.a._arch_alpha
     assert torch.allclose(alpha, torch.full((3,), 1 / 3))
     assert isinstance(module.arch_weights, SimplexWeights)
@@ -143,7 +131,7 @@ def test_exclude_none_takes_none_out_of_the_simplex():
     """exclude_none: ``none`` is masked, starts (and stays) at 0, the others start uniform at 1/4;
     EG's support and the entropic term (KL to the uniform over 4 choices) leave it out."""
     space = NasBench201(stem_out_channels=8, num_modules_per_stack=1)
-    model, module = _module(GAEA(entropy_weight=0.5), space)
+    model, module = oneshot_module(GAEA(entropy_weight=0.5), space)
     optimizer = module.configure_architecture_optimizers()
     for param in module.unique_arch_parameters().values():
         mask = module.arch_weights.mask(param)
@@ -151,13 +139,13 @@ def test_exclude_none_takes_none_out_of_the_simplex():
         assert param.tolist() == [0.0, 0.25, 0.25, 0.25, 0.25]
         assert torch.equal(optimizer.supports[param], mask)
     assert torch.isclose(module.arch_regularizer(), torch.tensor(0.0), atol=1e-7)   # uniform over the 4 = zero KL
-    _, kept = _module(GAEA(exclude_none=False), NasBench201(stem_out_channels=8, num_modules_per_stack=1))
+    _, kept = oneshot_module(GAEA(exclude_none=False), NasBench201(stem_out_channels=8, num_modules_per_stack=1))
     assert all(torch.allclose(p, torch.full((5,), 0.2)) for p in kept.unique_arch_parameters().values())
 
 
 def test_gdas_evaluates_only_the_sampled_op_and_anneals():
     torch.manual_seed(0)
-    model, module = _module(GAEA(base="gdas"), TinySpace())
+    model, module = oneshot_module(GAEA(base="gdas"), TinySpace())
     assert isinstance(module.arch_weights, HardGumbelWeights)
     calls = []
     for layer in (model.a, model.b):
@@ -175,7 +163,7 @@ def test_gdas_evaluates_only_the_sampled_op_and_anneals():
 
 def test_pc_darts_edge_weights_on_cells():
     torch.manual_seed(0)
-    model, module = _module(GAEA(base="pc-darts", partial_k=2), DartsSpace(width=8, num_cells=3))
+    model, module = oneshot_module(GAEA(base="pc-darts", partial_k=2), DartsSpace(width=8, num_cells=3))
     cells = [m for m in model.modules() if isinstance(m, MixedCell)]
     assert cells and all(c.partial_k == 2 for c in cells)
     edges = dict(cells[0]._arch_edge.items())

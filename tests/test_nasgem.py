@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import io
 import os
-import random
 from pathlib import Path
 
 import numpy as np
@@ -13,8 +12,7 @@ import torch
 import nni_plugins.compat  # noqa: F401
 from nni.nas.benchmark import BenchmarkModelSpace
 from nni.nas.evaluator import FunctionalEvaluator
-from nni.nas.execution import ExecutionEngine, SequentialExecutionEngine
-from nni.nas.execution.event import FinalMetricEvent, TrainingEndEvent
+from nni.nas.execution import SequentialExecutionEngine
 from nni.nas.space import ModelStatus, SimplifiedModelSpace
 
 from nni_plugins.table import NasBench201Table
@@ -23,6 +21,7 @@ from search_spaces.nasbench201 import sample_to_arch_str
 from search_spaces.wide_cell import WideCellSpace
 from strategies import NASGEM
 from strategies.wl_kernel import WLSubtreeKernel
+from tests.shuffled_engine import ShuffledEngine
 
 SMALL = dict(num_init=5, batch_size=4, pool_size=400, pool_refresh=100, pretrain_size=150, hidden_dim=16,
              embedding_dim=8, num_layers=2, encoder_steps=20, encoder_pairs=32, predictor_hidden=16,
@@ -147,50 +146,6 @@ def test_cell_running_at_checkpoint_is_proposed_first_on_resume(table):
 # ---------------------------------------------------------------------------------------------------
 # Out-of-order results and failed trials
 # ---------------------------------------------------------------------------------------------------
-class ShuffledEngine(ExecutionEngine):
-    """``concurrency`` trials in flight; a random one finishes whenever a worker is needed; every
-    ``fail_every``-th finishing trial fails without a metric."""
-
-    def __init__(self, metric_fn, budget, concurrency=3, fail_every=0, seed=0):
-        super().__init__()
-        self.metric_fn, self.budget, self.concurrency, self.fail_every = metric_fn, budget, concurrency, fail_every
-        self.rng = random.Random(seed)
-        self.pending, self.history, self.finished = [], [], 0
-
-    def submit_models(self, *models):
-        for model in models:
-            model.status = ModelStatus.Training
-            self.pending.append(model)
-            self.history.append(model)
-
-    def _finish_one(self):
-        model = self.pending.pop(self.rng.randrange(len(self.pending)))
-        self.finished += 1
-        if self.fail_every and self.finished % self.fail_every == 0:
-            self.dispatch_model_event(TrainingEndEvent(model, ModelStatus.Failed))
-        else:
-            self.dispatch_model_event(FinalMetricEvent(model, self.metric_fn(model.sample)))
-            self.dispatch_model_event(TrainingEndEvent(model, ModelStatus.Trained))
-
-    def idle_worker_available(self):
-        if len(self.pending) >= self.concurrency:
-            self._finish_one()
-        return len(self.pending) < self.concurrency
-
-    def budget_available(self):
-        return len(self.history) < self.budget
-
-    def wait_models(self, *models):
-        while self.pending:
-            self._finish_one()
-
-    def list_models(self, status=None):
-        return [m for m in self.history if status is None or m.status == status]
-
-    def shutdown(self):
-        pass
-
-
 @pytest.mark.parametrize("fail_every", [4, 1])
 def test_out_of_order_and_failed_trials(table, fail_every):
     engine = ShuffledEngine(table.query, budget=26, concurrency=3, fail_every=fail_every, seed=fail_every)

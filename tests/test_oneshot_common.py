@@ -150,6 +150,17 @@ def test_mix_ops_ignores_implicit_zero_op_weight():
     assert torch.allclose(out, x)  # 0.25*2x + 0.25*2x, zero op contributes nothing
 
 
+def test_mix_ops_on_partial_channels_names_a_candidate_it_cannot_run():
+    x, w = torch.randn(1, 8, 4, 4), torch.tensor([0.5, 0.5])
+    widen = nn.Conv2d(2, 4, 1)                          # at K = 4 it sees 2 channels and returns 4
+    narrow = nn.Conv2d(8, 8, 1)                         # a width that does not follow its input's
+    with pytest.raises(ValueError, match=r"^LayerChoice 'x': candidate 'widen' cannot run .* maps 2 channels to 4$"):
+        mix_ops({"skip": nn.Identity(), "widen": widen}, w, x, partial_k=4, where="LayerChoice 'x'")
+    with pytest.raises(ValueError, match=r"candidate '1' cannot run on partial channels .* It failed with: "):
+        mix_ops([nn.Identity(), narrow], w, x, partial_k=4)
+    assert mix_ops([nn.Identity(), narrow], w, x).shape == x.shape   # whole channels: fine
+
+
 def test_partial_channel_op_shapes_and_reduction_bypass():
     torch.manual_seed(0)
     ops = {"conv": conv_bn(8), "pool": nn.AvgPool2d(3, 1, 1), "skip": nn.Identity()}
