@@ -330,7 +330,9 @@ def _check_arguments(name, path, root, download) -> tuple[str, str | None, str |
     name = name.lower()
     if name in ("npz", "imagefolder"):
         if path is None:
-            raise ValueError(f"data set '{name}' needs path=<{'file.npz' if name == 'npz' else 'directory'}>")
+            what = "an .npz file" if name == "npz" else "a directory"
+            raise ValueError(f"data set '{name}' needs path to {what} (path= in Python, --data-path on the "
+                             "command line, data_path in a YAML config)")
         path = str(Path(path).expanduser().resolve())
         if name == "npz" and not Path(path).is_file():
             raise ValueError(f"npz file '{path}' does not exist")
