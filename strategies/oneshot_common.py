@@ -394,23 +394,25 @@ def mix_ops(ops: Sequence[nn.Module] | Mapping[str, nn.Module], weights: torch.T
     else:
         x_op = x
 
+    def unfit(i: int, detail: str) -> ValueError:
+        return ValueError(f"{where}: candidate {names[i]!r} cannot run on partial channels (K={partial_k}: {c} of "
+                          f"{x.size(1)} channels go through the ops). Partial channels need candidates that map C "
+                          "channels to C with every layer's width proportional to C, as the DARTS and NAS-Bench-201 "
+                          f"cell ops; search this space without partial channels (the strategy's plain mode). {detail}")
+
     def run(i: int) -> Any:
         if partial_k == 1:
             return ops[i](x_op, *extra_args, **extra_kwargs)
-        hint = (f"{where}: candidate {names[i]!r} cannot run on partial channels (K={partial_k}: {c} of "
-                f"{x.size(1)} channels go through the ops). Partial channels need candidates that map C channels "
-                "to C with every layer's width proportional to C, as the DARTS and NAS-Bench-201 cell ops; search "
-                "this space without partial channels (the strategy's plain mode)")
         try:
             out = ops[i](x_op, *extra_args, **extra_kwargs)
         except torch.OutOfMemoryError:
             raise
         except RuntimeError as err:
-            raise ValueError(f"{hint}. It failed with: {err}") from err
+            raise unfit(i, f"It failed with: {err}") from err
         if not isinstance(out, torch.Tensor) or out.dim() != 4:
-            raise ValueError(f"{hint}. Its output is {getattr(out, 'shape', type(out))}, not a 4-D tensor")
+            raise unfit(i, f"Its output is {getattr(out, 'shape', type(out))}, not a 4-D tensor")
         if out.shape[1] != c:
-            raise ValueError(f"{hint}. It maps {c} channels to {out.shape[1]}")
+            raise unfit(i, f"It maps {c} channels to {out.shape[1]}")
         return out
 
     active = (weights[:n].detach() != 0).tolist()
