@@ -17,7 +17,7 @@ from strategies.drnas import DrNAS
 from strategies.gaea import GAEA
 from strategies.tetlo import TETLO
 from tests.oneshot_helpers import (
-    TinySpace, conv_bn, run_then_resume,
+    TinySpace, conv_bn, oneshot_module, run_then_resume,
 )
 
 torch.set_num_threads(1)
@@ -75,12 +75,8 @@ def test_export_and_logged_probabilities_respect_pruning_masks():
     from nni.nas.hub.pytorch import DARTS as DartsSpace
 
     for space in (TinySpace(), DartsSpace(width=8, num_cells=3)):
-        import pytorch_lightning as pl
-
         strategy = DrNAS()
-        holder = pl.LightningModule()
-        holder.model = strategy.mutate_model(space)
-        module = strategy.configure_oneshot_module(holder)
+        _, module = oneshot_module(strategy, space)
         pruned = {}
         for label, alpha in module.unique_arch_parameters().items():
             if alpha.numel() > 1:
