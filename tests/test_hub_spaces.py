@@ -6,6 +6,8 @@ DARTS exports are tested with each strategy); the multi-trial ones propose disti
 Partial channels name the choice they cannot run."""
 from __future__ import annotations
 
+import zlib
+
 import pytest
 import torch
 
@@ -52,8 +54,9 @@ def test_one_shot_exports_freeze_on_hub_space(strategy_cls, space_name):
 
 
 def _distinct_digest(sample: dict) -> float:
-    """A metric that differs between architectures (so the surrogate has something to fit)."""
-    return float(sum(hash((k, str(v))) % 97 for k, v in sorted(sample.items())))
+    """A metric that differs between architectures (so the surrogate has something to fit), the same
+    in every process (``hash`` of a string is salted per process)."""
+    return float(sum(zlib.crc32(f"{k}={v}".encode()) % 97 for k, v in sorted(sample.items())))
 
 
 @pytest.mark.parametrize("space_name", GRAPH_SPACES)
