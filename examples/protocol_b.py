@@ -18,6 +18,13 @@ learnable scale and shift (``affine=False``), as the DrNAS and GAEA NB201 search
 the residual reduction blocks and the final BatchNorm keep theirs. Protocol B itself uses the hub
 space as it is (``on``); ``off`` is an ablation.
 
+``--tensor-memory-batches 1,2`` measures the peak tensor memory of those batches' steps in every
+epoch (record: ``tensor_memory_steps``, ``peak_tensor_mb``): the tensors alive at the step's start
+plus the highest running total of what it allocates, from the profiler's memory events. It is the
+CPU analogue of ``torch.cuda.max_memory_allocated``: peak RSS also counts the libraries (about 1 GB
+before any search) and the pages the allocator keeps after a free. The profiler's own buffers raise
+the run's RSS (DrNAS progressive's by about 200 MB in one run), so take RSS figures from runs without it.
+
 Examples::
 
     python examples/protocol_b.py --strategy drnas --seed 0 --epochs 10 --output runs/b_drnas_0.json
@@ -29,6 +36,8 @@ from __future__ import annotations
 
 import argparse
 import csv
+import gc
+import itertools
 import json
 import os
 import random
@@ -113,6 +122,25 @@ def load_splits(path: Path, seed: int, limit: int):
     return tensors(order[:limit]), tensors(order[limit:2 * limit])
 
 
+def live_tensor_bytes() -> int:
+    """Bytes of the distinct CPU storages behind every tensor the garbage collector tracks: the
+    parameters, their gradients, the optimisers' states, the data and the current batch."""
+    seen, total = set(), 0
+    for obj in gc.get_objects():
+        if not isinstance(obj, torch.Tensor) or obj.device.type != "cpu" or obj.layout != torch.strided:
+            continue
+        storage = obj.untyped_storage()
+        if storage.data_ptr() not in seen:
+            seen.add(storage.data_ptr())
+            total += storage.nbytes()
+    return total
+
+
+def peak_allocated(deltas) -> int:
+    """The highest running total of a sequence of allocations (+) and frees (-), at least 0."""
+    return max(itertools.accumulate(deltas, initial=0))
+
+
 def load_table(path: Path) -> dict[str, float]:
     with open(path, newline="") as handle:
         reader = csv.DictReader(handle)
@@ -139,6 +167,10 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--threads", type=int, help="torch intra-op threads")
     parser.add_argument("--strategy-kwargs", type=json.loads, default={}, metavar="JSON",
                         help='extra keyword arguments of the strategy, e.g. \'{"gamma": 0.5}\'')
+    parser.add_argument("--tensor-memory-batches", type=lambda text: {int(i) for i in text.split(",")},
+                        default=set(), metavar="I,J",
+                        help="batch indices of every epoch whose peak tensor memory is measured (profiler; "
+                             "the CPU analogue of torch.cuda.max_memory_allocated), e.g. 1,2")
     parser.add_argument("--erm-data", choices=("train", "all"), default="train",
                         help="training images of a single-level (ERM) strategy: the weight split, or both splits")
     args = parser.parse_args(argv)
@@ -182,12 +214,45 @@ def main(argv: list[str] | None = None) -> dict:
             self.times.append(time.perf_counter() - self._start)
             self.peaks.append(round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1))
 
+    class TensorMemory(pl.Callback):
+        """Peak tensor memory of the chosen batches' steps: the tensors alive when the step starts
+        (``live_tensor_bytes``) plus the highest running total of what the step allocates and frees
+        (the profiler's memory events). Unlike RSS it leaves out the libraries' code and the
+        allocator's cached and fragmented pages, as ``torch.cuda.max_memory_allocated`` does."""
+
+        def __init__(self, batches: set[int]):
+            self.batches = batches
+            self.steps: list[dict] = []
+            self._profiler = None
+            self._live = 0
+
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+            if batch_idx in self.batches:
+                gc.collect()
+                self._live = live_tensor_bytes()
+                self._profiler = torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU],
+                                                        profile_memory=True)
+                self._profiler.__enter__()
+
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+            if self._profiler is None:
+                return
+            self._profiler.__exit__(None, None, None)
+            events = sorted((e for e in self._profiler.profiler.kineto_results.events()
+                             if e.name() == "[memory]" and e.device_type() == torch.autograd.DeviceType.CPU),
+                            key=lambda e: e.start_ns())
+            self._profiler = None
+            peak = self._live + peak_allocated(e.nbytes() for e in events)
+            self.steps.append({"epoch": trainer.current_epoch, "batch": batch_idx,
+                               "live_mb": round(self._live / 2 ** 20, 1), "peak_mb": round(peak / 2 ** 20, 1)})
+
     timer = EpochTimer()
+    memory = TensorMemory(args.tensor_memory_batches)
     logger = pl.loggers.TensorBoardLogger(str(args.logdir), name=f"{args.strategy}_s{args.seed}") if args.logdir else False
     evaluator = Classification(
         train_dataloaders=DataLoader(TensorDataset(x_w, y_w), batch_size=args.batch_size, shuffle=True),
         val_dataloaders=DataLoader(TensorDataset(x_a, y_a), batch_size=args.batch_size, shuffle=True),
-        max_epochs=args.epochs, num_classes=10, logger=logger, callbacks=[timer],
+        max_epochs=args.epochs, num_classes=10, logger=logger, callbacks=[timer, memory],
         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False, log_every_n_steps=10)
     space = NasBench201(stem_out_channels=args.stem_channels, num_modules_per_stack=args.modules_per_stack)
     if args.cell_bn_affine == "off":
@@ -220,6 +285,8 @@ def main(argv: list[str] | None = None) -> dict:
         "epoch_times_s": [round(t, 2) for t in timer.times],
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
         "rss_before_search_mb": round(rss_before, 1), "epoch_peak_rss_mb": timer.peaks,
+        "peak_tensor_mb": max((step["peak_mb"] for step in memory.steps), default=None),
+        "tensor_memory_steps": memory.steps,
         "sample": sample, "strategy_repr": repr(strategy), "torch_threads": torch.get_num_threads(),
     }
     print(json.dumps(result, indent=2))

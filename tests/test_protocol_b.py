@@ -47,7 +47,7 @@ def test_tiny_run_writes_a_complete_record(tmp_path, monkeypatch):
     output = tmp_path / "record.json"
     script.main(["--strategy", "drnas", "--strategy-kwargs", '{"reg_scale": 0.002}', "--epochs", "1",
                  "--limit", "64", "--stem-channels", "8", "--modules-per-stack", "1", "--threads", "1",
-                 "--cell-bn-affine", "off", "--output", str(output)])
+                 "--cell-bn-affine", "off", "--tensor-memory-batches", "0", "--output", str(output)])
     record = json.loads(output.read_text())
     assert record["strategy_kwargs"] == {"reg_scale": 0.002}
     assert "reg_scale=0.002" in record["strategy_repr"]
@@ -60,9 +60,35 @@ def test_tiny_run_writes_a_complete_record(tmp_path, monkeypatch):
     assert record["peak_rss_mb"] >= record["rss_before_search_mb"] > 0
     assert len(record["epoch_peak_rss_mb"]) == 1
     assert record["rss_before_search_mb"] <= record["epoch_peak_rss_mb"][0] <= record["peak_rss_mb"]
+    # the one measured step holds its weights and batch and allocates its activations on top
+    [step] = record["tensor_memory_steps"]
+    assert (step["epoch"], step["batch"]) == (0, 0)
+    assert 0 < step["live_mb"] < step["peak_mb"] == record["peak_tensor_mb"]
     # the experiment's working directory is removed (torch may leave its own torchinductor_<user> cache
     # there when this test is the first in the process to touch it)
     assert [p.name for p in (tmp_path / "tmp").iterdir() if not p.name.startswith("torchinductor_")] == []
+
+
+def test_live_tensor_bytes_counts_each_storage_once():
+    import gc
+    import torch
+    script = _load_script()
+    gc.collect()                                             # no tensor left in uncollected garbage
+    before = script.live_tensor_bytes()
+    block = torch.zeros(4, 2 ** 18)                          # 4 MiB
+    views = [block[0], block.view(-1), block.t()]            # share its storage
+    assert script.live_tensor_bytes() - before == block.untyped_storage().nbytes() == 2 ** 22
+    del block, views
+    gc.collect()
+    assert script.live_tensor_bytes() == before
+
+
+def test_peak_allocated_is_the_highest_running_total():
+    script = _load_script()
+    assert script.peak_allocated([]) == 0
+    assert script.peak_allocated([-5, 3]) == 0                # frees of what was there before the step
+    assert script.peak_allocated([4, 6, -8, 5, -7]) == 10
+    assert script.peak_allocated(iter([2, 2, -1, 3])) == 6
 
 
 def test_cell_bn_affine_off_drops_scale_and_shift_inside_the_cells_only():
