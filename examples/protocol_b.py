@@ -141,6 +141,17 @@ def peak_allocated(deltas) -> int:
     return max(itertools.accumulate(deltas, initial=0))
 
 
+def batch_indices(text: str) -> set[int]:
+    """``"1,2"`` -> ``{1, 2}``: batch indices (0 or more) of ``--tensor-memory-batches``."""
+    try:
+        indices = {int(item) for item in text.split(",")}
+    except ValueError:
+        indices = None
+    if not indices or min(indices) < 0:
+        raise argparse.ArgumentTypeError(f"expected batch indices (0, 1, ...) separated by commas, got {text!r}")
+    return indices
+
+
 def load_table(path: Path) -> dict[str, float]:
     with open(path, newline="") as handle:
         reader = csv.DictReader(handle)
@@ -167,8 +178,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--threads", type=int, help="torch intra-op threads")
     parser.add_argument("--strategy-kwargs", type=json.loads, default={}, metavar="JSON",
                         help='extra keyword arguments of the strategy, e.g. \'{"gamma": 0.5}\'')
-    parser.add_argument("--tensor-memory-batches", type=lambda text: {int(i) for i in text.split(",")},
-                        default=set(), metavar="I,J",
+    parser.add_argument("--tensor-memory-batches", type=batch_indices, default=set(), metavar="I,J",
                         help="batch indices of every epoch whose peak tensor memory is measured (profiler; "
                              "the CPU analogue of torch.cuda.max_memory_allocated), e.g. 1,2")
     parser.add_argument("--erm-data", choices=("train", "all"), default="train",

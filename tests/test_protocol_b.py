@@ -91,6 +91,15 @@ def test_peak_allocated_is_the_highest_running_total():
     assert script.peak_allocated(iter([2, 2, -1, 3])) == 6
 
 
+def test_tensor_memory_batches_must_be_indices(capsys):
+    script = _load_script()
+    assert script.batch_indices("2,1,2") == {1, 2}
+    for wrong in ("1;2", "-1", "a", ""):
+        with pytest.raises(SystemExit):
+            script.main(["--strategy", "darts", "--tensor-memory-batches", wrong])
+        assert "expected batch indices (0, 1, ...) separated by commas" in capsys.readouterr().err
+
+
 def test_cell_bn_affine_off_drops_scale_and_shift_inside_the_cells_only():
     from torch import nn
     from nni.nas.hub.pytorch import NasBench201
