@@ -1,63 +1,28 @@
-"""Graph views of NNI samples: adjacency matrix + node operation labels, and back.
+"""Graph views of NNI samples: adjacency matrix + node labels, and back.
 
-Graph-based NAS strategies (GOAL, NASGEM) reason about an architecture as a directed acyclic graph
-with labelled nodes. NNI describes an architecture as a *sample*, a dict from mutable labels to
-chosen values. A :class:`GraphView` converts between the two for one model space:
+Graph-based strategies (GOAL, NASGEM) see an architecture as a directed acyclic graph with labelled
+nodes; NNI describes it as a *sample*, a dict from mutable labels to chosen values. A
+:class:`GraphView` converts between the two for one model space:
 
-- :meth:`GraphView.to_graph` turns a sample into an :class:`ArchGraph` (strictly upper-triangular
-  0/1 adjacency, node 0 = ``'input'``, node ``n-1`` = ``'output'``);
-- :meth:`GraphView.to_sample` turns a graph back into a sample that ``model_space.freeze`` accepts,
-  raising :class:`InvalidGraph` when the graph is not an architecture of the space;
-- :meth:`GraphView.encode` / :meth:`GraphView.project` are the relaxed interface used by
-  gradient-based graph optimisation: ``encode`` pads a graph to dense ``(A, X)`` arrays of a fixed
-  layout (``max_nodes`` nodes, one-hot labels over :attr:`GraphView.op_vocab`, the output node
-  always last), and ``project`` maps arbitrary real scores of that layout to the nearest valid
-  discrete graph of the space (the proximal operator; invalid proposals are repaired here or
-  rejected with :class:`InvalidGraph`, never returned). A projection that prunes nodes (NB101)
-  returns a graph with fewer nodes; :meth:`GraphView.project_with_positions` also says which row
-  of the layout each of its nodes came from, and ``encode(graph, positions)`` puts them back there,
-  so that a gradient taken at the projected graph lands on the relaxed variables it belongs to.
+- :meth:`GraphView.to_graph`: sample -> :class:`ArchGraph` (strictly upper-triangular 0/1
+  adjacency, node 0 ``'input'``, the last node ``'output'``);
+- :meth:`GraphView.to_sample`: graph -> a sample ``model_space.freeze`` accepts, or
+  :class:`InvalidGraph`;
+- :meth:`GraphView.encode` / :meth:`GraphView.project` (and :meth:`GraphView.project_with_positions`):
+  the relaxed interface of gradient-based graph optimisation. ``encode`` pads a graph to dense
+  ``(A, X)`` arrays of a fixed layout; ``project`` maps real scores of that layout to the nearest
+  valid graph of the space (repairing or raising :class:`InvalidGraph`, never returning an
+  invalid one);
+- :meth:`GraphView.random_sample`: a random valid sample (each mutable drawn uniformly, constraints
+  retried; the wide-cell view has a sparser sampler of its own).
 
-Views shipped here (:func:`graph_view` picks one from the space's mutables, so it works on NNI hub
-spaces, on our spaces, on ``BenchmarkModelSpace`` wrappers and on the executable wrappers
-``NasExperiment`` hands to strategies):
-
-``nb201``
-    NAS-Bench-201 cells (labels ``0_1 ... 2_3`` under any scope; NNI hub ``NasBench201``,
-    :class:`search_spaces.nasbench201.NasBench201Space`, a ``BenchmarkModelSpace`` over an NB201
-    table). Ops sit on edges in NB201, so we use the standard *node-op conversion* of arch2vec /
-    NASLib: every edge op becomes a node (8 nodes: input, the six edges in arch-string order,
-    output), and op node ``j->i`` feeds every op node leaving ``i``. ``none`` edges are **kept** as
-    nodes labelled ``none``, so the topology is fixed and identical for all cells; a ``none`` node
-    then carries the information "this path is cut" in its label. Labels use the benchmark API
-    spelling (``nor_conv_3x3``); samples use the space's own spelling.
-``nb101``
-    NNI hub ``NasBench101`` cells (``num_nodes``, ``op1..``, ``input1..`` and the
-    ``NasBench101CellConstraint``). The graph is the *pruned* spec NNI's constraint computes
-    (``sample['cell/final']``): nodes not on an input->output path are removed. ``project``
-    thresholds the strict upper triangle at 0.5, keeps the ``max_num_edges`` strongest edges,
-    repairs a cell whose output is unreachable by adding the single strongest edge that completes
-    an input->output path (from a node the input reaches to a node that reaches the output), prunes
-    as NAS-Bench-101 does, and rejects the cell if it then holds more than ``max_num_edges`` edges
-    (the notes' "add the highest-Ã edge that completes a path, otherwise reject").
-``darts``
-    NNI hub ``DARTS`` cell spaces (``normal/op_i_k``, ``normal/input_i_k``, same for ``reduce``),
-    normal and reduction cell in one graph, again with ops as nodes: ``input`` (c_{k-2}),
-    ``input_1`` (c_{k-1}), the normal cell's op nodes, ``concat`` (normal cell output), the
-    reduction cell's op nodes (its inputs are ``input_1`` and ``concat``, as when the two cells are
-    stacked), ``output``. An op node draws from one input node or from both op nodes of an earlier
-    intermediate node; ``project`` picks, per op node, the predecessor with the largest mean score
-    and the op with the largest score. A DARTS space whose width/depth are also searched has
-    mutables outside the cells and gets the generic view.
-``generic``
-    Any other space made of ``Categorical``/``CategoricalMultiple`` mutables (``LayerChoice``,
-    ``InputChoice``, ``ValueChoice``, ``Repeat`` depth ...): a chain ``input -> m_1 -> ... -> output``
-    with one node per ``Categorical`` (label ``"<label>=<value>"``) and one node per candidate of a
-    ``CategoricalMultiple`` (label ``"<label>[<i>]=on|off"``), in ``simplify()`` order. Constraints
-    of the space are checked by ``to_sample`` and ``random_sample``. Continuous ``Numerical``
-    mutables cannot be a node label and raise a ``ValueError`` naming the mutable.
-
-Extra views can be registered with :func:`register_graph_view`; they are tried before the built-ins.
+:func:`graph_view` picks the view from the space's mutables, so NNI hub spaces, the spaces of this
+package, ``BenchmarkModelSpace`` wrappers and the executable wrappers ``NasExperiment`` hands to
+strategies all work. Views: :class:`NasBench201View` (``nb201``), :class:`NasBench101View`
+(``nb101``), :class:`DartsView` (``darts``), :class:`GenericView` (``generic``: a chain with one
+node per decision, for any space of categorical choices), and the wide-cell view of
+:mod:`search_spaces.wide_cell`. More can be added with :func:`register_graph_view`. How each view
+lays out a space, and how it projects, is described in ``docs/algorithms.md``.
 
 :meth:`ArchGraph.key` is exact (position-based): graphs that differ only by a relabelling of nodes
 get different keys, as their samples differ too.
@@ -71,7 +36,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
-import nni_plugins.compat  # noqa: F401  (leaf module: NNI 3.0 fixes)
+import nni_compat  # noqa: F401  (the NNI 3.0 fixes, bottom layer)
 from nni.mutable import Categorical, CategoricalMultiple, Constraint, MutableAnnotation
 from nni.mutable.exception import SampleValidationError
 
@@ -268,10 +233,14 @@ def _nb201_edge_labels(mutables: Mapping[str, Any]) -> dict[str, str] | None:
 
 
 class NasBench201View(GraphView):
-    """NAS-Bench-201 cell in node-op form (8 nodes, fixed topology; ``none`` kept as a label).
+    """NAS-Bench-201 cell in node-op form: 8 nodes, one fixed topology for every cell.
 
-    Node ``k`` (1..6) is the op on edge ``NB201_EDGES[k-1]``; ``input -> op(0->i)``,
-    ``op(j->i) -> op(i->l)``, ``op(j->3) -> output``. Labels are API spellings (``nor_conv_3x3``).
+    For the six edge choices ``0_1 ... 2_3`` under any label scope (NNI hub ``NasBench201``,
+    :class:`~search_spaces.nasbench201.NasBench201Space`, a ``BenchmarkModelSpace`` over an NB201
+    table). Every edge op becomes a node: node ``k`` (1..6) is the op on edge ``NB201_EDGES[k-1]``,
+    with ``input -> op(0->i)``, ``op(j->i) -> op(i->l)`` and ``op(j->3) -> output``. A ``none`` edge
+    stays a node labelled ``none``. Labels use the benchmark API spelling (``nor_conv_3x3``); samples
+    use the space's own. ``project`` takes the best allowed op per edge node.
     """
 
     name = "nb201"
@@ -339,7 +308,15 @@ def _nb101_constraint(mutables: Mapping[str, Any]):
 
 
 class NasBench101View(GraphView):
-    """NNI hub ``NasBench101`` cell: the pruned spec (``<=max_num_nodes`` nodes, ``<=max_num_edges`` edges)."""
+    """NNI hub ``NasBench101`` cell as its pruned spec (at most ``max_num_nodes`` nodes and
+    ``max_num_edges`` edges; nodes off every input->output path removed, as NNI's constraint does).
+
+    ``project`` keeps the strict upper triangle, thresholds it at 0.5, keeps the ``max_num_edges``
+    strongest edges, and, when the output is then unreachable, adds the strongest edge that
+    completes an input->output path. It prunes as NAS-Bench-101 does and rejects the cell
+    (:class:`InvalidGraph`) if it still has too many edges. A pruned cell has fewer nodes than the
+    layout; :meth:`project_with_positions` tells which layout row each node came from.
+    """
 
     name = "nb101"
 
@@ -467,7 +444,15 @@ _DARTS_KEY = re.compile(r"^(?P<prefix>.*?)(?P<cell>normal|reduce)/(?P<kind>op|in
 
 
 class DartsView(GraphView):
-    """NNI hub ``DARTS`` normal + reduction cell in one op-as-node graph (see the module docstring)."""
+    """NNI hub ``DARTS`` cells: normal and reduction cell in one graph, ops as nodes.
+
+    Nodes: ``input`` (c_{k-2}), ``input_1`` (c_{k-1}), the normal cell's op nodes, ``concat`` (the
+    normal cell's output), the reduction cell's op nodes (fed by ``input_1`` and ``concat``, as when
+    the cells are stacked), ``output``. An op node takes one cell input, or both op nodes of an
+    earlier intermediate node. ``project`` picks, per op node, the predecessor with the largest mean
+    score and the op with the largest score. A DARTS space that also searches width or depth gets
+    the generic view.
+    """
 
     name = "darts"
 
@@ -597,7 +582,13 @@ class DartsView(GraphView):
 # Generic: any space of Categorical / CategoricalMultiple mutables
 # ----------------------------------------------------------------------------------------------------
 class GenericView(GraphView):
-    """Chain graph with one node per categorical decision (see the module docstring)."""
+    """Any space of ``Categorical`` / ``CategoricalMultiple`` mutables as a chain of decisions.
+
+    ``input -> m_1 -> ... -> output`` in ``simplify()`` order, with one node per ``Categorical``
+    (label ``"<label>=<value>"``) and one per candidate of a ``CategoricalMultiple`` (label
+    ``"<label>[<i>]=on|off"``). The space's constraints are checked by :meth:`to_sample` and
+    :meth:`random_sample`. ``Numerical`` mutables cannot be node labels and raise ``ValueError``.
+    """
 
     name = "generic"
 

@@ -2,34 +2,28 @@
 
 NASGEM (Cheng et al., `NASGEM: Neural Architecture Search via Graph Embedding Method
 <https://arxiv.org/abs/2007.04452>`__, AAAI 2021) searches cells "with 30 nodes" whose topology is
-not tied to the fixed two-input aggregation of DARTS-style cells. The paper's exact supernet is not
-available (``notes/goal_nasgem_tetlo.md`` §2); this module implements the reconstruction of the
-notes, marked [D] there:
+not tied to the fixed two-input aggregation of DARTS-style cells. The paper does not specify the
+supernet; this module's cell is this package's own design (see ``docs/algorithms.md``):
 
 - A cell has ``num_nodes`` nodes in topological order: node 0 is the cell input, node
-  ``num_nodes - 1`` the cell output, and every hidden node ``i`` (``1 <= i <= num_nodes - 2``)
-  takes a **non-empty subset** of nodes ``0 .. i-1`` as inputs. The supernet is the complete DAG.
-- A hidden node sums its inputs and applies ReLU-SepConv3x3-BN (optionally one op chosen per node
-  from ``ops``).
+  ``num_nodes - 1`` the cell output, and every hidden node ``i`` takes a **non-empty subset** of
+  nodes ``0 .. i-1`` as inputs. The supernet is the complete DAG.
+- A hidden node sums its inputs and applies ReLU-SepConv3x3-BN (or one op chosen per node from
+  ``ops``).
 - Hidden nodes that feed no other hidden node ("dangling" nodes) feed the output, which averages
-  them. Every sample is therefore a connected cell: each hidden node is reachable from the input
-  (it has a predecessor) and reaches the output (it has a successor or is dangling).
+  them, so every sample is a connected cell.
 
-NNI encoding: cell choices live under the label scope ``label`` (default ``"cell"``), shared by all
-cells of the network. Node ``i``'s inputs are an :class:`~nni.nas.nn.pytorch.InputChoice` with
-``n_chosen=None`` and ``reduction="sum"``, label ``{label}/input{i}``, value a list of predecessor
-indices; when ``len(ops) > 1`` its op is a :class:`~nni.nas.nn.pytorch.LayerChoice` ``{label}/op{i}``.
-The non-empty requirement is a :class:`nni.mutable.Constraint` (``{label}/connected``), as NNI's
-NAS-Bench-101 cell does for its edge limit, so ``freeze`` rejects an empty input set with
-``ConstraintViolation`` and NNI's own samplers retry.
+Choice labels, under the cell's label scope (default ``"cell"``, shared by all cells of the
+network): ``{label}/input{i}``, an :class:`~nni.nas.nn.pytorch.InputChoice` with
+``n_chosen=None`` whose value is a list of predecessor indices; ``{label}/op{i}``, a
+:class:`~nni.nas.nn.pytorch.LayerChoice`, when ``ops`` has more than one op; and the constraint
+``{label}/connected`` (:class:`nni.mutable.Constraint`), so ``freeze`` rejects an empty input set
+with ``ConstraintViolation`` and NNI's samplers retry.
 
-NNI's ``random()`` includes each predecessor with probability 1/2 (NNI's prior for
-``n_chosen=None``). The graph view's :meth:`WideCellGraphView.random_sample` instead draws each edge
-with probability ``edge_prob`` (0.25 by default, the notes' 0.2-0.3) and, where a node got no input,
-connects it to one predecessor drawn uniformly: sparser, more varied cells for NASGEM's pool.
-
-Importing this module registers :class:`WideCellGraphView` with
-:func:`search_spaces.graph.register_graph_view`, so ``graph_view(WideCellSpace(...))`` works.
+NNI's own ``random()`` includes each predecessor with probability 1/2. The graph view's
+:meth:`WideCellGraphView.random_sample` draws each edge with probability ``edge_prob`` (default
+0.25) instead, giving sparser cells. Importing this module registers :class:`WideCellGraphView`
+with :func:`search_spaces.graph.register_graph_view`, so ``graph_view(WideCellSpace(...))`` works.
 """
 from __future__ import annotations
 
@@ -251,7 +245,7 @@ class WideCellSpace(ModelSpace):
     in_channels
         Channels of the input images.
     ops
-        Candidate operations per hidden node (default: only ReLU-SepConv3x3-BN, as in the notes).
+        Candidate operations per hidden node (default: only ReLU-SepConv3x3-BN).
     edge_prob
         Edge probability of the graph view's sampler (:meth:`WideCellGraphView.random_sample`).
     """

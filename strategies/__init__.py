@@ -3,7 +3,7 @@
 Multi-trial (exploration): :class:`GOAL`, :class:`NASGEM`.
 One-shot (weight sharing): :class:`GAEA`, :class:`DrNAS`, :class:`TETLO`.
 """
-import nni_plugins.compat  # noqa: F401  (leaf module: NNI 3.0 fixes, depends only on nni/torch)
+import nni_compat  # noqa: F401  (the NNI 3.0 fixes, bottom layer)
 
 from .goal import GOAL
 from .drnas import DrNAS

@@ -3,7 +3,8 @@
 The architecture mixing weights of every choice are a random variable ``theta ~ Dir(beta)`` with
 concentration ``beta = ELU(alpha) + 1``; the expected loss is optimised through pathwise (``rsample``)
 gradients, regularised towards the anchor ``beta = 1``. Progressive learning (partial channels,
-pruning, widening) makes large supernets fit in memory. Reference code: xiangning-chen/DrNAS.
+pruning, widening) makes large supernets fit in memory. Reference code: https://github.com/xiangning-chen/DrNAS;
+what exactly runs here, and how it differs from the paper, is described in ``docs/algorithms.md``.
 """
 from __future__ import annotations
 
@@ -68,17 +69,17 @@ def _as_stage(stage: ProgressiveStage | Mapping[str, Any]) -> ProgressiveStage:
                     f"got {stage!r}")
 
 
-#: ``201-space/train_search_progressive.py``: 50 + 50 epochs, K 4 -> 2, ops 5 -> 3, 10 warm-up epochs per stage.
+#: DrNAS's NAS-Bench-201 progressive search: 50 + 50 epochs, K 4 -> 2, ops 5 -> 3, 10 warm-up epochs per stage.
 NB201_STAGES: tuple[ProgressiveStage, ...] = (ProgressiveStage(50, 4, None, 10), ProgressiveStage(50, 2, 3, 10))
-#: ``DARTS-space/train_search.py``: 25 + 25 epochs, K 6 -> 4, ops 7 -> 4, 10 warm-up epochs per stage.
+#: DrNAS's DARTS-space (CIFAR-10) search: 25 + 25 epochs, K 6 -> 4, ops 7 -> 4, 10 warm-up epochs per stage.
 DARTS_STAGES: tuple[ProgressiveStage, ...] = (ProgressiveStage(25, 6, None, 10), ProgressiveStage(25, 4, 4, 10))
 
 _PRESETS = {"nb201": NB201_STAGES, "darts": DARTS_STAGES}
 
 
 class DrNASLightningModule(ArchDistributionModule):
-    """Search loop of :class:`DrNAS` (see there); NNI's DARTS loop with Dirichlet draws, the DrNAS
-    regulariser, and the progressive stage schedule applied at epoch starts."""
+    """Search loop of :class:`DrNAS`: NNI's DARTS loop with Dirichlet draws, the DrNAS regulariser,
+    and the progressive stage schedule applied at epoch starts."""
 
     def __init__(self, training_module, arch_weights: DirichletWeights, *, reg_type: str, reg_scale: float,
                  stages: Sequence[ProgressiveStage] | None, **kwargs):
@@ -95,7 +96,7 @@ class DrNASLightningModule(ArchDistributionModule):
     # -- stage schedule --------------------------------------------------------------------
     def stage_schedule(self, max_epochs: int | None) -> tuple[list[int], list[int]]:
         """Start epoch and warm-up length of every stage. When the trainer's ``max_epochs`` differs
-        from the stages' total, both are scaled proportionally (a departure the docs name)."""
+        from the stages' total, both are scaled proportionally."""
         total = sum(s.epochs for s in self.stages)
         scale = 1.0 if not max_epochs or max_epochs < 0 else max_epochs / total
         starts, warmups, acc = [], [], 0
@@ -180,11 +181,8 @@ class DrNASLightningModule(ArchDistributionModule):
         return masks
 
     # -- state dict ----------------------------------------------------------------------
-    # A progressive run changes the supernet's shapes (widened ops) and keeps pruning masks outside
-    # the parameters. Both travel in the state dict under ``drnas_progressive`` (JSON as a uint8
-    # tensor), and loading applies them before the submodules load their weights. So NNI's one-shot
-    # resume (``strategy.load_state_dict`` -> ``fit(ckpt_path=...)``) and DDP-spawn's hand-back of rank
-    # 0's weights to the main process both rebuild the shapes first.
+    # The current stage and the pruning masks travel in the state dict under ``drnas_progressive``
+    # (JSON in a uint8 tensor); loading applies them, widening the ops, before the weights load.
     _STATE_KEY = "drnas_progressive"
 
     def _save_to_state_dict(self, destination, prefix, keep_vars):
@@ -254,80 +252,65 @@ class DrNASLightningModule(ArchDistributionModule):
 
 
 class DrNAS(ArchDistributionStrategy):
-    """DrNAS (Chen et al., "DrNAS: Dirichlet Neural Architecture Search", ICLR 2021) as an NNI strategy.
+    """Dirichlet neural architecture search: the mixing weights of every choice are a Dirichlet
+    random variable whose concentration is learned with pathwise gradients.
 
-    Use it like :class:`nni.nas.strategy.DARTS`: ``NasExperiment(model_space, evaluator, DrNAS())``
-    with any Lightning evaluator whose train/val dataloaders give the weight and architecture data.
-    Any space NNI's ``DARTS`` accepts works (``LayerChoice``, ``InputChoice``, ``Cell``, ``Repeat``,
-    mutable native ops), including NNI hub ``NasBench201`` and ``DARTS``.
+    `DrNAS: Dirichlet Neural Architecture Search <https://arxiv.org/abs/2006.10355>`__
+    (Xiangning Chen, Ruochen Wang, Minhao Cheng, Xiaocheng Tang, Cho-Jui Hsieh; ICLR 2021).
 
-    Algorithm (DrNAS ``train_search.py``, ``architect.py``):
+    Every choice has a parameter ``alpha`` and a concentration ``beta = ELU(alpha) + 1``. Each
+    forward of the supernet draws mixing weights ``theta ~ Dir(beta)`` (one draw per label, shared
+    by all modules with that label). As in NNI's first-order :class:`~nni.nas.strategy.DARTS`, each
+    batch takes an architecture step (Adam, regularised towards ``beta = 1``) on a ``val`` batch,
+    then a weight step on a ``train`` batch, both through the evaluator's ``training_step``.
+    Evaluation, logging and export use the mean ``beta / sum(beta)``; the exported architecture is
+    its argmax per choice, and for a :class:`~nni.nas.nn.pytorch.Cell` the DARTS rule (the two
+    strongest inputs of each node).
 
-    * every choice has ``alpha`` (init ``1e-3 N(0,1)``) and concentration ``beta = ELU(alpha) + 1``;
-    * each forward draws ``theta ~ Dir(beta)`` with ``rsample`` **once per label**, shared by every
-      module with that label (the DrNAS network computes weights once and passes them to all cells);
-      the arch step and the weight step each draw afresh. Evaluation, logging and export use the
-      mean ``beta / sum(beta)``;
-    * first-order alternation per batch: arch step (Adam, betas (0.5, 0.999)) on a ``val`` batch,
-      then the evaluator's weight step on a ``train`` batch;
-    * regulariser ``l2``: Adam weight decay ``reg_scale`` on ``alpha`` (pulls ``beta`` to the anchor
-      1; the code's default) or ``kl``: ``reg_scale * sum KL(Dir(beta) || Dir(1))`` in the arch loss
-      with no weight decay, over every choice's full ``beta`` (pruned choices included, as the
-      code's ``_get_kl_reg`` ignores the masks);
-    * export: argmax ``beta`` per choice; for ``Cell``\\ s the DARTS rule (per node the two inputs
-      with the largest op weight, each with its argmax op), with NNI's implicit zero op disabled
-      (DrNAS's DARTS space has no ``none``). Departure: the op weights that rank a node's inputs
-      are the normalised ``beta`` (the issue's "export uses the normalised beta"); the code's
-      ``genotype`` ranks them by the masked softmax of ``x``. The argmax op of an edge is the same
-      under both; which two inputs of a node win can differ.
+    ``stages`` turns on progressive learning, which makes large supernets fit in memory: every
+    ``LayerChoice`` and ``Cell`` edge becomes a partial-channel mixed op (``1/K`` of the channels go
+    through the candidates), and each new stage prunes every choice to its strongest ``num_ops``
+    candidates and widens the kept ones to the stage's ``K``.
 
-    Progressive learning (``stages``): every ``LayerChoice`` / ``Cell`` edge becomes a partial-channel
-    mixed op (ops at ``C/K``, the other channels bypass, channel shuffle); at each stage start the
-    choices are pruned to the top ``num_ops`` by ``beta`` (pruned ops get ``theta = 0`` and are not
-    run), the ops are widened to the new ``C/K`` by Net2Wider replication, and the weight optimiser's
-    momentum is re-indexed in place; the architecture is frozen for the stage's first
-    ``warmup_epochs``. ``stages=None`` is the plain mode that produced the paper's NB201 numbers.
-    Lightning checkpoints carry the current stage and the masks, so NNI's one-shot resume (a
-    checkpoint's ``ckpt_path``) rebuilds the widened shapes before the weights load.
+    Search spaces: whatever NNI's ``DARTS`` accepts (``LayerChoice``, ``InputChoice``, ``Cell``,
+    ``Repeat``, mutable native ops), NNI's hub ``NasBench201`` and ``DARTS`` included. Progressive
+    learning also needs candidates that map ``C`` channels to ``C`` and are built from ``Conv2d`` /
+    ``BatchNorm2d`` layers. The update rules, the defaults and every departure from the paper are
+    described in ``docs/algorithms.md``.
 
     Parameters
     ----------
     arc_learning_rate
-        Adam learning rate of ``alpha``: 3e-4 (DrNAS NB201); the DARTS-space script uses 6e-4.
+        Adam learning rate of ``alpha``. The default 3e-4 is the paper's NAS-Bench-201 setting; its
+        DARTS-space search uses 6e-4.
     reg_type
-        ``"l2"`` (default) or ``"kl"``.
+        Regulariser towards ``beta = 1``: ``"l2"`` (Adam weight decay ``reg_scale`` on ``alpha``) or
+        ``"kl"`` (``reg_scale * sum KL(Dir(beta) || Dir(1))`` over the choices, added to the
+        architecture loss).
     reg_scale
-        Scale of the regulariser (default 1e-3).
+        Strength of the regulariser.
     stages
-        ``None`` (plain), ``"nb201"`` (:data:`NB201_STAGES`: K 4 -> 2, ops 5 -> 3, 50 + 50 epochs),
-        ``"darts"`` (:data:`DARTS_STAGES`: K 6 -> 4, ops 7 -> 4, 25 + 25 epochs), or a sequence of
-        :class:`ProgressiveStage` or of mappings of its fields (``{"epochs": 50, "partial_k": 4}``,
-        as a YAML config or ``--strategy-kwargs`` JSON writes them).
+        Progressive learning schedule: ``None`` (off), ``"nb201"`` (:data:`NB201_STAGES`),
+        ``"darts"`` (:data:`DARTS_STAGES`), or a sequence of :class:`ProgressiveStage`, or of
+        mappings of its fields as a YAML or JSON config gives them (``{"epochs": 50, "partial_k": 4}``).
+        When the trainer's ``max_epochs`` differs from the stages' total, the stages are scaled to it.
     gradient_clip_val
-        Gradient clipping of the weight step; DrNAS clips at 5 (NNI's default ``None`` means none).
+        Gradient clipping of the weight step; ``None`` disables it. The paper's code clips at 5.
     log_prob_every_n_step
-        Also log the distribution every this many batches (it is always logged at epoch ends).
+        Log the architecture distribution every this many batches (it is also logged at every epoch end).
     warmup_epochs
-        Plain mode only: epochs without architecture steps (DrNAS NB201: 0).
+        Epochs without architecture steps when ``stages`` is ``None`` (with stages, each
+        :class:`ProgressiveStage` has its own warm-up).
     **kwargs
-        Passed to :class:`nni.nas.strategy.DARTS` (e.g. ``mutation_hooks``).
+        Passed to :class:`nni.nas.strategy.DARTS` (e.g. ``penalty``, ``mutation_hooks``).
 
-    Notes
-    -----
-    Departures from the reference code, by design:
-
-    * stage lengths are scaled proportionally when the trainer's ``max_epochs`` differs from the
-      stages' total, so the presets work for short runs;
-    * the weight optimiser is not rebuilt at a stage change: parameters keep their identity and
-      their optimiser state is re-indexed, which is what the code's rebuild-and-copy achieves and
-      keeps Lightning's scheduler position;
-    * widening is generic (any op built from Conv2d/BatchNorm2d layers), so every channel count in
-      every op must be divisible by every ``K`` of the schedule; the hub DARTS space's
-      ``FactorizedReduce`` (two convs of ``C/2``) then needs ``C`` divisible by ``2 * lcm(K)``, e.g.
-      48 rather than the paper's 36 for K 6 -> 4; an unsuitable width is rejected up front with the
-      op named;
-    * NNI's hub ``NasBench201`` uses ``BatchNorm(affine=True)`` where the DrNAS search used
-      ``affine=False``; weight optimiser, schedule and data split come from the evaluator.
+    Examples
+    --------
+    >>> from nni.nas.experiment import NasExperiment
+    >>> from strategies import DrNAS
+    >>> experiment = NasExperiment(model_space, evaluator, DrNAS())    # DrNAS(stages="nb201"): progressive
+    >>> experiment.run()
+    >>> experiment.export_top_models(formatter="dict")
     """
 
     def __init__(self, *, arc_learning_rate: float = 3.0e-4, reg_type: str = "l2", reg_scale: float = 1.0e-3,

@@ -2,7 +2,8 @@
 
 Architecture parameters live on the probability simplex and are updated by exponentiated gradient
 (mirror descent with the entropic map) instead of softmax + SGD/Adam, which gives fast convergence
-and sparse architecture weights. Reference code: liamcli/gaea_release.
+and sparse architecture weights. Reference code: https://github.com/liamcli/gaea_release; what exactly
+runs here, and how it differs from the paper, is described in ``docs/algorithms.md``.
 """
 from __future__ import annotations
 
@@ -28,7 +29,7 @@ _BASES = ("darts", "pc-darts", "gdas")
 
 
 class ExponentiatedGradient(torch.optim.Optimizer):
-    """Exponentiated gradient on rows of the simplex (GAEA ``architect_edarts.py``).
+    """Exponentiated gradient on rows of the simplex, as in GAEA's release.
 
     For every parameter (a 1-D distribution, or a matrix whose last dimension is one):
     ``theta <- theta * exp(-lr * grad)``, then ``clamp(min=clamp)`` and division by the row sum
@@ -86,8 +87,8 @@ class ExponentiatedGradient(torch.optim.Optimizer):
 
 
 class GAEALightningModule(ArchDistributionModule):
-    """Search loop of :class:`GAEA` (see there): NNI's DARTS loop with the EG architecture optimiser,
-    the optional entropic term and (GDAS base) the temperature schedule."""
+    """Search loop of :class:`GAEA`: NNI's DARTS loop with the EG architecture optimiser, the optional
+    entropic term and (GDAS base) the temperature schedule."""
 
     def __init__(self, training_module, arch_weights: ArchWeights, *, edge_learning_rate: float,
                  entropy_weight: float, normalize_first: bool, temperature: tuple[float, float],
@@ -154,85 +155,78 @@ class GAEALightningModule(ArchDistributionModule):
 
 
 class GAEA(ArchDistributionStrategy):
-    """GAEA (Li et al., "Geometry-Aware Gradient Algorithms for Neural Architecture Search", ICLR 2021)
-    as an NNI strategy.
+    """Geometry-aware gradient algorithm: architecture weights on the probability simplex, updated by
+    exponentiated gradient (mirror descent), on a DARTS, PC-DARTS or GDAS supernet.
 
-    Use it like :class:`nni.nas.strategy.DARTS`: ``NasExperiment(model_space, evaluator, GAEA())``
-    with any Lightning evaluator; any space NNI's ``DARTS`` accepts works (``LayerChoice``,
-    ``InputChoice``, ``Cell``, ``Repeat``, mutable native ops), including hub ``NasBench201``/``DARTS``.
+    `Geometry-Aware Gradient Algorithms for Neural Architecture Search <https://arxiv.org/abs/2004.07802>`__
+    (Liam Li, Mikhail Khodak, Maria-Florina Balcan, Ameet Talwalkar; ICLR 2021).
 
-    Algorithm (gaea_release ``cnn/train_search.py``, ``architect/architect_edarts.py``):
-
-    * every choice's parameter ``theta`` lies on the simplex, initialised uniform ``1/|O|``, and the
-      supernet mixes with ``theta`` directly (no softmax);
-    * per batch, first-order: arch step first, ``theta <- theta * exp(-eta * grad)``, clamp at 1e-5,
-      renormalise (:class:`ExponentiatedGradient`), on the loss plus the optional entropic term
-      ``entropy_weight * sum theta log(|O| theta)``; then the evaluator's weight step;
-    * ``single_level=True`` (ERM, the paper's headline): both steps use the evaluator's **training**
-      data, the arch batch from an independently shuffled copy of the train loader (same dataset,
-      batching and workers; a sampler or batch sampler the user gave, e.g. a subset, is kept with a
-      random stream of its own); the evaluator's val loader is not used. ``single_level=False``:
-      bilevel, arch steps on the val loader;
-    * export: argmax ``theta`` per choice; for ``Cell``\\ s the DARTS rule on ``theta`` (times the
-      edge weights for PC-DARTS), never picking the implicit zero op or ``none``.
+    Every choice has a distribution ``theta``, initialised uniform, that the supernet mixes with
+    directly (no softmax). The architecture step is ``theta <- theta * exp(-eta * grad)`` followed by
+    renormalisation (:class:`ExponentiatedGradient`), which converges fast and gives sparse weights.
+    Each batch takes an architecture step, then the evaluator's weight step, both through the
+    evaluator's ``training_step``. With ``single_level=True`` (ERM, the paper's main setting) both
+    steps learn from the training data: the architecture batches come from a separately shuffled copy
+    of the evaluator's training loader, and its validation loader is not used. With
+    ``single_level=False`` (bilevel) the architecture steps use the validation loader, as in DARTS.
+    The exported architecture is the argmax of ``theta`` per choice, and for a
+    :class:`~nni.nas.nn.pytorch.Cell` the DARTS rule (the two strongest inputs of each node), never
+    picking ``none``.
 
     Bases:
 
-    * ``"darts"`` (default): the above.
-    * ``"pc-darts"``: partial channels (``partial_k``, default 4) on every ``LayerChoice`` / ``Cell``
-      edge, and for cells EG-updated edge weights, one simplex vector per node over its inputs
-      (init ``1/#inputs``, step ``edge_learning_rate``).
-    * ``"gdas"``: hard straight-through Gumbel-softmax on ``log theta`` (one draw per label per
-      forward; only the chosen op of a ``LayerChoice`` or ``Cell`` edge is evaluated, while an
-      ``InputChoice`` weighs its inputs, which exist anyway, with the one-hot draw), temperature
-      annealed linearly from 10 to 0.1 after the warm-up; EG with ``eta`` 0.01, ``entropy_weight``
-      0.01, normalise-then-clamp.
+    * ``"darts"``: the above.
+    * ``"pc-darts"``: partial channels (``1/partial_k`` of the channels go through the candidates) on
+      every ``LayerChoice`` and ``Cell`` edge; in cells, each node also weighs its inputs with an
+      edge distribution updated by exponentiated gradient.
+    * ``"gdas"``: one hard straight-through Gumbel-softmax sample of ``log theta`` per label and
+      forward (a ``LayerChoice`` or ``Cell`` edge runs only the sampled candidate), with the
+      temperature annealed linearly after the warm-up.
+
+    Search spaces: whatever NNI's ``DARTS`` accepts (``LayerChoice``, ``InputChoice``, ``Cell``,
+    ``Repeat``, mutable native ops), NNI's hub ``NasBench201`` and ``DARTS`` included. The update
+    rules, the defaults and every departure from the paper are described in ``docs/algorithms.md``.
 
     Parameters
     ----------
     base
-        ``"darts"``, ``"pc-darts"`` or ``"gdas"`` (case, ``-`` and ``_`` do not matter: ``"pcdarts"``
-        is ``"pc-darts"``). An argument of another base (``partial_k``, ``edge_learning_rate``,
-        ``temperature``) raises ``ValueError``.
+        ``"darts"``, ``"pc-darts"`` or ``"gdas"``; case, ``-`` and ``_`` do not matter (``"pcdarts"``
+        is ``"pc-darts"``). An argument that belongs to another base raises ``ValueError``.
     arc_learning_rate
-        EG step ``eta``; default 0.1 (0.01 for ``gdas``).
+        Exponentiated-gradient step size ``eta``; default 0.1 (0.01 for ``gdas``).
     edge_learning_rate
-        EG step of the PC-DARTS edge weights (``pc-darts`` only; default 0.1).
+        Step size of the edge distributions (``pc-darts`` only; default 0.1).
     entropy_weight
-        ``lambda`` of the entropic term; default 0 (0.01 for ``gdas``).
+        Weight ``lambda`` of the entropic term ``lambda * sum theta * log(|O| theta)`` (the KL divergence
+        to the uniform distribution) added to the architecture loss; default 0 (0.01 for ``gdas``).
     single_level
-        ERM (default, as the paper's headline) or bilevel.
+        ``True``: ERM, both steps on the training data. ``False``: bilevel, architecture steps on the
+        validation data.
     partial_k
-        Partial-channel factor (``pc-darts`` only; default 4).
+        Partial-channel factor ``K`` (``pc-darts`` only; default 4).
     exclude_none
-        Remove choices named ``none`` from ``LayerChoice``\\ s, as the release searches NAS-Bench-201
-        (``exclude_zero=true``): ``theta`` starts uniform over the other choices, its ``none`` entry
-        stays 0, and EG runs on the smaller simplex. Cells keep their implicit zero op, as GAEA
-        PC-DARTS searches ``none`` on the DARTS space.
+        Remove candidates named ``none`` from every ``LayerChoice``: ``theta`` is uniform over the
+        others and its ``none`` entry stays 0. A ``Cell`` keeps its implicit zero op.
     temperature
-        ``(start, end)`` Gumbel temperature (``gdas`` only; default ``(10, 0.1)``).
+        ``(start, end)`` of the Gumbel-softmax temperature (``gdas`` only; default ``(10, 0.1)``).
     gradient_clip_val
-        Gradient clipping of the weight step; the release clips at 5 (NNI's default ``None``: none).
+        Gradient clipping of the weight step; ``None`` disables it. The paper's code clips at 5.
     log_prob_every_n_step
-        Also log the distribution every this many batches (it is always logged at epoch ends).
+        Log the architecture distribution every this many batches (it is also logged at every epoch end).
     warmup_epochs
-        Epochs without architecture steps (release: 0 for DARTS/PC-DARTS, 50 for GDAS; here 0 unless
-        given).
+        Epochs without architecture steps at the start.
     sparsity_threshold
-        A choice with probability below this counts as pruned in the logged ``sparsity/<label>``.
+        A candidate with probability below this counts as pruned in the logged ``sparsity/<label>``.
     **kwargs
-        Passed to :class:`nni.nas.strategy.DARTS` (e.g. ``mutation_hooks``).
+        Passed to :class:`nni.nas.strategy.DARTS` (e.g. ``penalty``, ``mutation_hooks``).
 
-    Notes
-    -----
-    Departures from the reference code, by design:
-
-    * bilevel mode exports the final architecture; the release picks the epoch with the best supernet
-      validation accuracy (NNI's DARTS runs no validation loop);
-    * GDAS warm-up defaults to 0 (not 50 epochs) so that short runs search at all;
-    * GDAS evaluation (validation, logging) uses ``theta`` instead of a sample;
-    * weight optimiser, schedule (the release's 25-of-50-epoch cosine), width (release: C=24 on
-      NB201) and data come from the evaluator and the space.
+    Examples
+    --------
+    >>> from nni.nas.experiment import NasExperiment
+    >>> from strategies import GAEA
+    >>> experiment = NasExperiment(model_space, evaluator, GAEA())    # or GAEA(base="pc-darts", single_level=False)
+    >>> experiment.run()
+    >>> experiment.export_top_models(formatter="dict")
     """
 
     def __init__(self, *, base: str = "darts", arc_learning_rate: float | None = None,

@@ -1,4 +1,4 @@
-"""Harness for tests that start real NNI experiments (see ../shared/notes/nni_compat.md §6).
+"""Harness for tests that start real NNI experiments.
 
 Every experiment runs in a *driver subprocess* (``python -m tests.nni_driver``) whose ``HOME`` and
 ``NNI_CONFIG_DIR`` point into a temporary sandbox, so the ``~/nni-experiments/.experiment``
@@ -21,7 +21,7 @@ import time
 import urllib.request
 from pathlib import Path
 
-import nni_plugins.compat  # noqa: F401  (before NNI: filters its torch-version warnings)
+import nni_compat  # noqa: F401  (the NNI 3.0 fixes, bottom layer)
 import torch
 from torch import nn
 

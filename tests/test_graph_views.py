@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-import nni_plugins.compat  # noqa: F401
+import nni_compat  # noqa: F401  (the NNI 3.0 fixes, bottom layer)
 import nni
 from nni.nas.benchmark import BenchmarkModelSpace
 from nni.nas.hub.pytorch import DARTS, NasBench101, NasBench201

@@ -11,7 +11,7 @@ import zlib
 import pytest
 import torch
 
-import nni_plugins.compat  # noqa: F401
+import nni_compat  # noqa: F401  (the NNI 3.0 fixes, bottom layer)
 from nni.nas.evaluator import FunctionalEvaluator
 from nni.nas.hub.pytorch import DARTS, MobileNetV3Space, NasBench101, ProxylessNAS
 from nni.nas.space import SimplifiedModelSpace

@@ -12,7 +12,7 @@ import pytest
 import torch
 from torch import nn
 
-import search_spaces  # noqa: F401  (applies nni_plugins.compat before NNI is imported)
+import search_spaces  # noqa: F401  (applies nni_compat before NNI is imported)
 from nni.mutable import SampleValidationError
 from nni.nas.hub.pytorch import NasBench201
 from nni.nas.hub.pytorch.modules import NasBench201Cell
