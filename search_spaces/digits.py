@@ -15,7 +15,7 @@ from torch import nn
 from nni.mutable import label_scope
 from nni.nas.nn.pytorch import InputChoice, LayerChoice, ModelSpace
 
-from ._checks import positive_int
+from ._checks import cell_stack, positive_int, set_checked
 
 __all__ = ["DIGITS_OPS", "DigitsCellSpace"]
 
@@ -107,23 +107,10 @@ class DigitsCellSpace(ModelSpace):
     def __init__(self, channels: int = 16, num_nodes: int = 3, num_cells: int = 2,
                  num_classes: int = 10, in_channels: int = 1):
         super().__init__()
-        self.channels = positive_int("DigitsCellSpace", "channels", channels)
-        self.num_nodes = positive_int("DigitsCellSpace", "num_nodes", num_nodes)
-        self.num_cells = positive_int("DigitsCellSpace", "num_cells", num_cells)
-        self.num_classes = positive_int("DigitsCellSpace", "num_classes", num_classes)
-        self.in_channels = positive_int("DigitsCellSpace", "in_channels", in_channels)
-
-        self.stem = nn.Sequential(
-            nn.Conv2d(in_channels, channels, 3, padding=1, bias=False),
-            nn.BatchNorm2d(channels),
-        )
-        layers: list[nn.Module] = []
-        for k in range(num_cells):
-            layers.append(_DigitsCell(channels, num_nodes, label=f"cell{k}"))
-            if k < num_cells - 1:
-                layers.append(nn.MaxPool2d(2, ceil_mode=True))
-        self.cells = nn.Sequential(*layers)
-        self.head = nn.Sequential(nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(channels, num_classes))
+        set_checked(self, "DigitsCellSpace", positive_int, channels=channels, num_nodes=num_nodes,
+                    num_cells=num_cells, num_classes=num_classes, in_channels=in_channels)
+        self.stem, self.cells, self.head = cell_stack(
+            in_channels, channels, num_cells, num_classes, lambda k: _DigitsCell(channels, num_nodes, label=f"cell{k}"))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.cells(self.stem(x)))

@@ -24,7 +24,7 @@ from nni.nas.hub.pytorch.modules import NasBench201Cell
 from nni.nas.hub.pytorch.nasbench201 import Pooling, ResNetBasicblock, Zero
 from nni.nas.nn.pytorch import ModelSpace
 
-from ._checks import boolean, positive_int
+from ._checks import boolean, positive_int, set_checked
 
 __all__ = [
     "NB201_EDGES", "NB201_OPS", "HUB_OPS", "to_api_op", "to_hub_op",
@@ -189,13 +189,9 @@ class NasBench201Space(ModelSpace):
     def __init__(self, C: int = 16, N: int = 5, num_classes: int = 10, affine: bool = False,
                  track_running_stats: bool = True, with_none: bool = True, in_channels: int = 3):
         super().__init__()
-        self.C = positive_int("NasBench201Space", "C", C)
-        self.N = positive_int("NasBench201Space", "N", N)
-        self.num_classes = positive_int("NasBench201Space", "num_classes", num_classes)
-        self.in_channels = positive_int("NasBench201Space", "in_channels", in_channels)
-        self.affine = boolean("NasBench201Space", "affine", affine)
-        self.track_running_stats = boolean("NasBench201Space", "track_running_stats", track_running_stats)
-        self.with_none = boolean("NasBench201Space", "with_none", with_none)
+        set_checked(self, "NasBench201Space", positive_int, C=C, N=N, num_classes=num_classes, in_channels=in_channels)
+        set_checked(self, "NasBench201Space", boolean, affine=affine, track_running_stats=track_running_stats,
+                    with_none=with_none)
         self.op_names: tuple[str, ...] = HUB_OPS if with_none else HUB_OPS[1:]
 
         self.stem = nn.Sequential(

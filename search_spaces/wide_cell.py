@@ -40,7 +40,7 @@ from nni.mutable.mutable import Categorical, CategoricalMultiple, _mutable_equal
 from nni.mutable.utils import auto_label
 from nni.nas.nn.pytorch import InputChoice, LayerChoice, ModelSpace, MutableModule
 
-from ._checks import positive_int
+from ._checks import cell_stack, positive_int, set_checked
 from .graph import ArchGraph, GraphView, InvalidGraph, register_graph_view
 
 __all__ = ["WIDE_CELL_OPS", "WideCell", "WideCellSpace", "WideCellGraphView"]
@@ -254,21 +254,13 @@ class WideCellSpace(ModelSpace):
                  in_channels: int = 1, ops: Sequence[str] = ("sep_conv_3x3",), edge_prob: float = 0.25):
         super().__init__()
         self.num_nodes = _check_num_nodes(num_nodes)
-        self.channels = positive_int("WideCellSpace", "channels", channels)
-        self.num_cells = positive_int("WideCellSpace", "num_cells", num_cells)
-        self.num_classes = positive_int("WideCellSpace", "num_classes", num_classes)
-        self.in_channels = positive_int("WideCellSpace", "in_channels", in_channels)
+        set_checked(self, "WideCellSpace", positive_int, channels=channels, num_cells=num_cells,
+                    num_classes=num_classes, in_channels=in_channels)
         self.op_names = _check_ops(tuple(ops))
         self.edge_prob = _check_edge_prob(edge_prob)
-
-        self.stem = nn.Sequential(nn.Conv2d(in_channels, channels, 3, padding=1, bias=False), nn.BatchNorm2d(channels))
-        layers: list[nn.Module] = []
-        for k in range(num_cells):
-            layers.append(WideCell(channels, num_nodes, self.op_names, label="cell", edge_prob=self.edge_prob))
-            if k < num_cells - 1:
-                layers.append(nn.MaxPool2d(2, ceil_mode=True))
-        self.cells = nn.Sequential(*layers)
-        self.head = nn.Sequential(nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(channels, num_classes))
+        self.stem, self.cells, self.head = cell_stack(
+            in_channels, channels, num_cells, num_classes,
+            lambda k: WideCell(channels, num_nodes, self.op_names, label="cell", edge_prob=self.edge_prob))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.cells(self.stem(x)))
