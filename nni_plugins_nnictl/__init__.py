@@ -3,20 +3,23 @@
 NNI's manager gives a tuner process 10 seconds to connect (``TunerCommandChannel.init`` in
 ``nni_node/core/tuner_command_channel.js``: "Tuner did not connect in 10 seconds"), and
 ``python -m nni`` (``nni/__main__.py``) imports and constructs the tuner before its
-``MsgDispatcher`` connects. :mod:`nni_plugins.tuners` needs torch, Lightning and NNI's NAS
-packages, whose import alone takes 7-10 s on a 2-core machine (more with a cold disk cache or a
-busy CPU), so an experiment could die before its first trial. The classes here import nothing
-heavy: construction starts loading :class:`nni_plugins.tuners.GOALTuner` / ``NASGEMTuner`` with
-the same class arguments in a background thread and returns, the dispatcher connects, and every
-tuner call waits for the real tuner and hands over to it. An error while loading (e.g. a wrong
-class argument) or in a call (e.g. a search space the tuner rejects) is logged to
-``dispatcher.log`` and ends the dispatcher, so the experiment ends as ERROR: NNI's dispatcher
-would only log it and leave the experiment waiting for ever.
+``MsgDispatcher`` connects. ``import nni_plugins.tuners`` took 6.5-8.5 s on a 2-core CPU machine
+(four runs, other work on the machine), more with a cold disk cache or a busy CPU, so an
+experiment could die before its first trial. Almost all of it is NNI's NAS packages, which
+:mod:`nni_compat` imports to patch them and the strategies need anyway: ``pytorch_lightning``
+4.9 s (torch 1.7 s of it) and ``nni`` 1.3 s of 6.5 s (``python -X importtime``); our own modules
+take under 0.1 s. The classes here import only ``nni`` and ``nni.tuner`` (about 2 s):
+construction starts loading :class:`nni_plugins.tuners.GOALTuner` / ``NASGEMTuner`` with the same
+class arguments in a background thread and returns, the dispatcher connects, and every tuner call
+waits for the real tuner and hands over to it. An error while loading (e.g. a wrong class
+argument) or in a call (e.g. a search space the tuner rejects) is logged to ``dispatcher.log`` and
+ends the dispatcher, so the experiment ends as ERROR: NNI's dispatcher would only log it and leave
+the experiment waiting for ever.
 
-This is a package of its own because importing anything under ``nni_plugins`` applies
-:mod:`nni_plugins.compat`, which is the slow import. ``nni-plugins register`` registers these
-classes (``nni_plugins/data/nnictl_algorithms.yml``); the class arguments are documented on the
-real tuners.
+This is a package of its own because importing anything under ``nni_plugins`` runs
+``nni_plugins/__init__.py``, which applies :mod:`nni_compat`: the slow import above.
+``nni-plugins register`` registers these classes (``nni_plugins/data/nnictl_algorithms.yml``);
+the class arguments are documented on the real tuners.
 """
 from __future__ import annotations
 

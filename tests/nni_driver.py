@@ -14,7 +14,7 @@ import sys
 import time
 from pathlib import Path
 
-import nni_plugins.compat as compat  # applies the fixes
+import nni_compat as compat  # applies the fixes
 import nni
 from nni.nas.evaluator import FunctionalEvaluator
 from nni.nas.execution.event import ModelEventType

@@ -1,4 +1,4 @@
-"""End-to-end proofs of the NNI 3.0 fixes that need a running NNI manager (nni_plugins.compat).
+"""End-to-end proofs of the NNI 3.0 fixes that need a running NNI manager (nni_compat).
 
 Each experiment runs in a driver subprocess in its own sandbox (HOME, NNI_CONFIG_DIR, experiment
 directory, free loopback port; see tests/nni_harness.py), on a 16-architecture space whose metric
@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-import nni_plugins.compat as compat
+import nni_compat as compat
 from tests.nni_harness import Sandbox, arch_metric, free_port, pid_alive, rest_get, wait_dead
 
 pytestmark = pytest.mark.slow

@@ -1,4 +1,4 @@
-"""Fast tests of the NNI 3.0 compatibility fixes (nni_plugins.compat) that need no NNI manager.
+"""Fast tests of the NNI 3.0 compatibility fixes (nni_compat) that need no NNI manager.
 
 Each test shows the failure with the fix undone (``compat.unpatched``) and the repaired behaviour
 with it. Fixes that need a running NNI manager are proven in test_compat_experiments.py.
@@ -14,7 +14,7 @@ import pytest
 import torch
 from torch import nn
 
-import nni_plugins.compat as compat
+import nni_compat as compat
 import nni
 from nni.nas.evaluator import FunctionalEvaluator
 from nni.nas.experiment import NasExperiment, NasExperimentConfig
@@ -424,8 +424,8 @@ def test_wait_models_waits_for_trial_ends_sent_before_done(monkeypatch, caplog):
     time.sleep(0.6)                                  # let the unpatched run's timer fire
     assert ended_by_return(0.5)[0] is True
     # a TrialEnd that never comes costs the patience, then a warning naming the trial
-    monkeypatch.setattr(compat, 'TRIAL_END_PATIENCE', 0.3)
-    with caplog.at_level(logging.WARNING, logger='nni_plugins.compat'):
+    monkeypatch.setattr(compat.engine, 'TRIAL_END_PATIENCE', 0.3)
+    with caplog.at_level(logging.WARNING, logger='nni_compat'):
         ended, seconds = ended_by_return(None)
     assert not ended and 0.3 <= seconds < 5
     assert 'trial(s) X never reached the strategy' in caplog.text
