@@ -3,8 +3,14 @@
 Subcommands: ``search`` (run a NAS experiment), ``benchmark`` (multi-trial strategies on the
 NAS-Bench-201 table), ``export`` (best architecture of a finished run as JSON),
 ``strategies`` (list the registered strategy names) and ``register`` / ``unregister`` (GOAL and
-NASGEM as ``nnictl`` tuners, :mod:`nni_plugins.registration`). Every bad input ends with one
-``error: ...`` line on stderr and exit status 2.
+NASGEM as ``nnictl`` tuners, :mod:`nni_plugins.registration`).
+
+Errors. Every bad input ends with one ``error: ...`` line on stderr and exit status 2: ``ValueError``
+(the project's own checks), file-system errors (``OSError``), YAML syntax errors and the configuration
+errors of NNI (its config checks, some of them bare assertions) and Lightning
+(``MisconfigurationException``). Any other exception is a bug: one ``error: unexpected ...`` line and
+exit status 1. Ctrl-C: one line, exit status 130. ``-v``/``--verbose`` (before or after the subcommand)
+also prints the traceback. docs/errors.md lists the messages.
 """
 from __future__ import annotations
 
@@ -12,8 +18,11 @@ import argparse
 import json
 import logging
 import sys
+import traceback
 from pathlib import Path
 from typing import Sequence
+
+import yaml
 
 __all__ = ["main", "build_parser"]
 
@@ -34,12 +43,19 @@ def _int_list(text: str) -> list[int]:
         raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
 
 
+_VERBOSE_HELP = "show NNI's and Lightning's info logs, and the traceback of an error"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="nni-plugins", description="NAS strategy plugins for NNI 3.0 (GOAL, NASGEM, GAEA, DrNAS, TETLO).")
-    parser.add_argument("-v", "--verbose", action="store_true", help="show NNI's and Lightning's info logs")
+    parser.add_argument("-v", "--verbose", action="store_true", help=_VERBOSE_HELP)
+    # the same flag after the subcommand; SUPPRESS keeps a subcommand from resetting the one given before it
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS, help=_VERBOSE_HELP)
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
-    s = sub.add_parser("search", help="run a NAS experiment (defaults: embedded digits space and data)")
+    s = sub.add_parser("search", parents=[common],
+                       help="run a NAS experiment (defaults: embedded digits space and data)")
     s.add_argument("--config", help="YAML file with the same keys as the flags (flags win)")
     s.add_argument("--strategy", help="strategy name (see `nni-plugins strategies`); default drnas")
     s.add_argument("--space", help="model space: digits (default), nasbench201, wide-cell, nasbench201-hub, nasbench101-hub, darts-hub")
@@ -57,7 +73,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--port", type=int, help="NNI manager port of multi-trial runs (default: a free one)")
     s.add_argument("--output", help="run directory (required unless in --config)")
 
-    b = sub.add_parser("benchmark", help="compare multi-trial strategies on the NAS-Bench-201 table")
+    b = sub.add_parser("benchmark", parents=[common], help="compare multi-trial strategies on the NAS-Bench-201 table")
     b.add_argument("--strategies", default="random,rea", help="comma-separated names (default random,rea)")
     b.add_argument("--seeds", type=int, default=5, help="number of seeds (0..N-1)")
     b.add_argument("--budget", type=int, default=100, help="queries (distinct architectures) per run")
@@ -66,13 +82,14 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--checkpoints", type=_int_list, default=[25, 50, 100, 150], help="query counts to report")
     b.add_argument("--output", required=True, help="directory for the CSV and TensorBoard curves")
 
-    e = sub.add_parser("export", help="print the best architecture of a finished run as JSON")
+    e = sub.add_parser("export", parents=[common], help="print the best architecture of a finished run as JSON")
     e.add_argument("run_dir", help="output directory of `nni-plugins search`")
     e.add_argument("--output", help="also write the JSON to this file")
 
-    sub.add_parser("strategies", help="list the registered strategies")
-    sub.add_parser("register", help="register GOAL and NASGEM as nnictl tuners (like `nnictl algo register --meta`)")
-    sub.add_parser("unregister", help="remove GOAL and NASGEM from NNI's algorithm registry")
+    sub.add_parser("strategies", parents=[common], help="list the registered strategies")
+    sub.add_parser("register", parents=[common],
+                   help="register GOAL and NASGEM as nnictl tuners (like `nnictl algo register --meta`)")
+    sub.add_parser("unregister", parents=[common], help="remove GOAL and NASGEM from NNI's algorithm registry")
     return parser
 
 
@@ -147,6 +164,38 @@ def _cmd_unregister(args: argparse.Namespace) -> int:
     return 0
 
 
+_NNI_CONFIG_DIR = str(Path("nni", "experiment", "config"))
+
+
+def _explained(err: BaseException) -> str | None:
+    """The one-line message of an error caused by the input or the machine; ``None`` for a bug."""
+    if isinstance(err, OSError) and err.filename is not None:
+        names = f"'{err.filename}'" + ("" if err.filename2 is None else f" -> '{err.filename2}'")
+        return f"{names}: {err.strerror or err}"
+    fabric = sys.modules.get("lightning_fabric.utilities.exceptions")
+    if isinstance(err, (ValueError, OSError, yaml.YAMLError)) or (
+            fabric is not None and isinstance(err, fabric.MisconfigurationException)):
+        return str(err)
+    frames = traceback.extract_tb(err.__traceback__)
+    if frames and _NNI_CONFIG_DIR in frames[-1].filename:  # NNI's config checks, some bare asserts
+        return f"NNI refused the experiment settings: {str(err) or frames[-1].line} ({Path(frames[-1].filename).name})"
+    return None
+
+
+def _report(err: BaseException, verbose: bool) -> int:
+    """Print one ``error:`` line (after the traceback when ``verbose``) and return the exit status."""
+    if verbose:
+        traceback.print_exception(err)
+    message = _explained(err)
+    if message is None:
+        hint = "" if verbose else "; run with --verbose for the traceback"
+        message, status = f"unexpected {type(err).__name__}: {err} (a bug in nni-plugins or below{hint})", 1
+    else:
+        status = 2
+    print("error: " + " ".join(message.split()), file=sys.stderr)
+    return status
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     try:
@@ -162,6 +211,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 "register": _cmd_register, "unregister": _cmd_unregister}
     try:
         return commands[args.command](args)
-    except ValueError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    except KeyboardInterrupt:
+        print("error: interrupted", file=sys.stderr)
+        return 130
+    except Exception as err:  # noqa: BLE001 - every error ends in one line; see _report
+        return _report(err, args.verbose)

@@ -22,7 +22,17 @@ Supported sources (``name``):
     A NumPy ``.npz`` file at ``path`` with ``x_train``/``y_train`` and optionally ``x_test``/``y_test``.
     Images may be ``N x C x H x W`` or ``N x H x W x C`` (the axis of size <= 4 is the channel axis;
     ``N x H x W`` is read as one channel); ``uint8`` is scaled by 1/255, float data is used as is.
-    Labels are non-negative integers; ``num_classes`` is the largest label plus one.
+    Labels are non-negative integers; the number of classes is the optional scalar ``num_classes`` in
+    the file, else the largest training label plus one.
+
+Checks at load. Bad data is refused when it is loaded, with one ``ValueError`` that names the file and
+the array or image: ``.npz`` files that are truncated, corrupt or not ``.npz`` archives; float images
+with NaN or infinite values (with their count and the first bad image); labels at or above
+``num_classes`` (given in the file, or for ``y_test`` implied by ``y_train``: test classes that never
+occur in training); fewer than 2 classes. In an ImageFolder tree every file's image header is read up
+front (cheap: the pixels are not decoded), so files that are not images are refused at load; a file
+whose pixels fail to decode later (e.g. truncated) raises a ``ValueError`` naming it when it is read
+(the images used for the mean/std are decoded at load).
 
 Splits. ``train`` and ``val`` are a deterministic split (by ``seed``) of the training data:
 one-shot strategies update weights on ``train`` and architecture parameters on ``val`` (the DARTS
@@ -46,6 +56,8 @@ from __future__ import annotations
 
 import functools
 import os
+import zipfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -53,6 +65,7 @@ from typing import Sequence
 import nni
 import numpy as np
 import torch
+from PIL import Image  # torchvision depends on Pillow
 from torch.utils.data import Dataset
 
 __all__ = [
@@ -70,6 +83,7 @@ DIGITS_TEST_FRACTION = 0.2
 IMAGEFOLDER_STATS_SAMPLES = 1000
 _DIGITS_TEST_SEED = 0
 _PARTS = ("train", "val", "test")
+_IMAGE_ERRORS = (OSError, ValueError, SyntaxError, Image.DecompressionBombError)  # what Pillow raises on bad files
 
 
 @dataclass
@@ -165,10 +179,9 @@ class _FolderSource:
     training image's size when they differ."""
 
     def __init__(self, train_folder, test_folder):
-        from PIL import Image  # torchvision depends on Pillow
         self.folders = {"train": train_folder, "test": test_folder}
         self.num_classes = len(train_folder.classes)
-        width, height = train_folder.loader(train_folder.samples[0][0]).size
+        width, height = self._read(train_folder, 0)[0].size
         self.size_wh = (width, height)
         self.input_shape = (3, height, width)
         self._resample = Image.BILINEAR
@@ -176,14 +189,22 @@ class _FolderSource:
     def size(self, part: str) -> int:
         return 0 if self.folders[part] is None else len(self.folders[part])
 
+    @staticmethod
+    def _read(folder, index: int):
+        """The RGB image ``index`` of ``folder`` and its label; a ``ValueError`` naming the file if it fails."""
+        file, label = folder.samples[index]
+        try:
+            image = folder.loader(file)
+        except _IMAGE_ERRORS as err:
+            raise ValueError(f"cannot decode image '{file}': {err}; remove or replace the file") from err
+        return image, int(label)
+
     def item(self, part: str, index: int) -> tuple[torch.Tensor, int]:
         from torchvision.transforms.functional import to_tensor
-        folder = self.folders[part]
-        file, label = folder.samples[index]
-        image = folder.loader(file)
+        image, label = self._read(self.folders[part], index)
         if image.size != self.size_wh:
             image = image.resize(self.size_wh, self._resample)
-        return to_tensor(image), int(label)
+        return to_tensor(image), label
 
     def stats(self, indices: np.ndarray) -> tuple[list[float], list[float]]:
         picked = indices[np.linspace(0, len(indices) - 1, min(len(indices), IMAGEFOLDER_STATS_SAMPLES)).astype(int)]
@@ -197,6 +218,22 @@ class _FolderSource:
         mean = total / count
         std = torch.sqrt(torch.clamp(total_sq / count - mean ** 2, min=0.0))
         return mean.tolist(), std.tolist()
+
+
+def _check_finite(x: np.ndarray, key: str, path: str) -> None:
+    """Refuse float images with NaN or infinite values (checked in chunks of images to bound memory)."""
+    if x.dtype == np.uint8:
+        return
+    bad_values, bad_images, first = 0, 0, None
+    for start in range(0, len(x), 1024):
+        per_image = (~np.isfinite(x[start:start + 1024])).reshape(min(1024, len(x) - start), -1).sum(axis=1)
+        bad_values += int(per_image.sum())
+        bad_images += int(np.count_nonzero(per_image))
+        if first is None and bad_images:
+            first = start + int(np.flatnonzero(per_image)[0])
+    if bad_values:
+        raise ValueError(f"{path}: '{key}' has {bad_values} NaN or infinite value(s) in {bad_images} image(s) "
+                         f"(first: image {first}); replace or drop those images")
 
 
 def _images_to_nchw(x: np.ndarray, key: str, path: str) -> np.ndarray:
@@ -233,12 +270,54 @@ def _labels(y: np.ndarray, key: str, path: str, n: int) -> np.ndarray:
     return y.astype(np.int64)
 
 
-def _load_npz(path: str) -> _ArraySource:
+_NPZ_READ_ERRORS = (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error)
+
+
+def _read_npz(path: str) -> dict[str, np.ndarray]:
     try:
-        with np.load(path, allow_pickle=False) as data:
-            arrays = {key: data[key] for key in data.files}
-    except (OSError, ValueError) as err:
+        data = np.load(path, allow_pickle=False)
+    except _NPZ_READ_ERRORS as err:
         raise ValueError(f"cannot read '{path}' as a NumPy .npz file: {err}") from err
+    if not isinstance(data, np.lib.npyio.NpzFile):
+        raise ValueError(f"'{path}' holds a single .npy array, not an .npz archive of named arrays; "
+                         "write it with numpy.savez(path, x_train=..., y_train=...)")
+    arrays = {}
+    with data:
+        for key in data.files:
+            try:
+                arrays[key] = data[key]
+            except _NPZ_READ_ERRORS as err:
+                raise ValueError(f"{path}: cannot read array '{key}' ({err}); the file is truncated, corrupt "
+                                 "or holds Python objects: write it again with numeric arrays") from err
+    return arrays
+
+
+def _class_count(arrays: dict[str, np.ndarray], y_train: np.ndarray, y_test: np.ndarray | None,
+                 path: str) -> int:
+    """The number of classes: the file's ``num_classes``, else the largest training label plus one; every
+    label must lie below it."""
+    if "num_classes" in arrays:
+        declared = arrays["num_classes"]
+        if declared.shape != () or not np.issubdtype(declared.dtype, np.integer):
+            raise ValueError(f"{path}: 'num_classes' must be one integer, got {declared!r}")
+        num_classes = int(declared)
+        source, fix = f"num_classes={num_classes} in the file", "fix the labels or 'num_classes'"
+    else:
+        num_classes = int(y_train.max()) + 1
+        source = f"'y_train' (largest label {num_classes - 1})"
+        fix = "fix the labels, or store the number of classes as 'num_classes' in the file"
+    for key, y in (("y_train", y_train), ("y_test", y_test)):
+        bad = 0 if y is None else int(np.count_nonzero(y >= num_classes))
+        if bad:
+            raise ValueError(f"{path}: '{key}' has {bad} label(s) >= {num_classes} (largest {int(y.max())}), outside "
+                             f"the classes 0..{num_classes - 1} set by {source}; {fix}")
+    if num_classes < 2:
+        raise ValueError(f"{path}: {source} gives {num_classes} class; classification needs at least 2")
+    return num_classes
+
+
+def _load_npz(path: str) -> _ArraySource:
+    arrays = _read_npz(path)
     missing = [key for key in ("x_train", "y_train") if key not in arrays]
     if missing:
         raise ValueError(f"{path}: the .npz file needs arrays 'x_train' and 'y_train' "
@@ -246,12 +325,14 @@ def _load_npz(path: str) -> _ArraySource:
     if ("x_test" in arrays) != ("y_test" in arrays):
         raise ValueError(f"{path}: 'x_test' and 'y_test' must be given together")
     x_train = _images_to_nchw(arrays["x_train"], "x_train", path)
+    _check_finite(x_train, "x_train", path)
     y_train = _labels(arrays["y_train"], "y_train", path, len(x_train))
     if len(x_train) < 2:
         raise ValueError(f"{path}: 'x_train' needs at least 2 images, got {len(x_train)}")
     x_test = y_test = None
     if "x_test" in arrays:
         x_test = _images_to_nchw(arrays["x_test"], "x_test", path)
+        _check_finite(x_test, "x_test", path)
         y_test = _labels(arrays["y_test"], "y_test", path, len(x_test))
         if x_test.shape[1:] != x_train.shape[1:]:
             raise ValueError(f"{path}: test images have shape {x_test.shape[1:]} (C, H, W) but training "
@@ -259,8 +340,7 @@ def _load_npz(path: str) -> _ArraySource:
         if x_test.dtype != x_train.dtype:
             raise ValueError(f"{path}: 'x_train' ({x_train.dtype}) and 'x_test' ({x_test.dtype}) must share "
                              "one dtype so that both get the same scaling")
-    num_classes = int(max(y_train.max(), -1 if y_test is None or not len(y_test) else y_test.max())) + 1
-    return _ArraySource(x_train, y_train, x_test, y_test, num_classes)
+    return _ArraySource(x_train, y_train, x_test, y_test, _class_count(arrays, y_train, y_test, path))
 
 
 def _load_digits() -> _ArraySource:
@@ -295,6 +375,21 @@ def _load_cifar(name: str, root: str, download: bool) -> _ArraySource:
                         x_test, np.asarray(parts[False].targets, dtype=np.int64), len(parts[True].classes))
 
 
+def _check_image_headers(folders, path: str) -> None:
+    """Open every file of the ImageFolder trees (header only, no pixel decoding) and refuse non-images."""
+    bad = []
+    for folder in folders:
+        for file, _ in folder.samples:
+            try:
+                with Image.open(file):
+                    pass
+            except _IMAGE_ERRORS as err:
+                bad.append((file, err))
+    if bad:
+        raise ValueError(f"image folder '{path}': {len(bad)} file(s) are not readable images, the first "
+                         f"'{bad[0][0]}' ({bad[0][1]}); remove or replace them")
+
+
 def _load_imagefolder(path: str) -> _FolderSource:
     from torchvision.datasets import ImageFolder
     root = Path(path)
@@ -305,6 +400,7 @@ def _load_imagefolder(path: str) -> _FolderSource:
         test = ImageFolder(str(test_dir)) if train_dir != root else None
     except (FileNotFoundError, RuntimeError) as err:
         raise ValueError(f"'{path}' is not an ImageFolder tree (<class>/<image> files): {err}") from err
+    _check_image_headers([train] if test is None else [train, test], path)
     if test is not None and test.classes != train.classes:
         raise ValueError(f"'{path}': the classes of '{test_dir.name}/' {test.classes} differ from those of "
                          f"'train/' {train.classes}")
@@ -455,8 +551,9 @@ def build_datasets(name: str = "digits", *, path: str | None = None, root: str |
     ------
     ValueError
         On an unknown name, a missing or unreadable path, CIFAR files missing without ``download``,
-        an ``.npz`` without ``x_train``/``y_train`` or with mismatched lengths, a bad ``val_fraction``
-        or ``limit``, or an argument that the chosen source does not use.
+        an ``.npz`` without ``x_train``/``y_train`` or with mismatched lengths, bad data (see "Checks at
+        load" in the module docstring), a bad ``val_fraction`` or ``limit``, or an argument that the
+        chosen source does not use.
     """
     name, path, root = _check_arguments(name, path, root, download)
     source = _load_source(name, path, root, bool(download))

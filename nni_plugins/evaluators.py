@@ -33,6 +33,12 @@ The trainer also gets ``default_root_dir`` = that directory, ``log_every_n_steps
 would otherwise log nothing: Lightning's default is every 50 steps) and checkpointing only when
 ``output_dir`` is given (checkpoints then go to ``<log dir>/checkpoints``). Any of these can be
 overridden through trainer keyword arguments.
+
+Hardware. Before a trainer is built, :func:`check_hardware` refuses an ``accelerator``/``devices``
+pair that this machine cannot run (one ``ValueError`` naming the key, the value and the fix): an
+unknown accelerator name, ``gpu``/``cuda``/``mps``/``tpu``/``hpu`` without that hardware, more GPUs than
+``torch.cuda.device_count()``, a non-positive count, or more CPU processes than ``os.cpu_count()``
+(``devices: 99`` on the CPU would otherwise start 99 processes).
 """
 from __future__ import annotations
 
@@ -41,20 +47,96 @@ import tempfile
 from typing import Any, Type
 
 import nni
+import torch
 import torch.nn as nn
 import torch.optim as optim
 from nni.nas.evaluator.pytorch import Classification, ClassificationModule, DataLoader, Lightning, Trainer
+from pytorch_lightning.accelerators import Accelerator, AcceleratorRegistry
 from pytorch_lightning.loggers import TensorBoardLogger
 
 from .datasets import DataSplits
 
 __all__ = [
     "EVALUATOR_KINDS", "SearchClassification", "SearchClassificationModule", "RunDirLogger",
-    "resolve_log_dir", "build_evaluator",
+    "resolve_log_dir", "build_evaluator", "check_hardware", "ACCELERATORS",
 ]
 
 EVALUATOR_KINDS = ("search", "classification")
 TEMP_LOG_DIR_NAME = "nni_plugins_lightning"
+ACCELERATORS = ("auto", "cpu", "gpu", "cuda", "mps", "tpu", "hpu")  # Lightning's names ("gpu" is "cuda")
+_HARDWARE = {"cuda": "a CUDA GPU visible to PyTorch (torch.cuda.is_available() is False here)",
+             "mps": "an Apple-silicon GPU (torch.backends.mps is not available here)",
+             "tpu": "a TPU and the torch_xla package",
+             "hpu": "an Intel Gaudi HPU and the lightning-habana package"}
+_DEVICES_FORMS = "'auto', a positive number of devices (processes on the CPU) or a list of GPU indices"
+
+
+def _accelerator_available(name: str) -> bool:
+    return name in AcceleratorRegistry and AcceleratorRegistry[name]["accelerator"].is_available()
+
+
+def _parse_devices(devices: Any) -> int | list[int] | None:
+    """Lightning's ``devices`` as a count or a list of indices; ``None`` for ``"auto"``."""
+    if devices is None or devices == "auto":
+        return None
+    if isinstance(devices, str) and devices.strip().lstrip("-").isdigit():  # "2", "-1"
+        devices = int(devices)
+    elif isinstance(devices, str) and "," in devices:  # "0,1"
+        parts = [p.strip() for p in devices.split(",") if p.strip()]
+        devices = [int(p) for p in parts] if all(p.isdigit() for p in parts) else devices
+    if isinstance(devices, int) and not isinstance(devices, bool):
+        return devices
+    if isinstance(devices, (list, tuple)) and devices \
+            and all(isinstance(d, int) and not isinstance(d, bool) for d in devices):
+        return list(devices)
+    raise ValueError(f"'devices' must be {_DEVICES_FORMS}, got {devices!r}")
+
+
+def check_hardware(accelerator: Any = "auto", devices: Any = "auto") -> None:
+    """Refuse a Lightning ``accelerator``/``devices`` pair this machine cannot run, before anything starts.
+
+    ``accelerator`` is one of :data:`ACCELERATORS` (or a Lightning ``Accelerator`` object, left to
+    Lightning). ``"auto"`` stands for what Lightning would pick (TPU, MPS, CUDA, else the CPU).
+    On CUDA, ``devices`` is ``"auto"``, ``-1`` (all GPUs), a count up to ``torch.cuda.device_count()``
+    or a list of existing GPU indices; on the CPU, a number of processes from 1 to ``os.cpu_count()``.
+
+    Raises
+    ------
+    ValueError
+        Naming the key, the value and the fix.
+    """
+    if isinstance(accelerator, Accelerator):
+        return
+    name = accelerator.strip().lower() if isinstance(accelerator, str) else None
+    if name not in ACCELERATORS:
+        raise ValueError(f"'accelerator' must be one of {', '.join(ACCELERATORS)}, got {accelerator!r}")
+    name = "cuda" if name == "gpu" else name
+    if name == "auto":
+        name = next((n for n in ("tpu", "mps", "cuda") if _accelerator_available(n)), "cpu")
+    elif name != "cpu" and not _accelerator_available(name):
+        raise ValueError(f"'accelerator' is {accelerator!r}, which needs {_HARDWARE[name]}; this machine has "
+                         "none. Use accelerator: cpu, or auto to take the hardware that is there")
+    wanted = _parse_devices(devices)
+    if wanted is None or name not in ("cpu", "cuda"):
+        return
+    if name == "cpu":
+        cores = os.cpu_count() or 1
+        if isinstance(wanted, list) or wanted < 1:
+            raise ValueError(f"'devices' on the CPU must be a positive number of processes (or 'auto'), "
+                             f"got {devices!r}; use devices: 1")
+        if wanted > cores:
+            raise ValueError(f"'devices' is {wanted}, which starts {wanted} training processes on the CPU, but this "
+                             f"machine has {cores} CPU core(s); use devices: 1 (or auto), at most {cores}")
+        return
+    count = torch.cuda.device_count()
+    if isinstance(wanted, list):
+        missing = [i for i in wanted if not 0 <= i < count]
+        if missing:
+            raise ValueError(f"'devices' {devices!r} names GPU index(es) {missing}, but this machine has "
+                             f"GPUs 0..{count - 1}; list existing indices or give a count")
+    elif wanted != -1 and not 1 <= wanted <= count:
+        raise ValueError(f"'devices' is {wanted}, but this machine has {count} GPU(s) "
+                         f"(torch.cuda.device_count()); use a count from 1 to {count}, -1 for all, or 'auto'")
 
 
 def resolve_log_dir(output_dir: str | os.PathLike | None = None) -> str:
@@ -93,8 +175,10 @@ class RunDirLogger(TensorBoardLogger):
 
 
 def _run_trainer_kwargs(output_dir: str | None, trainer_kwargs: dict[str, Any]) -> dict[str, Any]:
-    """Trainer defaults that keep Lightning's files in the run's directory (see module docstring)."""
+    """Trainer defaults that keep Lightning's files in the run's directory (see module docstring), after
+    :func:`check_hardware`."""
     kwargs = dict(trainer_kwargs)
+    check_hardware(kwargs.get("accelerator", "auto"), kwargs.get("devices", "auto"))
     kwargs.setdefault("logger", RunDirLogger(output_dir=output_dir))
     kwargs.setdefault("default_root_dir", resolve_log_dir(output_dir))
     kwargs.setdefault("log_every_n_steps", 1)
@@ -274,7 +358,7 @@ def build_evaluator(splits: DataSplits, *, kind: str = "search", max_epochs: int
     ------
     ValueError
         On an unknown ``kind`` or a non-positive ``max_epochs``/``batch_size``, a negative
-        ``num_workers`` or learning rate.
+        ``num_workers`` or learning rate, or hardware this machine lacks (:func:`check_hardware`).
     TypeError
         When ``splits`` is not a :class:`~nni_plugins.datasets.DataSplits`.
     """

@@ -66,6 +66,10 @@ class SearchConfig:
     experiment: dict = field(default_factory=dict)
 
     def validate(self) -> "SearchConfig":
+        """Refuse bad settings (``ValueError`` naming the key) before anything starts: types and ranges, an
+        output path that is a file or not writable, hardware this machine lacks
+        (:func:`~nni_plugins.evaluators.check_hardware`), a port out of range or (multi-trial) taken, and
+        non-positive ``trial_concurrency`` or more ``trial_gpu_number`` than local GPUs. Fills in ``epochs``."""
         spec = strategy_spec(self.strategy)  # raises for an unknown name
         for name in ("strategy_args", "space_args", "experiment"):
             if not isinstance(getattr(self, name), dict):
@@ -82,9 +86,74 @@ class SearchConfig:
             raise ValueError(f"'seed' must be an integer, got {self.seed!r}")
         if not self.output:
             raise ValueError("'output' (the run directory) is required")
+        _check_output_dir(self.output)
+        from .evaluators import check_hardware
+
+        check_hardware(self.accelerator, self.devices)
+        _check_port(self.port, taken=spec.kind == "multi-trial")
+        if spec.kind == "multi-trial":
+            _check_experiment(self.experiment)
         if self.epochs is None:
             self.epochs = _ONE_SHOT_EPOCHS if spec.kind == "one-shot" else _MULTI_TRIAL_EPOCHS
         return self
+
+
+def _check_output_dir(output: Any) -> None:
+    """``output`` must be a directory, or creatable as one, in a writable place."""
+    if not isinstance(output, (str, os.PathLike)):
+        raise ValueError(f"'output' must be a directory path, got {output!r}")
+    path = Path(output).resolve()
+    existing = next(p for p in (path, *path.parents) if p.exists())
+    if not existing.is_dir():
+        where = "is a file" if existing == path else f"lies under the file '{existing}'"
+        raise ValueError(f"'output' {str(output)!r} {where}; give a directory path for the run")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise ValueError(f"'output' {str(output)!r}: '{existing}' is not writable; choose a directory you can write to")
+
+
+def _check_port(port: Any, taken: bool) -> None:
+    """``port`` is 1..65535 and, when ``taken`` is to be checked, free on 127.0.0.1."""
+    if port is None:
+        return
+    if isinstance(port, bool) or not isinstance(port, int) or not 1 <= port <= 65535:
+        raise ValueError(f"'port' must be an integer from 1 to 65535, got {port!r}; leave it out to use a free port")
+    if taken:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the NNI manager does
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError as err:
+                raise ValueError(f"'port' {port} is not free on this machine ({err.strerror}); choose another "
+                                 "port or leave it out to use a free one") from None
+
+
+def _setting(mapping: dict, name: str) -> tuple[Any, Any]:
+    """(key as written, value) of NNI setting ``name`` given in snake_case or camelCase; (None, None) if absent."""
+    wanted = name.replace("_", "")
+    return next(((k, v) for k, v in mapping.items() if str(k).lower().replace("_", "") == wanted), (None, None))
+
+
+def _check_experiment(experiment: dict) -> None:
+    """The NNI settings of a multi-trial run that NNI itself checks late or with a bare assertion."""
+    key, concurrency = _setting(experiment, "trial_concurrency")
+    if key is not None and (isinstance(concurrency, bool) or not isinstance(concurrency, int) or concurrency < 1):
+        raise ValueError(f"'experiment.{key}' (trials run at once) must be a positive integer, got {concurrency!r}")
+    service = _setting(experiment, "training_service")[1]
+    service = service if isinstance(service, dict) else {}
+    for where, mapping in (("experiment", experiment), ("experiment.training_service", service)):
+        key, gpus = _setting(mapping, "trial_gpu_number")
+        if key is None or gpus is None:
+            continue
+        if isinstance(gpus, bool) or not isinstance(gpus, int) or gpus < 0:
+            raise ValueError(f"'{where}.{key}' must be a non-negative integer, got {gpus!r}")
+        if gpus and service.get("platform", "local") == "local":
+            import torch
+
+            count = torch.cuda.device_count()
+            if gpus > count:
+                fix = f"at most {count}" if count else "0 (or run on a machine with GPUs)"
+                raise ValueError(f"'{where}.{key}' is {gpus}, but this machine has {count} GPU(s) "
+                                 f"(torch.cuda.device_count()); set it to {fix}")
 
 
 def load_config(path: str | os.PathLike, **overrides: Any) -> SearchConfig:
@@ -94,9 +163,11 @@ def load_config(path: str | os.PathLike, **overrides: Any) -> SearchConfig:
     """
     path = Path(path)
     if not path.is_file():
-        raise ValueError(f"Config file {str(path)!r} does not exist")
+        raise ValueError(f"Config file {str(path)!r} {'is a directory' if path.is_dir() else 'does not exist'}")
     try:
         data = yaml.safe_load(path.read_text()) or {}
+    except UnicodeDecodeError as err:
+        raise ValueError(f"Config file {str(path)!r} is not UTF-8 text: {err.reason} at byte {err.start}") from None
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
@@ -161,6 +232,7 @@ def _experiment_config(exp, cfg: SearchConfig, workdir: Path) -> None:
             if isinstance(value, dict):
                 raise ValueError(f"Unknown training service platform {value['platform']!r}")
         setattr(config, name, value)
+    config.canonical_copy()  # NNI's own checks now: inside exp.run, a failure also breaks exp.stop()
 
 
 def _write_json(path: Path, payload: dict) -> None:

@@ -115,8 +115,9 @@ def test_npz_layouts_nhwc_nchw_float_and_gray(tmp_path):
     as_float = build_datasets("npz", path=_write_npz(tmp_path / "f.npz", x_train=x.astype(np.float32) / 255,
                                                      y_train=y.astype(np.float64)), augment=False)
     assert torch.allclose(_stack(as_float.train), _stack(nchw.train), atol=1e-4)
+    # a class that only the test part has needs the number of classes declared in the file
     gray = build_datasets("npz", path=_write_npz(tmp_path / "g.npz", x_train=x[:, 0], y_train=y,
-                                                x_test=x[:4, 0], y_test=np.array([0, 1, 2, 5])))
+                                                x_test=x[:4, 0], y_test=np.array([0, 1, 2, 5]), num_classes=6))
     assert gray.input_shape == (1, 6, 5) and len(gray.test) == 4 and gray.num_classes == 6
 
 

@@ -1,0 +1,279 @@
+"""Bad input and faults end in one ``error:`` line and a non-zero exit, before anything starts.
+
+Each test drives ``nni_plugins.cli.main`` in-process (or the function that holds the check) and asserts
+the one-line message and the exit status; docs/errors.md lists them.
+"""
+from __future__ import annotations
+
+import importlib.util
+import multiprocessing
+import os
+import socket
+
+import numpy as np
+import pytest
+import torch
+
+from nni_plugins import cli
+from nni_plugins.cli import main
+from nni_plugins.datasets import build_datasets
+from nni_plugins.evaluators import build_evaluator, check_hardware
+
+
+def _error(capsys) -> str:
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1, err  # one line, no traceback
+    assert err[0].startswith("error: ")
+    return err[0]
+
+
+def _npz(path, **arrays) -> str:
+    np.savez(path, **arrays)
+    return str(path)
+
+
+def _images(n=20, dtype=np.float32):
+    return np.random.default_rng(0).random((n, 1, 8, 8)).astype(dtype), np.arange(n) % 4
+
+
+def _search(tmp_path, *flags) -> list[str]:
+    return ["search", "--strategy", "darts", "--epochs", "1", "--output", str(tmp_path / "run"), *flags]
+
+
+def _config(tmp_path, text: str) -> list[str]:
+    path = tmp_path / "run.yml"
+    path.write_text(text + f"\noutput: {tmp_path / 'run'}\n")
+    return ["search", "--config", str(path)]
+
+
+# ------------------------------------------------------------------------------------------- data at load
+
+def test_nan_pixel_npz_is_refused_naming_file_array_and_count(tmp_path, capsys):
+    x, y = _images()
+    x[3, 0, 1, 1] = np.nan
+    x[7, 0, 2] = np.inf  # a row of 8
+    path = _npz(tmp_path / "nan.npz", x_train=x, y_train=y)
+    assert main(_search(tmp_path, "--dataset", "npz", "--data-path", path)) == 2
+    message = _error(capsys)
+    assert f"{path}: 'x_train' has 9 NaN or infinite value(s) in 2 image(s) (first: image 3)" in message
+    assert not (tmp_path / "run").exists()  # refused before the search starts
+
+
+def test_test_label_outside_training_classes_is_refused(tmp_path, capsys):
+    x, y = _images()
+    path = _npz(tmp_path / "labels.npz", x_train=x, y_train=y, x_test=x[:4], y_test=np.array([0, 1, 9, 9]))
+    assert main(_search(tmp_path, "--dataset", "npz", "--data-path", path)) == 2
+    message = _error(capsys)
+    assert f"{path}: 'y_test' has 2 label(s) >= 4 (largest 9)" in message and "'num_classes'" in message
+
+
+@pytest.mark.parametrize("extra, message", [
+    (dict(num_classes=3), "'y_train' has 5 label(s) >= 3 (largest 3), outside the classes 0..2 set by num_classes=3"),
+    (dict(num_classes=np.array([4, 4])), "'num_classes' must be one integer"),
+    (dict(y_train=np.zeros(20, int)), "'y_train' (largest label 0) gives 1 class; classification needs at least 2"),
+])
+def test_labels_against_the_number_of_classes(tmp_path, extra, message):
+    x, y = _images()
+    with pytest.raises(ValueError) as info:
+        build_datasets("npz", path=_npz(tmp_path / "d.npz", **{"x_train": x, "y_train": y, **extra}))
+    assert str(info.value).startswith(f"{tmp_path / 'd.npz'}: ") and message in str(info.value)
+
+
+def test_truncated_corrupt_and_wrong_format_npz_name_the_file(tmp_path):
+    x, y = _images(200, np.float64)
+    np.savez_compressed(tmp_path / "ok.npz", x_train=x, y_train=y)
+    data = (tmp_path / "ok.npz").read_bytes()
+    (tmp_path / "truncated.npz").write_bytes(data[:len(data) // 2])
+    with pytest.raises(ValueError, match=r"cannot read '.*truncated\.npz' as a NumPy \.npz file"):
+        build_datasets("npz", path=str(tmp_path / "truncated.npz"))
+    corrupt = bytearray(data)
+    corrupt[2000:2100] = bytes(100)  # inside x_train's compressed bytes; the zip directory is intact
+    (tmp_path / "corrupt.npz").write_bytes(bytes(corrupt))
+    with pytest.raises(ValueError, match=r"corrupt\.npz: cannot read array 'x_train'"):
+        build_datasets("npz", path=str(tmp_path / "corrupt.npz"))
+    np.save(tmp_path / "single.npy", x)
+    os.replace(tmp_path / "single.npy", tmp_path / "single.npz")
+    with pytest.raises(ValueError, match=r"single\.npz' holds a single \.npy array"):
+        build_datasets("npz", path=str(tmp_path / "single.npz"))
+    np.savez(tmp_path / "objects.npz", x_train=np.array([object()] * 4), y_train=y[:4])
+    with pytest.raises(ValueError, match=r"objects\.npz: cannot read array 'x_train'.*Python objects"):
+        build_datasets("npz", path=str(tmp_path / "objects.npz"))
+
+
+def _png_folder(root, per_class=3):
+    from PIL import Image
+    rng = np.random.default_rng(0)
+    for c in ("a", "b"):
+        (root / c).mkdir(parents=True)
+        for i in range(per_class):
+            Image.fromarray(rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)).save(root / c / f"{i}.png")
+
+
+def test_imagefolder_file_that_is_not_an_image_is_refused_at_load(tmp_path, capsys):
+    _png_folder(tmp_path / "imgs")
+    (tmp_path / "imgs" / "b" / "broken.png").write_bytes(b"not an image")
+    assert main(_search(tmp_path, "--dataset", "imagefolder", "--data-path", str(tmp_path / "imgs"))) == 2
+    message = _error(capsys)
+    assert "1 file(s) are not readable images" in message and "b/broken.png" in message
+
+
+def test_imagefolder_truncated_image_names_the_file_when_read(tmp_path):
+    _png_folder(tmp_path / "imgs")
+    splits = build_datasets("imagefolder", path=str(tmp_path / "imgs"), augment=False)
+    file = splits.train.source.folders["train"].samples[int(splits.train.indices[0])][0]
+    data = open(file, "rb").read()
+    open(file, "wb").write(data[:len(data) - 40])  # the cached source reads the file again
+    with pytest.raises(ValueError, match=f"cannot decode image '{file}': image file is truncated"):
+        splits.train[0]
+
+
+# ------------------------------------------------------------------------------------------- hardware
+
+def test_devices_99_on_cpu_is_refused_before_any_process_starts(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(os, "cpu_count", lambda: 2)
+    assert main(_config(tmp_path, "strategy: darts\naccelerator: cpu\ndevices: 99")) == 2
+    assert _error(capsys) == ("error: 'devices' is 99, which starts 99 training processes on the CPU, but this "
+                              "machine has 2 CPU core(s); use devices: 1 (or auto), at most 2")
+    assert multiprocessing.active_children() == [] and not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("accelerator, needs", [
+    pytest.param("tpu", "a TPU and the torch_xla package",
+                 marks=pytest.mark.skipif(importlib.util.find_spec("torch_xla") is not None, reason="torch_xla")),
+    pytest.param("gpu", "a CUDA GPU visible to PyTorch",
+                 marks=pytest.mark.skipif(torch.cuda.is_available(), reason="the machine has a GPU")),
+])
+def test_accelerator_without_its_hardware(tmp_path, capsys, accelerator, needs):
+    assert main(_config(tmp_path, f"strategy: darts\naccelerator: {accelerator}")) == 2
+    message = _error(capsys)
+    assert f"'accelerator' is '{accelerator}', which needs {needs}" in message and "accelerator: cpu" in message
+
+
+@pytest.mark.parametrize("accelerator, devices, message", [
+    ("quantum", "auto", "'accelerator' must be one of auto, cpu, gpu, cuda, mps, tpu, hpu, got 'quantum'"),
+    ("cpu", 0, "'devices' on the CPU must be a positive number of processes (or 'auto'), got 0"),
+    ("cpu", -1, "'devices' on the CPU must be a positive number of processes (or 'auto'), got -1"),
+    ("cpu", [0, 1], "'devices' on the CPU must be a positive number of processes (or 'auto'), got [0, 1]"),
+    ("cpu", "two", "'devices' must be 'auto', a positive number of devices"),
+    ("cuda", 2, "'devices' is 2, but this machine has 1 GPU(s)"),
+    ("gpu", 0, "'devices' is 0, but this machine has 1 GPU(s)"),
+    ("gpu", "0,3", "'devices' '0,3' names GPU index(es) [3], but this machine has GPUs 0..0"),
+])
+def test_check_hardware_messages(monkeypatch, accelerator, devices, message):
+    monkeypatch.setattr("nni_plugins.evaluators._accelerator_available", lambda name: name == "cuda")
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    with pytest.raises(ValueError) as info:
+        check_hardware(accelerator, devices)
+    assert message in str(info.value)
+    check_hardware("gpu", -1)  # -1: all GPUs
+    check_hardware("cuda", [0])
+
+
+def test_python_api_build_evaluator_checks_hardware_too(monkeypatch):
+    monkeypatch.setattr(os, "cpu_count", lambda: 2)
+    with pytest.raises(ValueError, match="'devices' is 99"):
+        build_evaluator(build_datasets("digits", limit=20), accelerator="cpu", devices=99)
+
+
+# ------------------------------------------------------------------------------------------- multi-trial settings
+
+def test_port_that_is_taken(tmp_path, capsys):
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen()
+        port = sock.getsockname()[1]
+        assert main(["search", "--strategy", "rea", "--port", str(port), "--output", str(tmp_path / "run")]) == 2
+    assert f"error: 'port' {port} is not free on this machine" in _error(capsys)
+
+
+@pytest.mark.parametrize("port", [0, 65536])
+def test_port_out_of_range(tmp_path, capsys, port):
+    assert main(["search", "--strategy", "rea", "--port", str(port), "--output", str(tmp_path / "run")]) == 2
+    assert f"error: 'port' must be an integer from 1 to 65535, got {port}" in _error(capsys)
+
+
+@pytest.mark.parametrize("experiment, message", [
+    ("{trial_concurrency: 0}", "'experiment.trial_concurrency' (trials run at once) must be a positive integer, got 0"),
+    ("{trialConcurrency: -1}", "'experiment.trialConcurrency' (trials run at once) must be a positive integer"),
+    ("{trial_gpu_number: -1}", "'experiment.trial_gpu_number' must be a non-negative integer, got -1"),
+    ("{training_service: {platform: local, trial_gpu_number: GPUS}}",
+     "'experiment.training_service.trial_gpu_number' is GPUS, but this machine has"),
+])
+def test_multi_trial_concurrency_and_gpus(tmp_path, capsys, experiment, message):
+    gpus = str(torch.cuda.device_count() + 1)
+    argv = _config(tmp_path, f"strategy: rea\nexperiment: {experiment.replace('GPUS', gpus)}")
+    assert main(argv) == 2
+    assert message.replace("GPUS", gpus) in _error(capsys)
+
+
+# ------------------------------------------------------------------------------------------- files and the CLI
+
+def test_output_path_that_is_a_file(tmp_path, capsys):
+    (tmp_path / "run").write_text("not a directory")
+    assert main(_search(tmp_path)) == 2
+    assert _error(capsys) == f"error: 'output' '{tmp_path / 'run'}' is a file; give a directory path for the run"
+
+
+def test_output_path_that_is_not_writable(tmp_path, capsys, monkeypatch):
+    (tmp_path / "locked").mkdir(mode=0o500)
+    monkeypatch.setattr(os, "access", lambda path, mode: False)  # also when the tests run as root
+    assert main(["search", "--strategy", "darts", "--output", str(tmp_path / "locked" / "run")]) == 2
+    assert _error(capsys) == (f"error: 'output' '{tmp_path / 'locked' / 'run'}': '{tmp_path / 'locked'}' is not "
+                              "writable; choose a directory you can write to")
+
+
+def test_os_errors_name_the_path(tmp_path, capsys):
+    (tmp_path / "best_architecture.json").write_text("{}")
+    assert main(["export", str(tmp_path), "--output", str(tmp_path)]) == 2  # a directory, not a file
+    assert _error(capsys) == f"error: '{tmp_path}': Is a directory"
+    (tmp_path / "bad.yml").write_bytes(b"strategy: \xff\xfe\n")
+    assert main(["search", "--config", str(tmp_path / "bad.yml")]) == 2
+    assert "is not UTF-8 text" in _error(capsys)
+
+
+def test_nni_config_assertion_is_one_line(monkeypatch, capsys):
+    def nni_rejects(args):
+        from nni.experiment.config import ExperimentConfig
+        config = ExperimentConfig("local")
+        config.trial_command, config.trial_concurrency, config.search_space = "x", 0, {}
+        config.validate()
+
+    monkeypatch.setattr(cli, "_cmd_strategies", nni_rejects)
+    assert main(["strategies"]) == 2
+    assert _error(capsys) == ("error: NNI refused the experiment settings: assert self.trial_concurrency > 0 "
+                              "(experiment_config.py)")
+
+
+def test_lightning_misconfiguration_is_one_line(monkeypatch, capsys):
+    from lightning_fabric.utilities.exceptions import MisconfigurationException
+
+    def lightning_rejects(args):
+        raise MisconfigurationException("`Trainer(strategy='ddp')` needs\n more than one device")
+
+    monkeypatch.setattr(cli, "_cmd_strategies", lightning_rejects)
+    assert main(["strategies"]) == 2
+    assert _error(capsys) == "error: `Trainer(strategy='ddp')` needs more than one device"
+
+
+def test_unexpected_exception_is_one_line_exit_1_and_verbose_shows_traceback(monkeypatch, capsys):
+    def bug(args):
+        raise TypeError("unsupported operand")
+
+    monkeypatch.setattr(cli, "_cmd_strategies", bug)
+    assert main(["strategies"]) == 1
+    assert _error(capsys) == ("error: unexpected TypeError: unsupported operand (a bug in nni-plugins or below; "
+                              "run with --verbose for the traceback)")
+    for argv in (["--verbose", "strategies"], ["strategies", "-v"]):
+        assert main(argv) == 1
+        err = capsys.readouterr().err.strip().splitlines()
+        assert err[0] == "Traceback (most recent call last):" and err[-2] == "TypeError: unsupported operand"
+        assert err[-1] == "error: unexpected TypeError: unsupported operand (a bug in nni-plugins or below)"
+
+
+def test_keyboard_interrupt_exits_130_with_one_line(monkeypatch, capsys):
+    def interrupted(args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli, "_cmd_strategies", interrupted)
+    assert main(["strategies"]) == 130
+    assert _error(capsys) == "error: interrupted"
