@@ -1,42 +1,24 @@
 """Supernet machinery shared by the differentiable one-shot strategies (DrNAS, GAEA, TETLO).
 
 Everything here extends NNI 3.0's differentiable one-shot implementation
-(:mod:`nni.nas.oneshot.pytorch.differentiable` and ``supermodule/differentiable.py``) instead of
-replacing it; a strategy built on these pieces is still an :class:`nni.nas.strategy.DARTS` with
-its mutation hooks, its Lightning module and its ``{'train', 'val'}`` combined loader.
+(:mod:`nni.nas.oneshot.pytorch.differentiable`) instead of replacing it: a strategy built on these
+pieces is still an :class:`nni.nas.strategy.DARTS`, with its mutation hooks, its Lightning module and
+its ``{'train', 'val'}`` combined loader.
 
 Public API
 ----------
-:class:`ArchWeights`
-    The "normaliser" NNI calls ``softmax``: maps an architecture parameter (one per label, shared by
-    every module carrying that label) to mixing weights. Subclasses: :class:`SoftmaxWeights` (DARTS),
-    :class:`DirichletWeights` (DrNAS), :class:`SimplexWeights` and :class:`HardGumbelWeights` (GAEA).
-    A stochastic one draws **once per label per forward** (cached by parameter, cleared by
-    :meth:`ArchWeights.resample`), keeps per-label pruning masks, and gives deterministic
-    probabilities through :meth:`ArchWeights.probs` (used for export, logging, evaluation).
+:class:`ArchWeights` and its subclasses :class:`SoftmaxWeights` (DARTS), :class:`DirichletWeights`
+(DrNAS), :class:`SimplexWeights` and :class:`HardGumbelWeights` (GAEA)
+    What the supernet mixes its candidates with, computed from one architecture parameter per label.
 :func:`mix_ops`, :func:`channel_shuffle`, :func:`rescale_width`, :class:`PartialChannelMixedOp`
-    Partial-channel mixed operation (PC-DARTS / DrNAS progressive learning): the first ``C/K``
-    channels go through the candidate ops built at ``C/K`` width, the rest bypass
-    (2x2 max-pooled when the ops reduce), concatenation, channel shuffle with ``K`` groups.
-    :func:`rescale_width` shrinks ops to ``C/K`` and widens them Net2Wider-style between stages,
-    carrying the weight optimiser's state over with the same channel indices.
-:class:`MixedLayer`, :class:`MixedCell`
-    Subclasses of NNI's ``DifferentiableMixedLayer`` / ``DifferentiableMixedCell`` with partial
-    channels, pruning masks, ops with weight exactly 0 skipped, optional PC-DARTS edge weights and the
-    DARTS export rule (:func:`darts_cell_export`).
-:class:`ArchDistributionModule`
-    ``DartsLightningModule`` with hooks for an architecture regulariser, arch-step gating, per-label
-    sampling, and logging of the architecture distribution (``prob/<label>/<choice>``,
-    ``entropy/<label>``, ``argmax/<label>`` plus :meth:`ArchDistributionModule.extra_arch_metrics`) at least once per epoch.
-:class:`ArchDistributionStrategy`
-    ``DARTS`` subclass wiring the above into NNI's mutation hooks; validates the space and names the
-    module that cannot be searched.
+    Partial-channel mixed operations (PC-DARTS, DrNAS progressive learning) and Net2Wider widening.
+:class:`MixedLayer`, :class:`MixedCell`, :func:`darts_cell_export`
+    NNI's differentiable ``LayerChoice`` and ``Cell`` supermodules with partial channels, pruning
+    masks, optional PC-DARTS edge weights and the DARTS export rule.
+:class:`ArchDistributionModule`, :class:`ArchDistributionStrategy`
+    The Lightning module and the strategy the one-shot strategies of this package derive from.
 :func:`ddp_find_unused_parameters`, :func:`rewrap_ddp`, :func:`shared_generator`
-    Lightning DDP (``Trainer(strategy="ddp" | "ddp_spawn", devices=N)``): a module that leaves some
-    parameters without gradient in a step (GDAS's unsampled ops, pruned ops, TETLO's three models)
-    turns on DDP's ``find_unused_parameters``; a stage that changes parameter shapes (DrNAS
-    widening) draws its channel maps from a generator seeded by rank 0 and re-wraps the module in a
-    new ``DistributedDataParallel``.
+    Lightning DDP support (``Trainer(strategy="ddp" | "ddp_spawn", devices=N)``).
 """
 from __future__ import annotations
 
@@ -49,7 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-import nni_plugins.compat  # noqa: F401  (leaf module: NNI 3.0 fixes)
+import nni_compat  # noqa: F401  (the NNI 3.0 fixes, bottom layer)
 from nni.mutable import Categorical, CategoricalMultiple
 from nni.nas.nn.pytorch import LayerChoice, ModelSpace, MutableModule
 from nni.nas.oneshot.pytorch.differentiable import DartsLightningModule
@@ -66,6 +48,7 @@ __all__ = [
     "channel_shuffle", "rescale_width", "check_partial_channels", "mix_ops", "PartialChannelMixedOp",
     "MixedLayer", "MixedCell", "darts_cell_export", "entropy",
     "ArchDistributionModule", "ArchDistributionStrategy", "check_searchable_space", "resolve_base",
+    "training_loss",
     "ddp_find_unused_parameters", "rewrap_ddp", "shared_generator",
 ]
 
@@ -77,17 +60,30 @@ _logger = logging.getLogger(__name__)
 # ---------------------------------------------------------------------------------------------
 
 class ArchWeights(nn.Module):
-    """Maps an architecture parameter (a 1-D tensor, one per label) to mixing weights.
+    """Maps an architecture parameter (a 1-D tensor, one per label) to the weights the supernet
+    mixes that label's candidates with.
 
     NNI passes one such module as ``softmax`` to every supermodule, so ``forward(alpha)`` is what the
-    supernet mixes with. Strategies create **one** instance and share it among all modules.
+    supernet mixes with. A strategy creates **one** instance and shares it among all modules.
 
     * Deterministic subclasses return :meth:`probs` from ``forward``.
     * Stochastic subclasses (``stochastic = True``) draw with :meth:`sample` in training mode, once
-      per parameter (= per label: NNI shares one parameter object among all modules with a label)
-      until :meth:`resample` clears the draws. Evaluation mode, and code inside
-      :meth:`deterministic`, use :meth:`probs`.
+      per parameter (that is, per label: NNI shares one parameter object among all modules with a
+      label) until :meth:`resample` clears the draws. Evaluation mode, and code inside
+      :meth:`deterministic`, use :meth:`probs`, which export and logging read.
     * :meth:`set_mask` prunes choices of a label: their weight is zeroed and the rest renormalised.
+
+    Subclasses implement :meth:`expected` (and :meth:`sample` when stochastic); the constructor
+    takes no parameter.
+
+    Examples
+    --------
+    >>> weights = DirichletWeights().train()
+    >>> alpha = torch.nn.Parameter(torch.zeros(3))
+    >>> weights(alpha) is weights(alpha)   # one draw per label until resample()
+    True
+    >>> weights.probs(alpha)
+    tensor([0.3333, 0.3333, 0.3333], grad_fn=<DivBackward0>)
     """
 
     stochastic: bool = False
@@ -156,18 +152,21 @@ class ArchWeights(nn.Module):
 
 
 class SoftmaxWeights(ArchWeights):
-    """DARTS: ``softmax(alpha)``."""
+    """``softmax(alpha)``, the relaxation of DARTS (Liu, Simonyan, Yang, "DARTS: Differentiable
+    Architecture Search", ICLR 2019, https://arxiv.org/abs/1806.09055)."""
 
     def expected(self, alpha: torch.Tensor) -> torch.Tensor:
         return F.softmax(alpha, dim=-1)
 
 
 class DirichletWeights(ArchWeights):
-    """DrNAS: concentration ``beta = ELU(alpha) + 1``; training draws ``theta ~ Dir(beta)`` with
-    ``rsample`` (pathwise gradient, float32); evaluation uses the mean ``beta / sum(beta)``.
+    """The Dirichlet mixing weights of DrNAS (Chen, Wang, Cheng, Tang, Hsieh, "DrNAS: Dirichlet Neural
+    Architecture Search", ICLR 2021, https://arxiv.org/abs/2006.10355).
 
+    Concentration ``beta = ELU(alpha) + 1``; training draws ``theta ~ Dir(beta)`` with ``rsample``
+    (pathwise gradient, in float32); evaluation, export and logging use the mean ``beta / sum(beta)``.
     Masked choices get ``theta = 0`` and the rest is renormalised, which by the aggregation property
-    is a draw of ``Dir(beta_kept)`` (as in DrNAS ``utils.process_step_vector``).
+    is a draw of ``Dir(beta_kept)`` (as DrNAS' ``utils.process_step_vector``).
     """
 
     stochastic = True
@@ -186,10 +185,12 @@ class DirichletWeights(ArchWeights):
 
 
 class SimplexWeights(ArchWeights):
-    """GAEA: the parameter already lives on the simplex and is used as is (no softmax).
+    """The simplex parameters of GAEA (Li, Khodak, Balcan, Talwalkar, "Geometry-Aware Gradient
+    Algorithms for Neural Architecture Search", ICLR 2021, https://arxiv.org/abs/2004.07802): the
+    parameter already lies on the probability simplex and is used as is (no softmax).
 
-    ``probs`` divides by the row sum only to guard against drift; ``forward`` in training returns the
-    parameter itself so the gradient is taken with respect to ``theta``.
+    :meth:`probs` divides by the row sum only to guard against drift; ``forward`` in training returns
+    the parameter itself, so the gradient is taken with respect to ``theta``.
     """
 
     def expected(self, alpha: torch.Tensor) -> torch.Tensor:
@@ -202,11 +203,18 @@ class SimplexWeights(ArchWeights):
 
 
 class HardGumbelWeights(ArchWeights):
-    """GDAS on GAEA's simplex parameters: hard one-hot straight-through Gumbel-softmax on ``log theta``.
+    """GDAS sampling (Dong, Yang, "Searching for a Robust Neural Architecture in Four GPU Hours",
+    CVPR 2019, https://arxiv.org/abs/1910.04465) on GAEA's simplex parameters: hard one-hot
+    straight-through Gumbel-softmax on ``log theta``.
 
-    ``forward`` returns ``one_hot - soft.detach() + soft`` (value: exactly one 1); a draw with inf/NaN
-    is redrawn, as in GDAS. With :func:`mix_ops`, only the chosen op is evaluated. ``tau`` is set by
-    the strategy (annealed linearly). Evaluation uses ``theta``.
+    ``forward`` returns ``one_hot - soft.detach() + soft`` (its value has exactly one 1); a draw with
+    inf/NaN is drawn again, as in GDAS. With :func:`mix_ops`, only the chosen op is evaluated.
+    Evaluation uses ``theta``.
+
+    Parameters
+    ----------
+    tau
+        Temperature of the Gumbel-softmax; the strategy anneals it by setting the attribute.
     """
 
     stochastic = True
@@ -439,7 +447,15 @@ def mix_ops(ops: Sequence[nn.Module] | Mapping[str, nn.Module], weights: torch.T
 
 
 class PartialChannelMixedOp(nn.Module):
-    """A self-contained partial-channel mixed op (for code that builds its own supernet cells).
+    """A self-contained partial-channel mixed op, for code that builds its own supernet cells.
+
+    Partial channel connections of PC-DARTS (Xu, Xie, Zhang, Chen, Qi, Tian, Xiong, "PC-DARTS:
+    Partial Channel Connections for Memory-Efficient Architecture Search", ICLR 2020,
+    https://arxiv.org/abs/1907.05737): the first ``C/K`` channels go through the candidate ops, the
+    others bypass them (2x2 max-pooled when the ops reduce), and the two parts are concatenated and
+    channel-shuffled with ``K`` groups. ``forward(x, weights)`` mixes with ``weights`` (one per
+    candidate, optionally one more for an implicit zero op); :meth:`set_k` widens or narrows the ops
+    between stages (:func:`rescale_width`).
 
     Parameters
     ----------
@@ -449,8 +465,11 @@ class PartialChannelMixedOp(nn.Module):
     k
         Partial-channel factor ``K``: ``1/K`` of the channels go through the ops.
 
-    ``forward(x, weights)`` mixes with ``weights`` (one per candidate, plus optionally a zero op);
-    :meth:`set_k` widens/narrows between stages (see :func:`rescale_width`).
+    Examples
+    --------
+    >>> op = PartialChannelMixedOp({"conv": nn.Conv2d(8, 8, 3, padding=1), "skip": nn.Identity()}, k=4)
+    >>> op(torch.randn(2, 8, 5, 5), torch.tensor([0.7, 0.3])).shape
+    torch.Size([2, 8, 5, 5])
     """
 
     def __init__(self, candidates: Mapping[str, nn.Module] | Sequence[nn.Module], k: int) -> None:
@@ -492,12 +511,22 @@ def _export_probs(weights: ArchWeights, alpha: torch.Tensor) -> torch.Tensor:
 
 
 class MixedLayer(DifferentiableMixedLayer):
-    """``DifferentiableMixedLayer`` with partial channels, pruning masks and skipping of zero-weight ops.
+    """NNI's ``DifferentiableMixedLayer`` (what a ``LayerChoice`` becomes in the supernet) with
+    partial channels, pruning masks, and no evaluation of ops whose weight is exactly 0.
 
-    Parameters are those of NNI's class plus ``partial_k`` (``1``: plain mixed op) and
-    ``partial_schedule`` (factors of later stages, checked up front). The candidates are
-    shrunk in place to ``C/partial_k`` when it is larger than 1; ``export`` takes the argmax of the
-    deterministic probabilities among unmasked choices.
+    ``export`` takes the argmax of the deterministic probabilities (:meth:`ArchWeights.probs`) among
+    the unmasked choices. Strategies create it through their mutation hooks
+    (:meth:`ArchDistributionStrategy.supernet_options` gives ``partial_k`` and ``partial_schedule``).
+
+    Parameters
+    ----------
+    paths, alpha, softmax, label
+        As NNI's ``DifferentiableMixedLayer``; ``softmax`` must be an :class:`ArchWeights`.
+    partial_k
+        Partial-channel factor ``K`` (``1``: a plain mixed op). When larger than 1, the candidates are
+        shrunk in place to ``C/K`` channels (see :class:`PartialChannelMixedOp`).
+    partial_schedule
+        The factors of later stages, checked up front so that every stage is reachable.
     """
 
     def __init__(self, paths, alpha, softmax, label, partial_k: int = 1, partial_schedule: Sequence[int] = ()):
@@ -580,20 +609,23 @@ def darts_cell_export(label: str, num_predecessors: int, num_nodes: int, num_ops
 
 
 class MixedCell(DifferentiableMixedCell):
-    """``DifferentiableMixedCell`` with the options the papers need, read from ``mutate_kwargs``.
-
-    * ``alpha_init`` (callable ``n -> Tensor``): initial value of the per-edge parameters.
-    * ``zero_op`` (bool, default True): keep NNI's implicit extra "zero" choice per edge (DARTS
-      ``none``); DrNAS's DARTS space has no ``none``, so DrNAS turns it off.
-    * ``partial_k`` (int, default 1): partial channels on every edge; ``partial_schedule`` (ints):
-      factors of later stages, checked up front.
-    * ``edge_weights`` (bool, default False): PC-DARTS edge weights, one simplex vector per node over
-      its inputs (``{label}/{i}/edges``, shared by cells with the same label), initialised uniform;
-      node ``i`` = ``sum_j edge_j * mixed_op_j``. They are architecture parameters (``_arch_edge``).
+    """NNI's ``DifferentiableMixedCell`` (what a ``Cell`` becomes in the supernet) with partial
+    channels, pruning masks and optional PC-DARTS edge weights.
 
     ``export`` applies :func:`darts_cell_export` to the deterministic probabilities (times the edge
-    weights when present), i.e. the DARTS rule with per-edge normalisation, not NNI's ranking of raw
-    logits across edges.
+    weights when present): the DARTS rule with per-edge normalisation, not NNI's ranking of raw logits
+    across edges. The constructor's arguments are those of NNI's class; the options below are read
+    from ``mutate_kwargs`` (:meth:`ArchDistributionStrategy.supernet_options`):
+
+    * ``alpha_init`` (callable ``n -> Tensor``): initial value of the per-edge parameters;
+    * ``zero_op`` (bool, default True): keep NNI's implicit extra "zero" choice per edge (DARTS'
+      ``none``);
+    * ``partial_k`` (int, default 1): partial channels on every edge; ``partial_schedule`` (ints):
+      the factors of later stages, checked up front;
+    * ``edge_weights`` (bool, default False): PC-DARTS edge weights, one simplex vector per node over
+      its inputs (``{label}/{i}/edges``, shared by cells with the same label), initialised uniform;
+      node ``i`` is ``sum_j edge_j * mixed_op_j``. They are architecture parameters (``_arch_edge``);
+      a subclass may normalise them otherwise by overriding ``_edge_weight``.
     """
 
     _arch_parameter_names: list[str] = ["_arch_alpha", "_arch_edge"]
@@ -704,13 +736,17 @@ class MixedCell(DifferentiableMixedCell):
 # ---------------------------------------------------------------------------------------------
 
 class ArchDistributionModule(DartsLightningModule):
-    """``DartsLightningModule`` for strategies that mix with an :class:`ArchWeights`.
+    """NNI's ``DartsLightningModule`` for supernets that mix with an :class:`ArchWeights`.
 
-    Per batch, as NNI's DARTS (and the DrNAS / GAEA code): arch step on a ``val`` batch when
-    :meth:`arch_step_enabled`, with :meth:`arch_regularizer` added to its loss, then a weight step on
-    the ``train`` batch; :meth:`resample` before each draws fresh samples for stochastic weights.
-    The distribution is logged every ``log_prob_every_n_step`` batches and at every epoch end
-    (``prob/<label>/<choice>``, ``entropy/<label>``, :meth:`extra_arch_metrics`).
+    Per batch, as NNI's DARTS (first order): an architecture step on the ``val`` batch when
+    :meth:`arch_step_enabled`, with :meth:`arch_regularizer` added to its loss, then
+    :meth:`weight_step` on the ``train`` batch and :meth:`finish_step`; :meth:`resample` before each
+    step draws fresh samples for stochastic weights. Export and logging use the deterministic
+    probabilities. :meth:`log_arch_distribution` logs ``prob/<label>/<choice>``,
+    ``entropy/<label>``, ``argmax/<label>`` and :meth:`extra_arch_metrics` every
+    ``log_prob_every_n_step`` batches and at every epoch end. A strategy customises it through the
+    hooks :meth:`arch_step_enabled`, :meth:`arch_regularizer`, :meth:`extra_arch_metrics` and
+    :meth:`ddp_unused_parameters`, or replaces :meth:`training_step` and reuses the rest.
 
     Parameters
     ----------
@@ -719,8 +755,8 @@ class ArchDistributionModule(DartsLightningModule):
     arch_weights
         The :class:`ArchWeights` shared by the supernet's modules.
     **kwargs
-        Passed to ``DartsLightningModule`` (``arc_learning_rate``, ``gradient_clip_val``,
-        ``log_prob_every_n_step``, ``warmup_epochs``, ``penalty``).
+        Passed to ``DartsLightningModule``: ``arc_learning_rate``, ``gradient_clip_val``,
+        ``log_prob_every_n_step``, ``warmup_epochs``, ``penalty``.
     """
 
     def __init__(self, training_module, arch_weights: ArchWeights, **kwargs):
@@ -793,9 +829,7 @@ class ArchDistributionModule(DartsLightningModule):
         if self.arch_step_enabled():
             self.resample()
             arc_optim.zero_grad()
-            loss = self.training_module.training_step(batch["val"], 2 * batch_idx)
-            if isinstance(loss, dict):
-                loss = loss["loss"]
+            loss = training_loss(self.training_module.training_step(batch["val"], 2 * batch_idx))
             if self.penalty is not None:
                 loss, details = self.penalty(loss, self.export_probs())
                 self.log_dict({f"penalty/{k}": v for k, v in details.items()})
@@ -806,16 +840,25 @@ class ArchDistributionModule(DartsLightningModule):
             self.manual_backward(loss)
             arc_optim.step()
 
-        self.resample()
-        loss_and_metrics = self.training_module.training_step(batch["train"], 2 * batch_idx + 1)
-        w_loss = loss_and_metrics["loss"] if isinstance(loss_and_metrics, dict) else loss_and_metrics
-        self.advance_optimization(w_loss, batch_idx, self.gradient_clip_val)
-        self.advance_lr_schedulers(batch_idx)
-        self.arch_weights.resample()  # release the draws (and their graphs) until the next step
+        loss_and_metrics = self.weight_step(batch["train"], batch_idx)
+        self.finish_step(batch_idx)
+        return loss_and_metrics
 
+    def weight_step(self, batch: Any, batch_idx: int) -> Any:
+        """The evaluator's ``training_step`` on ``batch`` with fresh draws, and its optimiser's step
+        (clipped at ``gradient_clip_val``). Returns what ``training_step`` returned."""
+        self.resample()
+        loss_and_metrics = self.training_module.training_step(batch, 2 * batch_idx + 1)
+        self.advance_optimization(training_loss(loss_and_metrics), batch_idx, self.gradient_clip_val)
+        return loss_and_metrics
+
+    def finish_step(self, batch_idx: int) -> None:
+        """End of a batch: advance the learning-rate schedulers, release the draws (and their graphs),
+        and log the distribution every ``log_prob_every_n_step`` batches."""
+        self.advance_lr_schedulers(batch_idx)
+        self.arch_weights.resample()
         if self.log_prob_every_n_step and batch_idx % self.log_prob_every_n_step == 0:
             self.log_arch_distribution()
-        return loss_and_metrics
 
     def on_train_epoch_end(self):
         result = super().on_train_epoch_end()
@@ -849,6 +892,15 @@ class ArchDistributionModule(DartsLightningModule):
 # ---------------------------------------------------------------------------------------------
 # Lightning DDP
 # ---------------------------------------------------------------------------------------------
+
+def training_loss(output: Any) -> torch.Tensor:
+    """The loss in what an evaluator's ``training_step`` returned (a tensor, or a dict with ``loss``)."""
+    loss = output["loss"] if isinstance(output, dict) else output
+    if not isinstance(loss, torch.Tensor):
+        raise TypeError("The evaluator's training_step must return a loss tensor (or a dict with 'loss'), "
+                        f"got {type(output).__name__}")
+    return loss
+
 
 def _ddp_strategy(trainer: Any) -> Any:
     from pytorch_lightning.strategies import DDPStrategy
@@ -928,9 +980,40 @@ def resolve_base(owner: str, base: Any, bases: Sequence[str], **specific: tuple[
 
 
 class ArchDistributionStrategy(DARTS):
-    """``DARTS`` whose supernet mixes with one shared :class:`ArchWeights` and uses :class:`MixedLayer`
-    / :class:`MixedCell`. Subclasses define :meth:`make_arch_weights`, :meth:`alpha_init`,
-    :meth:`configure_oneshot_module` and :meth:`supernet_options`.
+    """NNI's :class:`~nni.nas.strategy.DARTS` whose supernet mixes every choice with one shared
+    :class:`ArchWeights`: the base of this package's one-shot strategies.
+
+    The space is checked first: a mutable other than a categorical choice raises ``TypeError``
+    naming its module. Then every label gets one architecture parameter (:meth:`alpha_init`), and
+    NNI's mutation hooks build the supernet from :meth:`supermodule_classes` (by default
+    :class:`MixedLayer` for ``LayerChoice`` and :class:`MixedCell` for ``Cell``; NNI's own for
+    ``InputChoice``, ``Repeat`` and mutable native operations), with the options of
+    :meth:`supernet_options` and the mixing weights of :meth:`make_arch_weights`. A subclass
+    overrides these methods and :meth:`configure_oneshot_module` (usually to return an
+    :class:`ArchDistributionModule`). Used as is, it searches as NNI's DARTS (first order, softmax),
+    exporting cells by the DARTS rule (:func:`darts_cell_export`).
+
+    Parameters
+    ----------
+    **kwargs
+        The parameters of :class:`~nni.nas.strategy.DARTS`: ``arc_learning_rate``,
+        ``gradient_clip_val``, ``log_prob_every_n_step``, ``warmup_epochs``, ``penalty``,
+        ``mutation_hooks``.
+
+    Examples
+    --------
+    A strategy whose architecture step also minimises the entropy of the distribution::
+
+        class LowEntropy(ArchDistributionStrategy):
+            def configure_oneshot_module(self, training_module):
+                return LowEntropyModule(training_module, self.arch_weights,
+                                        arc_learning_rate=self.arc_learning_rate)
+
+        class LowEntropyModule(ArchDistributionModule):
+            def arch_regularizer(self):
+                return sum(-(p * p.log()).sum() for p in map(self.arch_weights, self.arch_parameters()))
+
+        NasExperiment(space, evaluator, LowEntropy()).run()
     """
 
     def __init__(self, **kwargs):
@@ -938,6 +1021,7 @@ class ArchDistributionStrategy(DARTS):
         self._arch_weights: ArchWeights | None = None
 
     def make_arch_weights(self) -> ArchWeights:
+        """The mixing weights of the supernet (default :class:`SoftmaxWeights`), made once per search."""
         return SoftmaxWeights()
 
     def alpha_init(self, n: int) -> torch.Tensor:
@@ -948,8 +1032,14 @@ class ArchDistributionStrategy(DARTS):
         """Extra ``mutate_kwargs`` for :class:`MixedLayer` / :class:`MixedCell`."""
         return {}
 
+    def supermodule_classes(self) -> tuple[type[DifferentiableMixedLayer], type[DifferentiableMixedCell]]:
+        """The supermodules that ``LayerChoice`` and ``Cell`` become (default :class:`MixedLayer`,
+        :class:`MixedCell`)."""
+        return MixedLayer, MixedCell
+
     @property
     def arch_weights(self) -> ArchWeights:
+        """The :class:`ArchWeights` shared by the supernet's modules."""
         if self._arch_weights is None:
             self._arch_weights = self.make_arch_weights()
         return self._arch_weights
@@ -958,8 +1048,8 @@ class ArchDistributionStrategy(DARTS):
         return self.arch_weights
 
     def default_mutation_hooks(self):
-        hooks = [MixedLayer.mutate, DifferentiableMixedInput.mutate, MixedCell.mutate,
-                 DifferentiableMixedRepeat.mutate]
+        layer, cell = self.supermodule_classes()
+        hooks = [layer.mutate, DifferentiableMixedInput.mutate, cell.mutate, DifferentiableMixedRepeat.mutate]
         hooks += [operation.mutate for operation in NATIVE_MIXED_OPERATIONS]
         hooks.append(no_default_hook)
         return hooks

@@ -8,7 +8,7 @@ import torch
 from torch import nn
 from torch.utils.data import TensorDataset
 
-import nni_plugins.compat  # noqa: F401
+import nni_compat  # noqa: F401  (the NNI 3.0 fixes, bottom layer)
 from nni.nas.evaluator.pytorch import Classification, DataLoader
 from nni.nas.nn.pytorch import LayerChoice, ModelSpace
 

@@ -9,9 +9,11 @@ import nni
 from nni.mutable import Numerical
 from nni.nas.nn.pytorch import ModelSpace, MutableModule
 
+from nni.nas.oneshot.pytorch.supermodule.differentiable import DifferentiableMixedLayer
+
 from strategies.oneshot_common import (
-    DirichletWeights, HardGumbelWeights, PartialChannelMixedOp, SimplexWeights, SoftmaxWeights, channel_shuffle,
-    check_searchable_space, darts_cell_export, entropy, mix_ops, rescale_width,
+    DirichletWeights, HardGumbelWeights, MixedLayer, PartialChannelMixedOp, SimplexWeights, SoftmaxWeights,
+    channel_shuffle, check_searchable_space, darts_cell_export, entropy, mix_ops, rescale_width, training_loss,
 )
 from strategies.drnas import DrNAS
 from strategies.gaea import GAEA
@@ -227,6 +229,24 @@ def test_darts_cell_export_rule():
     assert out["c/op_3_0"] in ("sep", "skip") and "none" not in out.values()
 
 
+@pytest.mark.parametrize("make, layer", [(DrNAS, MixedLayer), (GAEA, MixedLayer),
+                                         (TETLO, DifferentiableMixedLayer),
+                                         (lambda: TETLO(base="pc-darts", partial_k=2), MixedLayer)],
+                         ids=["drnas", "gaea", "tetlo", "tetlo-pc-darts"])
+def test_supermodule_classes_choose_what_a_layer_choice_becomes(make, layer):
+    strategy = make()
+    model = strategy.mutate_model(TinySpace())
+    assert type(model.a) is layer and model.a._softmax is strategy.arch_weights
+    assert model.a._arch_alpha is model.b._arch_alpha
+
+
+def test_training_loss_reads_the_evaluators_step_output():
+    loss = torch.tensor(1.5)
+    assert training_loss(loss) is loss and training_loss({"loss": loss, "acc": 0.5}) is loss
+    with pytest.raises(TypeError, match="must return a loss tensor .* got float"):
+        training_loss(1.5)
+
+
 def test_single_draw_shared_by_modules_with_one_label(monkeypatch):
     torch.manual_seed(0)
     space = TinySpace()
@@ -294,8 +314,9 @@ def test_unsupported_spaces_name_the_module():
 def test_base_spellings_and_arguments_of_another_base():
     """``"pcdarts"``, ``"PC_DARTS"`` and ``"pc-darts"`` are one base for GAEA and TETLO; a base-specific
     argument given for another base is an error, not silently ignored."""
-    assert GAEA(base="PC_DARTS").base == "pc-darts" and TETLO(base="pcdarts").base == "pc-darts"
-    assert GAEA(base="pcdarts", partial_k=2).partial_k == 2 and TETLO(base="pc-darts", partial_k=2).partial_k == 2
+    assert GAEA(base="PC_DARTS").base == "pc-darts" and TETLO(base="pcdarts").config.base == "pc-darts"
+    assert GAEA(base="pcdarts", partial_k=2).partial_k == 2
+    assert TETLO(base="pc-darts", partial_k=2).config.partial_k == 2
     with pytest.raises(ValueError, match=r"^GAEA: partial_k applies to base='pc-darts' only, got base='darts'$"):
         GAEA(partial_k=2)
     with pytest.raises(ValueError, match="GAEA: edge_learning_rate applies to base='pc-darts' only, got base='gdas'"):

@@ -22,7 +22,7 @@ def _load_script():
 def test_strategy_kwargs_reach_the_strategy():
     script = _load_script()
     tetlo = script.make_strategy("tetlo", {"gamma": 0.5})
-    assert tetlo._module_kwargs["gamma"] == 0.5
+    assert tetlo.config.gamma == 0.5
     drnas = script.make_strategy("drnas-progressive", {"reg_scale": 0.01})
     assert drnas.reg_scale == 0.01 and drnas.stages is not None
     with pytest.raises(TypeError):

@@ -1,7 +1,10 @@
 """TETLO: hypergradient correctness, QRS loss properties, an end-to-end NNI run, input errors."""
 from __future__ import annotations
 
-import strategies  # noqa: F401  (applies nni_plugins.compat before NNI is imported)
+import strategies  # noqa: F401  (applies nni_compat before NNI is imported)
+
+import inspect
+from dataclasses import fields, replace
 
 import pytest
 import torch
@@ -17,7 +20,7 @@ from strategies import TETLO
 from strategies.aux_models import CifarResNet
 from strategies.oneshot_common import MixedLayer
 from strategies.tetlo import (
-    TETLOLightningModule, _EdgeNormalizedCell, _optimizer_step, _StepCaller, qrs_loss, sample_quadruples,
+    TETLOConfig, TETLOLightningModule, _EdgeNormalizedCell, _optimizer_step, _StepCaller, qrs_loss, sample_quadruples,
 )
 
 
@@ -165,12 +168,13 @@ def _unrolled_objective(module, train, val, quads, xi=0.5):
     main_logits(w1, x_t)
     feat_main = tap.take()
     aux_feat = module.aux_model[:-1](x_t)
-    aux_obj = crit(module.aux_model[-1](aux_feat), y_t) + module.lambda_qrs * qrs_loss(aux_feat, feat_main, quads,
-                                                                                        module.tau)
+    config = module.config
+    aux_obj = crit(module.aux_model[-1](aux_feat), y_t) + config.lambda_qrs * qrs_loss(aux_feat, feat_main, quads,
+                                                                                        config.tau)
     grads_v = torch.autograd.grad(aux_obj, list(v.values()))
     v1 = {k: p - xi * g for (k, p), g in zip(v.items(), grads_v)}
     aux_val = crit(functional_call(module.aux_model, v1, (x_v,)), y_v)
-    return aux_val + module.gamma * crit(main_logits(w1, x_v), y_v)
+    return aux_val + config.gamma * crit(main_logits(w1, x_v), y_v)
 
 
 def test_exact_hypergradient_equals_numerical_derivative():
@@ -291,7 +295,7 @@ def test_optimizer_unroll_finite_difference_matches_exact(weight):
     if moments is not None:
         assert all(torch.equal(m, s["exp_avg"]) for m, s in zip(moments, opt_w.state.values()))
     # A different unrolled step than the plain lr·g one.
-    module.unroll = "gradient"
+    module.config = replace(module.config, unroll="gradient")
     plain = _flat(module.compute_hypergradient(train, val, quadruples=quads, mode="exact")[0])
     assert not torch.allclose(plain, exact, rtol=1e-2)
 
@@ -423,7 +427,6 @@ def test_end_to_end_nas_experiment_exports_valid_sample(tmp_path, monkeypatch, o
     ({"unroll": "adam"}, ValueError, "unroll must be one of"),
     ({"unroll": "optimizer", "unroll_lr_w": 0.1}, ValueError, "unroll_lr_w and unroll_lr_v set the step"),
     ({"base": "gdas"}, ValueError, "base"),
-    ({"partial_k": 2}, ValueError, "partial_k applies to base=.pc-darts. only"),
     ({"aux_model": "resnet"}, TypeError, "aux_model"),
     ({"aux_lr_min": 0.1}, ValueError, "aux_lr_min"),
     ({"fd_epsilon": 0}, ValueError, "fd_epsilon"),
@@ -457,8 +460,6 @@ def _prepare(space, **kwargs):
 def test_unsupported_models_raise_clear_errors():
     with pytest.raises(ValueError, match="_NoLinearSpace has no nn.Linear; pass main_feature_module"):
         _prepare(_NoLinearSpace())
-    with pytest.raises(ValueError, match="'op'.* cannot be searched"):
-        _prepare(TinySpace(), base="pc-darts", partial_k=3)  # 4 channels do not split into 3 parts
     with pytest.raises(ValueError, match="no submodule named 'head'"):
         _prepare(TinySpace(), main_feature_module="head")
     with pytest.raises(ValueError, match="auxiliary model.*Conv2d has no nn.Linear"):
@@ -480,11 +481,19 @@ def test_default_aux_model_follows_the_space():
         CifarResNet(depth=10)
 
 
-def test_registry_builds_tetlo():
+def test_signature_record_and_registry_come_from_the_config():
     from nni_plugins.registry import make_strategy
 
-    strategy = make_strategy("tetlo", gamma=0.5)
-    assert isinstance(strategy, TETLO) and strategy._module_kwargs["gamma"] == 0.5
+    parameters = inspect.signature(TETLO).parameters
+    assert list(parameters)[:-1] == [spec.name for spec in fields(TETLOConfig)] and "kwargs" in parameters
+    assert all(parameters[spec.name].default == spec.default for spec in fields(TETLOConfig))
+    strategy = make_strategy("tetlo", gamma=0.5, base="pcdarts")
+    assert isinstance(strategy, TETLO) and strategy.config.gamma == 0.5 and strategy.config.partial_k == 4
+    assert repr(strategy).startswith("TETLO(base='pc-darts', partial_k=4, lambda_qrs=1.0, gamma=0.5, ")
+    with pytest.raises(ValueError, match="gama"):
+        make_strategy("tetlo", gama=0.5)
+    with pytest.raises(ValueError, match="tau must be > 0"):
+        replace(strategy.config, tau=0.0)
 
 
 def test_evaluator_without_criterion_needs_aux_criterion():
@@ -512,9 +521,10 @@ def test_evaluator_without_criterion_needs_aux_criterion():
     assert _flat(hyper).norm() > 0
 
 
-@pytest.mark.parametrize("base", ["darts", "pc-darts"])
-def test_exports_on_hub_spaces_freeze_and_follow_the_darts_rule(base):
-    """NNI's hub ``NasBench201`` (LayerChoice per edge) and ``DARTS`` (Cell, Repeat, InputChoice)."""
+def test_pcdarts_exports_on_hub_spaces_freeze_and_follow_the_darts_rule():
+    """NNI's hub ``NasBench201`` (LayerChoice per edge) and ``DARTS`` (Cell, Repeat, InputChoice);
+    ``tests/test_hub_spaces.py`` runs the DARTS base on every hub space."""
+    base = "pc-darts"
     from nni.nas.hub.pytorch import DARTS as DartsSpace, NasBench201
     from tests.oneshot_helpers import classification, search
 
