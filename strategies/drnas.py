@@ -16,8 +16,8 @@ from typing import Any, Mapping, Sequence
 import torch
 
 from .oneshot_common import (
-    ArchDistributionModule, ArchDistributionStrategy, DirichletWeights, MixedCell, MixedLayer, rewrap_ddp,
-    shared_generator,
+    ArchDistributionModule, ArchDistributionStrategy, DirichletWeights, MixedCell, MixedLayer, check_choice,
+    check_number, rewrap_ddp, shared_generator,
 )
 
 __all__ = ["DrNAS", "DrNASLightningModule", "ProgressiveStage", "NB201_STAGES", "DARTS_STAGES"]
@@ -302,7 +302,11 @@ class DrNAS(ArchDistributionStrategy):
         Epochs without architecture steps when ``stages`` is ``None`` (with stages, each
         :class:`ProgressiveStage` has its own warm-up).
     **kwargs
-        Passed to :class:`nni.nas.strategy.DARTS` (e.g. ``penalty``, ``mutation_hooks``).
+        Passed to :class:`nni.nas.strategy.DARTS`: ``penalty``, ``mutation_hooks``.
+
+    Every argument is checked when the strategy is created: a wrong type raises ``TypeError``, a value
+    out of range ``ValueError``, both naming the strategy, the argument, the value and the accepted
+    range; an unknown keyword raises ``TypeError`` listing the accepted ones.
 
     Examples
     --------
@@ -316,20 +320,18 @@ class DrNAS(ArchDistributionStrategy):
     def __init__(self, *, arc_learning_rate: float = 3.0e-4, reg_type: str = "l2", reg_scale: float = 1.0e-3,
                  stages: str | Sequence[ProgressiveStage] | None = None, gradient_clip_val: float | None = None,
                  log_prob_every_n_step: int = 10, warmup_epochs: int = 0, **kwargs: Any):
-        if not isinstance(arc_learning_rate, (int, float)) or arc_learning_rate <= 0:
-            raise ValueError(f"arc_learning_rate must be a positive number, got {arc_learning_rate!r}")
-        if reg_type not in ("l2", "kl"):
-            raise ValueError(f"reg_type must be 'l2' or 'kl', got {reg_type!r}")
-        if not isinstance(reg_scale, (int, float)) or reg_scale < 0:
-            raise ValueError(f"reg_scale must be a non-negative number, got {reg_scale!r}")
+        check_choice("DrNAS", "reg_type", reg_type, ("l2", "kl"))
+        check_number("DrNAS", "reg_scale", reg_scale)
         if isinstance(stages, str):
             if stages.lower() not in _PRESETS:
-                raise ValueError(f"Unknown stage preset {stages!r}; choose one of {sorted(_PRESETS)} or give ProgressiveStage objects")
+                raise ValueError(f"DrNAS: unknown stage preset {stages!r}; choose one of {sorted(_PRESETS)} or give "
+                                 "ProgressiveStage objects")
             stages = _PRESETS[stages.lower()]
         if stages is not None:
+            if not isinstance(stages, Sequence) or not stages:
+                raise TypeError("DrNAS: stages must be None, a preset name or a non-empty sequence of "
+                                f"ProgressiveStage, got {stages!r}")
             stages = tuple(_as_stage(s) for s in stages)
-            if not stages:
-                raise TypeError("stages must be a non-empty sequence of ProgressiveStage")
         super().__init__(arc_learning_rate=arc_learning_rate, gradient_clip_val=gradient_clip_val,
                          log_prob_every_n_step=log_prob_every_n_step, warmup_epochs=warmup_epochs, **kwargs)
         self.reg_type = reg_type

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import copy as _copy
 import logging
-from typing import Any, Iterable, Mapping
+from typing import Any, Iterable, Mapping, Sequence
 
 import torch
 from torch.utils.data import DataLoader, RandomSampler, Sampler, SequentialSampler
@@ -18,7 +18,7 @@ from nni.nas.evaluator.pytorch import DataLoader as TracedDataLoader
 
 from .oneshot_common import (
     ArchDistributionModule, ArchDistributionStrategy, ArchWeights, HardGumbelWeights, MixedLayer, SimplexWeights,
-    resolve_base,
+    check_flag, check_number, resolve_base,
 )
 
 __all__ = ["GAEA", "GAEALightningModule", "ExponentiatedGradient"]
@@ -218,7 +218,11 @@ class GAEA(ArchDistributionStrategy):
     sparsity_threshold
         A candidate with probability below this counts as pruned in the logged ``sparsity/<label>``.
     **kwargs
-        Passed to :class:`nni.nas.strategy.DARTS` (e.g. ``penalty``, ``mutation_hooks``).
+        Passed to :class:`nni.nas.strategy.DARTS`: ``penalty``, ``mutation_hooks``.
+
+    Every argument is checked when the strategy is created: a wrong type raises ``TypeError``, a value
+    out of range ``ValueError``, both naming the strategy, the argument, the value and the accepted
+    range; an unknown keyword raises ``TypeError`` listing the accepted ones.
 
     Examples
     --------
@@ -237,22 +241,28 @@ class GAEA(ArchDistributionStrategy):
                  sparsity_threshold: float = 1e-2, **kwargs: Any):
         base = resolve_base("GAEA", base, _BASES, partial_k=(partial_k, "pc-darts"),
                             edge_learning_rate=(edge_learning_rate, "pc-darts"), temperature=(temperature, "gdas"))
+        check_flag("GAEA", "single_level", single_level)
+        check_flag("GAEA", "exclude_none", exclude_none)
+        for name, value, spec in (("arc_learning_rate", arc_learning_rate, {"strict": True}),
+                                  ("edge_learning_rate", edge_learning_rate, {"strict": True}),
+                                  ("entropy_weight", entropy_weight, {}),
+                                  ("partial_k", partial_k, {"minimum": 1, "integer": True}),
+                                  ("sparsity_threshold", sparsity_threshold, {"maximum": 1, "strict_maximum": True})):
+            check_number("GAEA", name, value, optional=name != "sparsity_threshold", **spec)
+        if temperature is not None:
+            wanted = f"GAEA: temperature must be a pair (start, end) with start >= end > 0, got {temperature!r}"
+            if not isinstance(temperature, Sequence) or isinstance(temperature, str) or len(temperature) != 2:
+                raise TypeError(wanted)
+            for part, value in zip(("start", "end"), temperature):
+                check_number("GAEA", f"temperature {part}", value, strict=True)
+            if temperature[0] < temperature[1]:
+                raise ValueError(wanted)
         edge_learning_rate = 0.1 if edge_learning_rate is None else edge_learning_rate
         partial_k = 4 if partial_k is None else partial_k
         temperature = (10.0, 0.1) if temperature is None else temperature
-        if not isinstance(single_level, bool):
-            raise TypeError(f"GAEA: single_level must be True (ERM) or False (bilevel), got {single_level!r}")
         gdas = base == "gdas"
         eta = (0.01 if gdas else 0.1) if arc_learning_rate is None else arc_learning_rate
         lam = (0.01 if gdas else 0.0) if entropy_weight is None else entropy_weight
-        if eta <= 0 or edge_learning_rate <= 0:
-            raise ValueError(f"EG step sizes must be positive, got arc {eta}, edge {edge_learning_rate}")
-        if lam < 0:
-            raise ValueError(f"entropy_weight must be >= 0, got {lam}")
-        if not isinstance(partial_k, int) or partial_k < 1:
-            raise ValueError(f"partial_k must be a positive int, got {partial_k!r}")
-        if len(temperature) != 2 or not temperature[0] >= temperature[1] > 0:
-            raise ValueError(f"temperature must be (start, end) with start >= end > 0, got {temperature!r}")
         super().__init__(arc_learning_rate=eta, gradient_clip_val=gradient_clip_val,
                          log_prob_every_n_step=log_prob_every_n_step, warmup_epochs=warmup_epochs, **kwargs)
         self.base = base

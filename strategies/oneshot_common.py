@@ -19,11 +19,17 @@ Public API
     The Lightning module and the strategy the one-shot strategies of this package derive from.
 :func:`ddp_find_unused_parameters`, :func:`rewrap_ddp`, :func:`shared_generator`
     Lightning DDP support (``Trainer(strategy="ddp" | "ddp_spawn", devices=N)``).
+:class:`NonFiniteError`, :func:`check_number`, :func:`check_choice`, :func:`check_flag`
+    The error that stops a search whose loss, architecture gradient or parameter became NaN or
+    infinite, and the constructor-argument checks of the strategies.
 """
 from __future__ import annotations
 
 import contextlib
+import difflib
+import inspect
 import logging
+import math
 import warnings
 from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence, cast
 
@@ -35,6 +41,7 @@ import nni_compat  # noqa: F401  (the NNI 3.0 fixes, bottom layer)
 from nni.mutable import Categorical, CategoricalMultiple
 from nni.nas.nn.pytorch import LayerChoice, ModelSpace, MutableModule
 from nni.nas.oneshot.pytorch.differentiable import DartsLightningModule
+from nni.nas.oneshot.pytorch.profiler import ExpectationProfilerPenalty
 from nni.nas.oneshot.pytorch.strategy import DARTS, OneShotStrategy, no_default_hook
 from nni.nas.oneshot.pytorch.supermodule._expression_utils import weighted_sum
 from nni.nas.oneshot.pytorch.supermodule.differentiable import (
@@ -42,6 +49,7 @@ from nni.nas.oneshot.pytorch.supermodule.differentiable import (
     MixedOpDifferentiablePolicy,
 )
 from nni.nas.oneshot.pytorch.supermodule.operation import NATIVE_MIXED_OPERATIONS
+from nni.nas.strategy.base import StrategyStatus
 
 __all__ = [
     "ArchWeights", "SoftmaxWeights", "DirichletWeights", "SimplexWeights", "HardGumbelWeights",
@@ -50,9 +58,72 @@ __all__ = [
     "ArchDistributionModule", "ArchDistributionStrategy", "check_searchable_space", "resolve_base",
     "training_loss",
     "ddp_find_unused_parameters", "rewrap_ddp", "shared_generator",
+    "NonFiniteError", "non_finite_message", "check_number", "check_choice", "check_flag", "unexpected_keyword",
 ]
 
 _logger = logging.getLogger(__name__)
+
+
+# ---------------------------------------------------------------------------------------------
+# Failures and argument checks
+# ---------------------------------------------------------------------------------------------
+
+class NonFiniteError(RuntimeError):
+    """A one-shot search stopped because a loss, a gradient of the architecture parameters or an
+    architecture parameter (or the distribution made from it) became NaN or infinite.
+
+    The message names the strategy, what went non-finite (which loss, which choice labels), the epoch,
+    batch and global step, and the likely causes: non-finite input data, or a learning rate too high.
+    The search stops at the step where it happens, so no architecture is exported from it.
+    """
+
+
+def non_finite_message(owner: str, what: str, where: str = "", rates: str = "") -> str:
+    """The message of a :class:`NonFiniteError`: ``owner`` (the strategy), ``what`` went non-finite,
+    ``where`` (epoch and step) and ``rates`` (the learning rates in force, for the likely causes)."""
+    return (f"{owner}: {what}{where}. The search is stopped and no architecture is exported. Likely causes: NaN or "
+            f"infinite values in the input data, or a learning rate too high{rates}")
+
+
+def _range_text(minimum: float, strict: bool, maximum: float | None, strict_maximum: bool) -> str:
+    if maximum is None:
+        return f"{'>' if strict else '>='} {minimum}"
+    return f"in {'(' if strict else '['}{minimum}, {maximum}{')' if strict_maximum else ']'}"
+
+
+def check_number(owner: str, name: str, value: Any, *, minimum: float = 0, strict: bool = False,
+                 maximum: float | None = None, strict_maximum: bool = False, integer: bool = False,
+                 optional: bool = False) -> None:
+    """Check a numeric constructor argument of strategy ``owner``: a finite number (an ``int`` when
+    ``integer``; ``bool`` is refused), or ``None`` when ``optional``, within ``[minimum, maximum]``
+    (a bound is excluded when ``strict`` / ``strict_maximum``; ``maximum=None`` leaves it open).
+
+    Raises ``TypeError`` for a wrong type and ``ValueError`` for a value out of range; both messages
+    name ``owner``, ``name``, the value and the accepted range, e.g.
+    ``DrNAS: warmup_epochs must be >= 0, got -1``.
+    """
+    if value is None and optional:
+        return
+    bounds = _range_text(minimum, strict, maximum, strict_maximum)
+    kinds = (int,) if integer else (int, float)
+    if isinstance(value, bool) or not isinstance(value, kinds) or not math.isfinite(value):
+        raise TypeError(f"{owner}: {name} must be {'an integer' if integer else 'a finite number'} {bounds}"
+                        f"{' or None' if optional else ''}, got {value!r}")
+    if (value < minimum or (strict and value == minimum)
+            or (maximum is not None and (value > maximum or (strict_maximum and value == maximum)))):
+        raise ValueError(f"{owner}: {name} must be {bounds}, got {value!r}")
+
+
+def check_choice(owner: str, name: str, value: Any, allowed: Sequence[str]) -> None:
+    """``ValueError`` naming ``owner`` and ``name`` unless ``value`` is one of the strings ``allowed``."""
+    if not isinstance(value, str) or value not in allowed:
+        raise ValueError(f"{owner}: {name} must be one of {tuple(allowed)}, got {value!r}")
+
+
+def check_flag(owner: str, name: str, value: Any) -> None:
+    """``TypeError`` naming ``owner`` and ``name`` unless ``value`` is ``True`` or ``False``."""
+    if not isinstance(value, bool):
+        raise TypeError(f"{owner}: {name} must be True or False, got {value!r}")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -102,6 +173,14 @@ class ArchWeights(nn.Module):
     def sample(self, alpha: torch.Tensor) -> torch.Tensor:
         """One random draw of mixing weights (stochastic subclasses only)."""
         raise NotImplementedError
+
+    def valid(self, alpha: torch.Tensor) -> torch.Tensor:
+        """Element-wise, whether ``alpha`` holds values this distribution can be made from (default:
+        finite); the search checks the parameters with it after every architecture step."""
+        return torch.isfinite(alpha)
+
+    #: what :meth:`valid` refuses, for the error message
+    invalid_values = "NaN or infinite values"
 
     # -- masks -----------------------------------------------------------------------------
     def set_mask(self, alpha: torch.Tensor, mask: torch.Tensor) -> None:
@@ -170,18 +249,30 @@ class DirichletWeights(ArchWeights):
     """
 
     stochastic = True
+    invalid_values = "NaN or infinite values, or a Dirichlet concentration ELU(alpha) + 1 of 0"
 
     @staticmethod
     def concentration(alpha: torch.Tensor) -> torch.Tensor:
         return F.elu(alpha) + 1
+
+    def valid(self, alpha: torch.Tensor) -> torch.Tensor:
+        """Where the concentration is finite and positive (it is 0 where ``alpha`` underflows)."""
+        beta = self.concentration(alpha.detach().float())
+        return torch.isfinite(beta) & (beta > 0)
 
     def expected(self, alpha: torch.Tensor) -> torch.Tensor:
         beta = self.concentration(alpha)
         return beta / beta.sum(-1, keepdim=True)
 
     def sample(self, alpha: torch.Tensor) -> torch.Tensor:
+        """A draw of ``Dir(ELU(alpha) + 1)``; :class:`NonFiniteError` when the concentration is not
+        finite and positive (instead of ``torch.distributions``' argument check, which it replaces)."""
+        if not bool(self.valid(alpha).all()):
+            raise NonFiniteError(non_finite_message(
+                "DrNAS", f"the Dirichlet concentration ELU(alpha) + 1 = {self.concentration(alpha.detach()).tolist()} "
+                         "of a choice is not finite and positive"))
         beta = self.concentration(alpha.float())
-        return torch.distributions.Dirichlet(beta).rsample().to(alpha.dtype)
+        return torch.distributions.Dirichlet(beta, validate_args=False).rsample().to(alpha.dtype)
 
 
 class SimplexWeights(ArchWeights):
@@ -748,6 +839,11 @@ class ArchDistributionModule(DartsLightningModule):
     hooks :meth:`arch_step_enabled`, :meth:`arch_regularizer`, :meth:`extra_arch_metrics` and
     :meth:`ddp_unused_parameters`, or replaces :meth:`training_step` and reuses the rest.
 
+    Failure is failure: a non-finite loss (:meth:`check_loss`, on both steps), gradient of an
+    architecture parameter or architecture parameter (:meth:`arch_optimizer_step`) raises
+    :class:`NonFiniteError` at that step, naming the epoch, the batch, the global step and what went
+    non-finite; :meth:`export` refuses non-finite parameters too.
+
     Parameters
     ----------
     training_module
@@ -811,6 +907,7 @@ class ArchDistributionModule(DartsLightningModule):
         return super().resample()
 
     def export(self):
+        self.check_arch()
         with self.arch_weights.deterministic():
             return super().export()
 
@@ -829,7 +926,7 @@ class ArchDistributionModule(DartsLightningModule):
         if self.arch_step_enabled():
             self.resample()
             arc_optim.zero_grad()
-            loss = training_loss(self.training_module.training_step(batch["val"], 2 * batch_idx))
+            loss = evaluator_loss = training_loss(self.training_module.training_step(batch["val"], 2 * batch_idx))
             if self.penalty is not None:
                 loss, details = self.penalty(loss, self.export_probs())
                 self.log_dict({f"penalty/{k}": v for k, v in details.items()})
@@ -837,8 +934,10 @@ class ArchDistributionModule(DartsLightningModule):
             if reg is not None:
                 self.log("arch_regularizer", reg.detach())
                 loss = loss + reg
+            self.check_loss(loss, "architecture-step loss",
+                            {"the evaluator's loss": evaluator_loss, "regulariser": reg})
             self.manual_backward(loss)
-            arc_optim.step()
+            self.arch_optimizer_step(arc_optim)
 
         loss_and_metrics = self.weight_step(batch["train"], batch_idx)
         self.finish_step(batch_idx)
@@ -849,8 +948,70 @@ class ArchDistributionModule(DartsLightningModule):
         (clipped at ``gradient_clip_val``). Returns what ``training_step`` returned."""
         self.resample()
         loss_and_metrics = self.training_module.training_step(batch, 2 * batch_idx + 1)
-        self.advance_optimization(training_loss(loss_and_metrics), batch_idx, self.gradient_clip_val)
+        loss = training_loss(loss_and_metrics)
+        self.check_loss(loss, "weight-step loss (the evaluator's training loss)")
+        self.advance_optimization(loss, batch_idx, self.gradient_clip_val)
         return loss_and_metrics
+
+    # -- failure checks ----------------------------------------------------------------------
+    def non_finite(self, what: str) -> NonFiniteError:
+        """The :class:`NonFiniteError` for ``what``, with the epoch, batch and global step of the trainer
+        (when there is one) and the learning rates in force."""
+        trainer, where = self._trainer, ""
+        if trainer is not None:
+            batch = getattr(trainer.fit_loop.epoch_loop, "batch_idx", None)
+            where = f" at epoch {trainer.current_epoch}, batch {batch} (global step {trainer.global_step})"
+        optimizer = self.weight_optimizer() if trainer is not None else None
+        rates = f"arc_learning_rate={self.arc_learning_rate}"
+        if optimizer is not None:
+            rates = f"the weight optimiser's lr={optimizer.param_groups[0]['lr']}, {rates}"
+        return NonFiniteError(non_finite_message(type(self).__name__.removesuffix("LightningModule"), what, where,
+                                                 f" ({rates})"))
+
+    def check_loss(self, loss: torch.Tensor, what: str, parts: Mapping[str, torch.Tensor | None] | None = None) -> None:
+        """Raise :class:`NonFiniteError` naming ``what`` (and the values of the terms ``parts`` of the
+        loss) when ``loss`` is NaN or infinite.
+
+        Under DDP a loss is one rank's own (its gradients are what is all-reduced), so the decision is
+        all-reduced too (one scalar per call): every rank raises at the same step, and none is left
+        waiting in the next collective."""
+        bad = not bool(torch.isfinite(loss.detach()).all())
+        trainer = self._trainer
+        anywhere = bad if trainer is None or trainer.world_size <= 1 else \
+            trainer.strategy.reduce_boolean_decision(bad, all=False)
+        if anywhere:
+            state = f"is {_show(loss)}" if bad else "is finite on this process but not on another DDP rank"
+            terms = [f"{name} {_show(t)}" for name, t in (parts or {}).items() if t is not None]
+            shown = f" ({', '.join(terms)})" if len(terms) > 1 else ""
+            raise self.non_finite(f"the {what} {state}{shown}")
+
+    def check_arch(self, gradients: bool = False, detail: str = "") -> None:
+        """Raise :class:`NonFiniteError` naming the choice labels whose architecture parameter (or its
+        gradient, when ``gradients``) is not :meth:`ArchWeights.valid` (gradients: not finite).
+
+        Parameters and their gradients are all-reduced, hence equal, on every DDP rank (TETLO reduces
+        its hypergradient itself), so this check is local: every rank raises at the same step."""
+        tensors = {}
+        for label, param in self.unique_arch_parameters().items():
+            value = param.grad if gradients else param
+            if value is not None:
+                tensors[label] = value.detach()
+        if not tensors:
+            return
+        check = torch.isfinite if gradients else self.arch_weights.valid
+        fine = torch.stack([check(t).all() for t in tensors.values()]).tolist()
+        bad = [label for label, ok in zip(tensors, fine) if not ok]
+        if bad:
+            holds = "NaN or infinite values" if gradients else self.arch_weights.invalid_values
+            what = "gradient of the architecture parameter" if gradients else "architecture parameter"
+            raise self.non_finite(f"the {what} of choice(s) {bad} holds {holds}{detail}")
+
+    def arch_optimizer_step(self, optimizer: Any, detail: str = "") -> None:
+        """Step the architecture optimiser after checking the gradients, then check the parameters
+        (:meth:`check_arch`; ``detail`` is added to a gradient error)."""
+        self.check_arch(gradients=True, detail=detail)
+        optimizer.step()
+        self.check_arch()
 
     def finish_step(self, batch_idx: int) -> None:
         """End of a batch: advance the learning-rate schedulers, release the draws (and their graphs),
@@ -892,6 +1053,14 @@ class ArchDistributionModule(DartsLightningModule):
 # ---------------------------------------------------------------------------------------------
 # Lightning DDP
 # ---------------------------------------------------------------------------------------------
+
+def _show(value: torch.Tensor) -> str:
+    """A loss for a message: its value, or how many of its entries are not finite."""
+    value = value.detach()
+    if value.numel() == 1:
+        return str(float(value))
+    return f"a tensor with {int((~torch.isfinite(value)).sum())} non-finite value(s)"
+
 
 def training_loss(output: Any) -> torch.Tensor:
     """The loss in what an evaluator's ``training_step`` returned (a tensor, or a dict with ``loss``)."""
@@ -979,6 +1148,25 @@ def resolve_base(owner: str, base: Any, bases: Sequence[str], **specific: tuple[
     return found[0]
 
 
+#: the numeric parameters of NNI's DARTS, and their ranges (:func:`check_number`)
+_DARTS_CHECKS: dict[str, dict[str, Any]] = {
+    "arc_learning_rate": {"strict": True},
+    "gradient_clip_val": {"strict": True, "optional": True},
+    "log_prob_every_n_step": {"minimum": 1, "integer": True},
+    "warmup_epochs": {"integer": True},
+}
+#: every keyword of NNI's DARTS
+_DARTS_KEYWORDS = (*_DARTS_CHECKS, "penalty", "mutation_hooks")
+
+
+def unexpected_keyword(owner: str, name: str, accepted: Sequence[str]) -> TypeError:
+    """``TypeError: <owner>() got an unexpected keyword argument '<name>'``, with the closest accepted
+    name and the list of accepted ones."""
+    close = difflib.get_close_matches(name, accepted, n=1)
+    hint = f" (did you mean {close[0]!r}?)" if close else ""
+    return TypeError(f"{owner}() got an unexpected keyword argument {name!r}{hint}; it accepts {', '.join(accepted)}")
+
+
 class ArchDistributionStrategy(DARTS):
     """NNI's :class:`~nni.nas.strategy.DARTS` whose supernet mixes every choice with one shared
     :class:`ArchWeights`: the base of this package's one-shot strategies.
@@ -998,7 +1186,11 @@ class ArchDistributionStrategy(DARTS):
     **kwargs
         The parameters of :class:`~nni.nas.strategy.DARTS`: ``arc_learning_rate``,
         ``gradient_clip_val``, ``log_prob_every_n_step``, ``warmup_epochs``, ``penalty``,
-        ``mutation_hooks``.
+        ``mutation_hooks``. Each is checked (:func:`check_number`: ``arc_learning_rate > 0``,
+        ``gradient_clip_val > 0`` or ``None``, integers ``log_prob_every_n_step >= 1`` and
+        ``warmup_epochs >= 0``); any other keyword raises ``TypeError: <Strategy>() got an unexpected
+        keyword argument`` listing the accepted ones (the subclass's named parameters and
+        :attr:`forwarded_keywords`).
 
     Examples
     --------
@@ -1016,9 +1208,41 @@ class ArchDistributionStrategy(DARTS):
         NasExperiment(space, evaluator, LowEntropy()).run()
     """
 
+    #: the keywords of NNI's DARTS that a subclass's ``**kwargs`` pass on, besides its named parameters
+    forwarded_keywords: tuple[str, ...] = _DARTS_KEYWORDS
+
     def __init__(self, **kwargs):
+        owner = type(self).__name__
+        for name in kwargs:
+            if name not in _DARTS_KEYWORDS:
+                raise unexpected_keyword(owner, name, self.accepted_keywords())
+        for name, spec in _DARTS_CHECKS.items():
+            if name in kwargs:
+                check_number(owner, name, kwargs[name], **spec)
+        penalty, hooks = kwargs.get("penalty"), kwargs.get("mutation_hooks")
+        if penalty is not None and not isinstance(penalty, (dict, ExpectationProfilerPenalty)):
+            raise TypeError(f"{owner}: penalty must be a dict of ExpectationProfilerPenalty's arguments, such a "
+                            f"penalty or None, got {type(penalty).__name__}")
+        if hooks is not None and not (isinstance(hooks, (list, tuple)) and all(callable(h) for h in hooks)):
+            raise TypeError(f"{owner}: mutation_hooks must be a list of callables or None, got {hooks!r}")
         super().__init__(**kwargs)
         self._arch_weights: ArchWeights | None = None
+
+    @classmethod
+    def accepted_keywords(cls) -> list[str]:
+        """The keywords the constructor of ``cls`` accepts: its named parameters, then
+        :attr:`forwarded_keywords`."""
+        named = [p.name for p in inspect.signature(cls).parameters.values()
+                 if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+        return named + [name for name in cls.forwarded_keywords if name not in named]
+
+    def list_models(self, sort: bool = True, limit: int | None = 1):
+        """NNI's (the exported architecture), except after a failed search (e.g. :class:`NonFiniteError`):
+        that raises ``RuntimeError`` instead of exporting the supernet's last state as if it were a result."""
+        if self._status == StrategyStatus.FAILED:
+            raise RuntimeError(f"{type(self).__name__}: the search failed (see the error it raised), so it has no "
+                               "architecture to export")
+        return super().list_models(sort, limit)
 
     def make_arch_weights(self) -> ArchWeights:
         """The mixing weights of the supernet (default :class:`SoftmaxWeights`), made once per search."""

@@ -20,8 +20,8 @@ from torch.func import functional_call
 
 from .aux_models import CifarResNet
 from .oneshot_common import (
-    ArchDistributionModule, ArchDistributionStrategy, ArchWeights, MixedCell, MixedLayer, resolve_base,
-    training_loss,
+    ArchDistributionModule, ArchDistributionStrategy, ArchWeights, MixedCell, MixedLayer, check_choice, check_number,
+    resolve_base, training_loss,
 )
 
 __all__ = ["TETLO", "TETLOConfig", "TETLOLightningModule", "qrs_loss", "sample_quadruples"]
@@ -83,23 +83,12 @@ def qrs_loss(aux_features: torch.Tensor, main_features: torch.Tensor, quadruples
 # Configuration
 # --------------------------------------------------------------------------------------------
 
-def _number(default: float | None, *, minimum: float = 0.0, strict: bool = False, integer: bool = False,
+def _number(default: float | None, *, minimum: float = 0, strict: bool = False, integer: bool = False,
             optional: bool = False) -> Any:
     """A numeric field of :class:`TETLOConfig`: at least ``minimum`` (above it when ``strict``), an
     integer when ``integer``, or ``None`` when ``optional``."""
     return field(default=default, metadata={"number": {"minimum": minimum, "strict": strict, "integer": integer,
                                                        "optional": optional}})
-
-
-def _check_number(name: str, value: Any, *, minimum: float, strict: bool, integer: bool, optional: bool) -> None:
-    if value is None and optional:
-        return
-    kinds = (int,) if integer else (int, float)
-    if isinstance(value, bool) or not isinstance(value, kinds) or not math.isfinite(value):
-        raise TypeError(f"TETLO: {name} must be {'an integer' if integer else 'a finite number'}"
-                        f"{' or None' if optional else ''}, got {value!r}")
-    if value < minimum or (strict and value == minimum):
-        raise ValueError(f"TETLO: {name} must be {'>' if strict else '>='} {minimum}, got {value!r}")
 
 
 @dataclass(frozen=True)
@@ -144,15 +133,14 @@ class TETLOConfig:
         object.__setattr__(self, "base", base)
         if base == "pc-darts" and self.partial_k is None:
             object.__setattr__(self, "partial_k", 4)
-        for name, allowed in (("hypergradient", _HYPERGRADIENTS), ("unroll", _UNROLLS)):
-            if getattr(self, name) not in allowed:
-                raise ValueError(f"TETLO: {name} must be one of {allowed}, got {getattr(self, name)!r}")
+        check_choice("TETLO", "hypergradient", self.hypergradient, _HYPERGRADIENTS)
+        check_choice("TETLO", "unroll", self.unroll, _UNROLLS)
         if self.unroll == "optimizer" and (self.unroll_lr_w is not None or self.unroll_lr_v is not None):
             raise ValueError("TETLO: unroll_lr_w and unroll_lr_v set the step of unroll='gradient'; "
                              "unroll='optimizer' takes its steps from the optimisers")
         for spec in fields(self):
             if "number" in spec.metadata:
-                _check_number(spec.name, getattr(self, spec.name), **spec.metadata["number"])
+                check_number("TETLO", spec.name, getattr(self, spec.name), **spec.metadata["number"])
         if self.aux_lr_min > self.aux_learning_rate:
             raise ValueError(f"TETLO: aux_lr_min ({self.aux_lr_min}) must not exceed "
                              f"aux_learning_rate ({self.aux_learning_rate})")
@@ -784,7 +772,8 @@ class TETLOLightningModule(ArchDistributionModule):
         arc_optim.zero_grad()
         for p, g in zip(self._arch_params, hyper):
             p.grad = g.detach().to(p.dtype)
-        arc_optim.step()
+        losses = ", ".join(f"{key}={stats[key]}" for key in ("main_val_loss", "aux_val_loss"))
+        self.arch_optimizer_step(arc_optim, f" (the hypergradient; on this process {losses})")
         for key in ("hypergrad_norm", "hypergrad_unrolled_norm", "aux_val_loss", "aux_val_acc"):
             if key in stats:
                 self._log_step(key, stats[key])
@@ -796,8 +785,10 @@ class TETLOLightningModule(ArchDistributionModule):
         logits, feat_aux = self._aux_forward(x_t)
         quads = sample_quadruples(x_t.shape[0], self.config.num_quadruples, device=x_t.device)
         task_loss, transfer = self._aux_objective(logits, feat_aux, y_t, feat_main, quads)
+        loss = task_loss + self.config.lambda_qrs * transfer
+        self.check_loss(loss, "auxiliary model's loss", {"its task loss": task_loss, "QRS loss": transfer})
         aux_optim.zero_grad()
-        self.manual_backward(task_loss + self.config.lambda_qrs * transfer)
+        self.manual_backward(loss)
         if self.config.aux_gradient_clip_val is not None:
             torch.nn.utils.clip_grad_norm_(self.aux_model.parameters(), self.config.aux_gradient_clip_val)
         aux_optim.step()
@@ -950,6 +941,10 @@ class TETLO(ArchDistributionStrategy):
         Other parameters of :class:`~nni.nas.strategy.DARTS` (``mutation_hooks``). DARTS' ``penalty``
         is not supported.
 
+    Every argument is checked when the strategy is created (:class:`TETLOConfig`): ``TypeError`` /
+    ``ValueError`` naming the argument, the value and the accepted range; an unknown keyword raises
+    ``TypeError`` listing the accepted ones.
+
     Examples
     --------
     >>> from nni.nas.experiment import NasExperiment
@@ -958,6 +953,8 @@ class TETLO(ArchDistributionStrategy):
     >>> experiment.run()
     >>> experiment.export_top_models(formatter="dict")
     """
+
+    forwarded_keywords = ("mutation_hooks",)
 
     def __init__(self, **kwargs: Any):
         if "penalty" in kwargs:

@@ -78,7 +78,7 @@ def test_invalid_arguments():
         ProgressiveStage(2, 0, num_ops=0)
     with pytest.raises(ValueError, match="warmup_epochs must be an int >= 0$"):
         ProgressiveStage(2, 4, warmup_epochs=1.5)
-    with pytest.raises(ValueError, match="arc_learning_rate must be a positive number, got 0"):
+    with pytest.raises(ValueError, match="^DrNAS: arc_learning_rate must be > 0, got 0$"):
         DrNAS(arc_learning_rate=0)
     with pytest.raises(ValueError, match="LayerChoice 'op'.*not divisible"):
         DrNAS(stages=[ProgressiveStage(2, 3), ProgressiveStage(2, 1)]).mutate_model(TinySpace(c=8))
