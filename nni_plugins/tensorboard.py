@@ -8,9 +8,8 @@ arrive (in whatever order the training service delivers them):
 - ``search/best_so_far``: the best metric so far;
 - ``search/failed_trials``: the count of trials that ended without a metric;
 - ``surrogate/<name>``: the strategy's surrogate/predictor quality (Kendall tau on evaluated
-  architectures it was not trained on, ...), one point per refit, read from the strategy's history
-  attribute (:data:`QUALITY_ATTRIBUTES`: GOAL's ``surrogate_history``, NASGEM's
-  ``predictor_history``);
+  architectures it was not trained on, ...), one point per refit, read from the strategy's
+  ``model_history`` (:class:`strategies.multitrial.ModelBasedStrategy`);
 - ``trial/architecture``: each trial's sample as text, with its metric.
 
 One-shot: :class:`ArchDistributionLogger`, a Lightning callback, writes at the end of every
@@ -33,13 +32,8 @@ from nni.nas.strategy.middleware import StrategyMiddleware
 
 from strategies.metrics import scalar_metric
 
-__all__ = ["TrialMetricsLogger", "ArchDistributionLogger", "distribution_image", "QUALITY_ATTRIBUTES"]
+__all__ = ["TrialMetricsLogger", "ArchDistributionLogger", "distribution_image"]
 
-#: Strategy attributes holding one dict of surrogate-quality scalars per refit, in lookup order
-#: (GOAL: ``surrogate_history``; NASGEM: ``predictor_history``; any other strategy may use either,
-#: or ``quality_history``). The step of an entry is its ``num_evaluated`` or ``num_train``.
-QUALITY_ATTRIBUTES = ("surrogate_history", "predictor_history", "quality_history")
-_STEP_KEYS = ("num_evaluated", "num_train")
 
 
 class TrialMetricsLogger(StrategyMiddleware):
@@ -50,9 +44,8 @@ class TrialMetricsLogger(StrategyMiddleware):
     log_dir
         Directory of the event files (created when missing).
     strategy
-        The main strategy, read for its surrogate-quality history (a list of dicts of scalars, one
-        per refit, in the first attribute of :data:`QUALITY_ATTRIBUTES` it has) after each trial;
-        optional.
+        The main strategy, read for its ``model_history`` after each trial (a list of dicts of
+        scalars, one per refit of its model, at step ``num_evaluated``); optional.
     writer_factory
         Builds the summary writer from ``log_dir`` (default: ``torch.utils.tensorboard.SummaryWriter``).
     """
@@ -111,15 +104,12 @@ class TrialMetricsLogger(StrategyMiddleware):
         self._writer.flush()
 
     def _log_quality(self) -> None:
-        history = next((getattr(self._strategy, name) for name in QUALITY_ATTRIBUTES
-                        if getattr(self._strategy, name, None) is not None), None) or []
+        history = getattr(self._strategy, "model_history", None) or []
         for index in range(self._quality_logged, len(history)):
             entry = history[index]
-            step_key = next((k for k in _STEP_KEYS if isinstance(entry, dict) and k in entry), None)
-            step = int(entry[step_key]) if step_key else index
-            items = entry.items() if isinstance(entry, dict) else [("quality", entry)]
-            for name, value in items:
-                if (name != step_key and isinstance(value, (int, float)) and not isinstance(value, bool)
+            step = int(entry.get("num_evaluated", index))
+            for name, value in entry.items():
+                if (name != "num_evaluated" and isinstance(value, (int, float)) and not isinstance(value, bool)
                         and not math.isnan(value)):
                     self._writer.add_scalar(f"surrogate/{name}", value, step)
         self._quality_logged = len(history)

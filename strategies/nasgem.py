@@ -5,26 +5,21 @@ Graph Embedding Method <https://arxiv.org/abs/2007.04452>`__, AAAI 2021 (DOI 10.
 """
 from __future__ import annotations
 
-import contextlib
 import logging
 import math
-import threading
 import time
-from typing import Any, Iterable, Iterator, Mapping
 
 import numpy as np
 import torch
 from scipy.stats import kendalltau, norm, rankdata
 from torch import nn
 
-from nni.mutable import SampleValidationError
 from nni.nas.execution import ExecutionEngine
-from nni.nas.execution.event import ModelEvent, ModelEventType
 from nni.nas.space import ExecutableModelSpace
-from nni.nas.strategy.base import Strategy
 
-from search_spaces.graph import ArchGraph, graph_view
-from .metrics import scalar_metric
+from search_spaces.graph import ArchGraph
+
+from .multitrial import Candidate, ModelBasedStrategy, check_float, check_int
 from .wl_kernel import WLSubtreeKernel
 
 __all__ = ["NASGEM", "GINEncoder"]
@@ -94,148 +89,53 @@ class _Predictor(nn.Module):
         return self.net(z).squeeze(-1)
 
 
-@contextlib.contextmanager
-def _torch_single_thread() -> Iterator[None]:
-    """Run the strategy's small tensor work on one intra-op thread, restoring the setting after.
+class NASGEM(ModelBasedStrategy):
+    """NASGEM: a graph encoder trained to reproduce a Weisfeiler-Lehman graph kernel embeds every cell,
+    and a predictor on the embeddings picks the next cells from a large pool of sampled graphs.
 
-    The encoder and predictor are tiny; with several threads on a shared CPU their kernels spend
-    far more time synchronising than computing (measured 16x slower with 2 threads on 2 busy cores).
-    """
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(previous)
+    Before the first proposal, ``pretrain_size`` graphs are drawn from the space and a graph
+    isomorphism network (:class:`GINEncoder`) is trained, without labels, so that the cosine
+    similarity of two embeddings matches the normalised WL subtree kernel of the two graphs
+    (:mod:`strategies.wl_kernel`): similar cells lie close together. After ``num_init`` random cells,
+    each round fits an MLP predictor of the metric on the embeddings of the evaluated cells, scores a
+    pool of up to ``pool_size`` graphs sampled from the space, and takes the ``batch_size`` best,
+    skipping a cell too similar to one already taken ("bootstrap optimization": every candidate is a
+    real, valid graph).
 
+    Follows `NASGEM: Neural Architecture Search via Graph Embedding Method
+    <https://arxiv.org/abs/2007.04452>`__ (Cheng, Zhang, Zhang, Li, Liang, Yan, Li, Chandra, Li,
+    Chen, AAAI 2021). Only the paper's abstract and introduction were available, so the details are a
+    reconstruction; ``docs/algorithms.md`` describes them, every departure and the two ablation arms
+    (``encoding="onehot"``, ``wl_loss=False``).
 
-def _check_int(name: str, value: Any, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-        raise TypeError(f"NASGEM: {name} must be an int, got {type(value).__name__} {value!r}")
-    if value < minimum:
-        raise ValueError(f"NASGEM: {name} must be >= {minimum}, got {value}")
-    return int(value)
-
-
-def _check_float(name: str, value: Any, low: float, high: float, low_open: bool = False) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
-        raise TypeError(f"NASGEM: {name} must be a number, got {type(value).__name__} {value!r}")
-    value = float(value)
-    if not (low < value if low_open else low <= value) or value > high:
-        raise ValueError(f"NASGEM: {name} must be in {'(' if low_open else '['}{low}, {high}], got {value}")
-    return value
-
-
-class NASGEM(Strategy):
-    """NASGEM (Cheng et al., AAAI 2021): search guided by a WL-kernel-shaped graph embedding.
-
-    NASGEM maps every cell, as a graph, into a continuous space with a graph encoder whose training is
-    guided by a Weisfeiler-Lehman kernel, so that similar graphs lie close together; it fits a predictor
-    of accuracy on the embeddings of evaluated cells, and picks the next cells to train from a large
-    number of graphs sampled from the space ("bootstrap optimization"), so that every candidate is a
-    real, feasible graph. Only the abstract and introduction of the paper were available to this
-    project; the algorithm below is the reconstruction of ``notes/goal_nasgem_tetlo.md`` §2, and every
-    choice marked [D] there is a default of this class:
-
-    1. **Encoder pre-training, without labels** (once, before the first proposal). ``pretrain_size``
-       graphs are drawn from the space through its graph view (:func:`search_spaces.graph.graph_view`).
-       Their WL subtree features (``wl_iterations`` = h = 3, directed, normalised kernel
-       ``k(G,G')/sqrt(k(G,G)k(G',G'))``, :mod:`strategies.wl_kernel`) are computed once. A directed dense
-       GIN (4 layers, sum readout over every layer, linear map to ``embedding_dim`` = 32) is trained with
-       Adam so that the cosine of two embeddings matches their kernel value (MSE over random pairs).
-       Initial WL labels are the ops; when the space has a single hidden op (the wide cell) they also
-       carry (in-degree, out-degree), per the notes. Half of each step's pairs are uniform; the other
-       half pair a graph with one of its 10 most WL-similar graphs in the pre-training set, so that the
-       embedding also resolves near neighbours, which uniform pairs almost never are [D, ours].
-    2. **Predictor.** An MLP (2 x 64) on the frozen embeddings, fitted by MSE to the metrics of all
-       evaluated cells (Adam, ``predictor_epochs`` full-batch steps), refitted from scratch before every
-       batch; the mean of ``ensemble_size`` such MLPs is the score. The metrics enter through
-       ``score_transform`` (see the departures).
-    3. **Bootstrap selection.** The first ``num_init`` proposals are random. Then each round scores a
-       pool of up to ``pool_size`` (M = 10^4) graphs sampled from the space, minus those already
-       proposed, and takes the top ``batch_size`` (B = 10) greedily, skipping a candidate whose
-       embedding has cosine > ``diversity_threshold`` (0.98) with one already taken; each slot is
-       instead a random pool member with probability ``epsilon`` (0.1). Steps 2-3 repeat until the
-       budget is spent.
-
-    Departures from the notes' defaults, named (all chosen so that the strategy costs well under a
-    second per proposal on two CPU cores; see ``docs/benchmarks.md``):
-
-    - GIN width ``hidden_dim`` = 64 (notes: 128), ``encoder_pairs`` = 128 pairs per step (notes: 256),
-      ``encoder_steps`` = 150, ``pretrain_size`` = 1000 graphs (notes: 10^4-10^5).
-    - The pool is kept across rounds rather than redrawn in full: every round adds ``pool_refresh``
-      fresh draws to a bank holding the ``pool_size`` most recent distinct graphs (the pre-training
-      graphs included), so each graph is sampled and embedded once. So the first round scores about
-      ``pretrain_size + pool_refresh`` graphs (2,000 by default), and the pool reaches M only after
-      ``(pool_size - pretrain_size) / pool_refresh`` rounds (9 by default).
-    - The GIN's readout concatenates the sum-pooled node states of every layer, the input one-hots
-      included, before the linear map to z (notes: sum pooling of the last layer, then a linear map).
-    - ``num_init`` = 10 (notes: 20): with batches of 10 the predictor chooses 15 of the first 25 queries.
-    - ``score_transform="rank"`` [D, ours]: the predictor regresses the normal scores of the metrics'
-      ranks (``Phi^-1((rank - 1/2) / n)``, ties averaged) instead of the standardised metrics
-      (``"standardize"``, the notes' plain regression). Any real search has a long tail of cells that
-      barely train; with plain MSE they dominate the fit, and the predictor spends itself telling bad
-      cells from poor ones instead of ordering the good ones. Ranks make the fit invariant to every
-      increasing transform of the metric (accuracy, error, log-loss scale), so nothing depends on a
-      dataset's scale. On Protocol A (20 seeds, one sitting) this lifted the mean best-so-far at 50
-      queries from 94.01 to 94.24, and at 100 from 94.21 to 94.36 (``docs/benchmarks.md``).
-    - The encoder stays frozen after pre-training (the notes' optional fine-tuning is not done) and no
-      adjacency-reconstruction loss is added, so the embedding of a graph is computed once and cached.
-    - The strategy's tensor work runs on one intra-op thread (restored afterwards): the models are
-      tiny and multi-threaded kernels were many times slower on a shared CPU.
-    - The notes' stand-in "efficiency score" for hardware runs, ``acc - beta * max(0, MACs/target - 1)``,
-      is not built in: the predictor ranks the scalar metric a trial reports (or its ``'default'``
-      key), so a trial that should trade accuracy for MACs reports that score itself.
-
-    Additions:
-
-    - The notes' NB101 ablation has three arms: (a) ``encoding="onehot"``, no graph encoder: the
-      predictor reads the cell's dense adjacency (upper triangle) and one-hot op labels in the graph
-      view's layout (:meth:`search_spaces.graph.GraphView.encode`), flattened, and the diversity
-      filter compares those vectors; (b) ``wl_loss=False``, "GNN encoder without the WL loss": no
-      pre-training; encoder and predictor are trained together, from scratch, on the evaluated cells
-      at every round; (c) the default, the WL-guided encoder. Arms (a) and (b) still draw
-      ``pretrain_size`` graphs into the pool bank before the first round, as (c)'s pre-training
-      does, so that all three arms choose from pools of the same size.
-    - The predictor's quality is measured at every refit: a fit on all but ``holdout_fraction`` of the
-      evaluated cells is scored by Kendall's tau on the rest. Each value is logged and appended to
-      :attr:`predictor_history` (read by ``nni_plugins``' TensorBoard logger); proposals use the fit
-      on all cells.
-    - Pools and random proposals come from the graph view's ``random_sample`` (for the wide cell,
-      edges with probability 0.2-0.3 as in the notes), not from NNI's ``model_space.random``.
-
-    Behaviour under NNI's training services: results may arrive in any order and while proposals are
-    being made (the metric callback only records; each round uses whatever has finished). A trial that
-    ends without a metric is logged and skipped; until enough cells have metrics, proposals stay
-    random, so failures never stall the search. A cell (by graph, see ``ArchGraph.key``) is never
-    proposed twice. :meth:`state_dict` holds the evaluated cells, the proposed ones, the pending batch,
-    the pool, the random state and the encoder weights (the predictor is refitted from these), so a
-    resumed experiment continues without repeating finished trials or the pre-training; cells that were
-    still running when the state was saved are proposed again first, and on NNI's training services such
-    a proposal joins the trial the resumed manager re-runs instead of training it a second time
-    (``resumed_trials_rejoin_strategy`` in :mod:`nni_plugins.compat`), or, if that trial ended
-    before the kill, receives its result (``trials_ended_after_checkpoint``), so no result is lost to
-    the predictor. The same ``seed`` gives the same sequence of proposals (for the same results).
+    Works on any NNI model space through its graph view (:func:`search_spaces.graph.graph_view`),
+    including :class:`search_spaces.wide_cell.WideCellSpace`. Proposals are never repeated, results
+    may arrive in any order, failed trials are skipped, and :meth:`state_dict` resumes a search
+    exactly, without repeating the pre-training (see
+    :class:`strategies.multitrial.ModelBasedStrategy`). Each predictor fit appends to
+    :attr:`model_history` a dict with ``num_evaluated``, ``num_heldout``, ``kendall_tau`` (of a fit
+    on the other evaluated cells, on ``holdout_fraction`` of them) and ``seconds``.
 
     Parameters
     ----------
     num_init
         Random cells proposed before the predictor is used.
     batch_size
-        Cells chosen per bootstrap round (B).
+        Cells chosen per round.
     pool_size
-        Largest number of sampled graphs scored per round (M).
+        Largest number of sampled graphs scored per round.
     pool_refresh
-        Fresh graphs sampled into the pool per round.
+        Fresh graphs sampled into the pool per round (the pool keeps the ``pool_size`` most recent
+        distinct graphs, the pre-training graphs included).
     pretrain_size
-        Graphs sampled for the label-free encoder pre-training.
+        Graphs sampled for the encoder pre-training.
     wl_iterations
-        WL iterations h of the kernel.
+        WL iterations of the kernel.
     degree_labels
         Add (in-degree, out-degree) to the initial WL labels: ``True``, ``False`` or ``"auto"`` (when the
-        space has at most one op besides input/output).
+        space has at most one op besides input/output, as the wide cell).
     embedding_dim
-        Size of the embedding z.
+        Size of the embedding.
     hidden_dim
         Width of the GIN layers.
     num_layers
@@ -247,11 +147,11 @@ class NASGEM(Strategy):
     encoder_lr
         Adam learning rate of the encoder.
     wl_loss
-        Pre-train the encoder with the WL loss (``False``: ablation arm (b) above). No effect with
-        ``encoding="onehot"``.
+        Pre-train the encoder with the WL loss. ``False``: no pre-training; encoder and predictor are
+        trained together on the evaluated cells at every round. No effect with ``encoding="onehot"``.
     encoding
-        ``"gnn"`` (default): cells are embedded by the GIN encoder; ``"onehot"``: ablation arm (a),
-        the flattened adjacency and op one-hots.
+        ``"gnn"`` (default): cells are embedded by the GIN encoder; ``"onehot"``: no encoder, cells are
+        the flattened upper triangle of their adjacency matrix and their one-hot op labels.
     predictor_hidden
         Width of the predictor's two hidden layers.
     predictor_epochs
@@ -261,16 +161,25 @@ class NASGEM(Strategy):
     ensemble_size
         Number of predictor MLPs averaged.
     score_transform
-        How metrics become the predictor's regression targets: ``"rank"`` (normal scores of their
-        ranks) or ``"standardize"`` (zero mean, unit variance).
+        The predictor's regression targets: ``"rank"`` (the normal scores of the metrics' ranks, so
+        only their order matters) or ``"standardize"`` (zero mean, unit variance).
     holdout_fraction
-        Fraction of the evaluated cells held out to measure Kendall's tau at each refit.
+        Fraction of the evaluated cells held out to measure Kendall's tau at each fit.
     epsilon
         Probability that a slot of a batch gets a random pool member.
     diversity_threshold
         Largest cosine similarity allowed between two embeddings chosen in the same batch (1 disables).
+    num_threads
+        Torch intra-op threads while the strategy pre-trains, fits and scores (restored afterwards).
+        ``None`` leaves torch's setting alone.
     seed
         Random seed (``None``: drawn from NumPy's global generator).
+
+    Examples
+    --------
+    >>> from nni.nas.experiment import NasExperiment
+    >>> from strategies import NASGEM
+    >>> NasExperiment(model_space, evaluator, NASGEM(batch_size=5, seed=0)).run()
     """
 
     def __init__(self, *, num_init: int = 10, batch_size: int = 10, pool_size: int = 10000, pool_refresh: int = 1000,
@@ -281,72 +190,47 @@ class NASGEM(Strategy):
                  predictor_epochs: int = 200, predictor_lr: float = 1e-3, ensemble_size: int = 1,
                  score_transform: str = "rank",
                  holdout_fraction: float = 0.2, epsilon: float = 0.1, diversity_threshold: float = 0.98,
-                 seed: int | None = None):
-        super().__init__()
-        self.num_init = _check_int("num_init", num_init, 1)
-        self.batch_size = _check_int("batch_size", batch_size, 1)
-        self.pool_size = _check_int("pool_size", pool_size, 1)
-        self.pool_refresh = _check_int("pool_refresh", pool_refresh, 0)
-        self.pretrain_size = _check_int("pretrain_size", pretrain_size, 2)
-        self.wl_iterations = _check_int("wl_iterations", wl_iterations, 0)
+                 num_threads: int | None = 1, seed: int | None = None):
+        super().__init__(num_threads=num_threads, seed=seed)
+        self.num_init = check_int("NASGEM", "num_init", num_init, 1)
+        self.batch_size = check_int("NASGEM", "batch_size", batch_size, 1)
+        self.pool_size = check_int("NASGEM", "pool_size", pool_size, 1)
+        self.pool_refresh = check_int("NASGEM", "pool_refresh", pool_refresh, 0)
+        self.pretrain_size = check_int("NASGEM", "pretrain_size", pretrain_size, 2)
+        self.wl_iterations = check_int("NASGEM", "wl_iterations", wl_iterations, 0)
         if degree_labels not in (True, False, "auto"):
             raise ValueError(f"NASGEM: degree_labels must be True, False or 'auto', got {degree_labels!r}")
         self.degree_labels = degree_labels
-        self.embedding_dim = _check_int("embedding_dim", embedding_dim, 1)
-        self.hidden_dim = _check_int("hidden_dim", hidden_dim, 1)
-        self.num_layers = _check_int("num_layers", num_layers, 1)
-        self.encoder_steps = _check_int("encoder_steps", encoder_steps, 0)
-        self.encoder_pairs = _check_int("encoder_pairs", encoder_pairs, 1)
-        self.encoder_lr = _check_float("encoder_lr", encoder_lr, 0.0, math.inf, low_open=True)
+        self.embedding_dim = check_int("NASGEM", "embedding_dim", embedding_dim, 1)
+        self.hidden_dim = check_int("NASGEM", "hidden_dim", hidden_dim, 1)
+        self.num_layers = check_int("NASGEM", "num_layers", num_layers, 1)
+        self.encoder_steps = check_int("NASGEM", "encoder_steps", encoder_steps, 0)
+        self.encoder_pairs = check_int("NASGEM", "encoder_pairs", encoder_pairs, 1)
+        self.encoder_lr = check_float("NASGEM", "encoder_lr", encoder_lr, 0.0, math.inf, low_open=True)
         if not isinstance(wl_loss, bool):
             raise TypeError(f"NASGEM: wl_loss must be a bool, got {type(wl_loss).__name__}")
         self.wl_loss = wl_loss
         if encoding not in ("gnn", "onehot"):
             raise ValueError(f"NASGEM: encoding must be 'gnn' or 'onehot', got {encoding!r}")
         self.encoding = encoding
-        self.predictor_hidden = _check_int("predictor_hidden", predictor_hidden, 1)
-        self.predictor_epochs = _check_int("predictor_epochs", predictor_epochs, 1)
-        self.predictor_lr = _check_float("predictor_lr", predictor_lr, 0.0, math.inf, low_open=True)
-        self.ensemble_size = _check_int("ensemble_size", ensemble_size, 1)
+        self.predictor_hidden = check_int("NASGEM", "predictor_hidden", predictor_hidden, 1)
+        self.predictor_epochs = check_int("NASGEM", "predictor_epochs", predictor_epochs, 1)
+        self.predictor_lr = check_float("NASGEM", "predictor_lr", predictor_lr, 0.0, math.inf, low_open=True)
+        self.ensemble_size = check_int("NASGEM", "ensemble_size", ensemble_size, 1)
         if score_transform not in ("rank", "standardize"):
             raise ValueError(f"NASGEM: score_transform must be 'rank' or 'standardize', got {score_transform!r}")
         self.score_transform = score_transform
-        self.holdout_fraction = _check_float("holdout_fraction", holdout_fraction, 0.0, 0.5)
-        self.epsilon = _check_float("epsilon", epsilon, 0.0, 1.0)
-        self.diversity_threshold = _check_float("diversity_threshold", diversity_threshold, -1.0, 1.0)
-        if seed is not None:
-            _check_int("seed", seed, 0)
-        self.seed = seed
+        self.holdout_fraction = check_float("NASGEM", "holdout_fraction", holdout_fraction, 0.0, 0.5)
+        self.epsilon = check_float("NASGEM", "epsilon", epsilon, 0.0, 1.0)
+        self.diversity_threshold = check_float("NASGEM", "diversity_threshold", diversity_threshold, -1.0, 1.0)
 
-        self._rng = np.random.RandomState(seed)
-        self._lock = threading.Lock()
-        self._view: Any = None
         self._vocab: dict[str, int] = {}
         self._encoder: GINEncoder | None = None
         self._encoder_ready = False
         self._embed_cache: dict[str, np.ndarray] = {}
         self._bank: dict[str, tuple[dict, ArchGraph]] = {}  # graph key -> (sample, graph), draw order
-        # Evaluated cells, in arrival order: (sample, metric).
-        self._history: list[tuple[dict, float]] = []
-        self._history_graphs: list[ArchGraph] = []
-        self._failed: list[dict] = []
-        self._proposed: set[str] = set()          # graph keys ever submitted (or invalid)
-        # graph key -> (sample, model), submitted and not finished. Holding the model matters: NNI's
-        # training-service engine keeps only weak references and drops the events of collected models.
-        self._running: dict[str, tuple[dict, ExecutableModelSpace]] = {}
-        self._queue: list[dict] = []              # samples chosen by the last round, not yet submitted
-        self._resubmit: list[dict] = []           # running when the restored state was saved: proposed first
-        self._num_submitted = 0
-        #: One entry per predictor refit: ``num_evaluated``, ``num_heldout``, ``kendall_tau`` and ``seconds``.
-        self.predictor_history: list[dict[str, float]] = []
-        #: Wall-clock seconds spent in the strategy: ``pretrain``, ``rounds``, ``proposals``.
-        self.timing: dict[str, float] = {"pretrain": 0.0, "rounds": 0.0, "proposals": 0.0}
-
-    @property
-    def evaluated(self) -> list[tuple[dict, float]]:
-        """Evaluated cells in arrival order, as ``(sample, metric)``; failed trials are not included."""
-        with self._lock:
-            return [(dict(s), m) for s, m in self._history]
+        self._predictor = None                              # the scorer of the last fit (see _fit_once)
+        self.timing["pretrain"] = 0.0
 
     def extra_repr(self) -> str:
         return (f"num_init={self.num_init}, batch_size={self.batch_size}, pool_size={self.pool_size}, "
@@ -355,177 +239,29 @@ class NASGEM(Strategy):
                 f"score_transform={self.score_transform!r}, epsilon={self.epsilon}, "
                 f"diversity_threshold={self.diversity_threshold}, seed={self.seed}")
 
-    # ------------------------------------------------------------------ NNI hooks
-
     def _initialize(self, model_space: ExecutableModelSpace, engine: ExecutionEngine) -> ExecutableModelSpace:
-        self._view = graph_view(model_space)
-        vocab = [op for op in self._view.op_vocab if op not in _IO_OPS]
+        model_space = super()._initialize(model_space, engine)
+        vocab = [op for op in self.view.op_vocab if op not in _IO_OPS]
         self._vocab = {op: i for i, op in enumerate(list(_IO_OPS) + vocab)}
         use_degrees = len(vocab) <= 1 if self.degree_labels == "auto" else self.degree_labels
         self._wl = WLSubtreeKernel(self.wl_iterations, degree_labels=bool(use_degrees))
-        engine.register_model_event_callback(ModelEventType.TrainingEnd, self._training_end_callback)
         return model_space
 
-    def _cleanup(self) -> None:
-        self.engine.unregister_model_event_callback(ModelEventType.TrainingEnd, self._training_end_callback)
-
-    def _run(self) -> None:
+    def _prepare(self) -> None:
+        """Pre-train the encoder; the other arms draw the same bank of graphs, so pools have one size."""
         if self._pretrains and not self._encoder_ready:
             start = time.perf_counter()
             self._pretrain_encoder()
             self.timing["pretrain"] += time.perf_counter() - start
         elif not self._bank:
-            self._draw_pretrain_set()     # the bank arm (c)'s pre-training draws, so pools have one size
-        while self.wait_for_resource():
-            start = time.perf_counter()
-            proposal = self._next_proposal()
-            self.timing["proposals"] += time.perf_counter() - start
-            if proposal is None:
-                _logger.warning("NASGEM: no unseen valid architecture could be found; stopping.")
-                break
-            sample, model, key = proposal
-            with self._lock:
-                self._running[key] = (sample, model)
-                self._num_submitted += 1
-            _logger.info("[NASGEM] proposal %d: %s", self._num_submitted, sample)
-            self.engine.submit_models(model)
-        self.engine.wait_models()
-
-    def _training_end_callback(self, event: ModelEvent) -> None:
-        sample = event.model.sample
-        if sample is None:
-            _logger.warning("NASGEM: %s ended without a sample; ignored.", event.model)
-            return
-        key = self._key_of(sample)
-        with self._lock:
-            if self._running.pop(key, None) is None:
-                _logger.warning("NASGEM: %s was not submitted by this strategy; ignored.", sample)
-                return
-            value = scalar_metric(event.model.metric)
-            if value is None:
-                _logger.warning("NASGEM: trial %s has no usable metric (%r); skipped.", sample, event.model.metric)
-                self._failed.append(dict(sample))
-                return
-            self._history.append((dict(sample), value))
-            self._history_graphs.append(self._view.to_graph(sample))
-        _logger.info("[NASGEM] metric %.6g for %s", value, sample)
-
-    def import_results(self, results: Iterable[tuple[Mapping[str, Any], float | None]]) -> int:
-        """Record trials this strategy did not submit (the nnictl tuner passes on those NNI hands it
-        on ``nnictl resume`` and ``nnictl experiment import``). Each ``(sample, metric)`` joins the
-        evaluated cells the predictor is trained on, counts towards ``num_init`` and is never proposed
-        again; a metric of ``None`` marks a trial still running elsewhere (re-run by a resumed
-        experiment): it is not proposed, and its metric may be imported later. A cell with a metric
-        already, or submitted by this strategy, is left alone; a sample outside the space is skipped
-        with a warning. Call it after ``initialize``. Returns how many metrics were recorded."""
-        if self._view is None:
-            raise RuntimeError("NASGEM.import_results must be called after initialize()")
-        added = 0
-        with self._lock:
-            known = {graph.key() for graph in self._history_graphs} | set(self._running)
-            for sample, metric in results:
-                try:
-                    graph = self._view.to_graph(sample)
-                except (KeyError, ValueError) as err:
-                    _logger.warning("NASGEM: imported result for %s skipped: %s", sample, err)
-                    continue
-                if graph.key() in known:
-                    continue
-                if graph.key() not in self._proposed:
-                    self._proposed.add(graph.key())
-                    self._num_submitted += 1
-                if metric is not None:
-                    known.add(graph.key())
-                    self._history.append((dict(sample), float(metric)))
-                    self._history_graphs.append(graph)
-                    added += 1
-        return added
-
-    def state_dict(self) -> dict:
-        with self._lock:
-            return {
-                "history": [(dict(s), m) for s, m in self._history],
-                "failed": [dict(s) for s in self._failed],
-                "proposed": sorted(self._proposed),
-                "running": [dict(s) for s, _ in self._running.values()] + [dict(s) for s in self._resubmit],
-                "queue": [dict(s) for s in self._queue],
-                "bank": [dict(s) for s, _ in self._bank.values()],
-                "num_submitted": self._num_submitted,
-                "random_state": self._rng.get_state(),
-                "encoder": None if not self._encoder_ready else
-                {k: v.detach().clone() for k, v in self._encoder.state_dict().items()},
-                "predictor_history": [dict(p) for p in self.predictor_history],
-            }
-
-    def load_state_dict(self, state_dict: dict) -> None:
-        if self._view is None:
-            raise RuntimeError("NASGEM.load_state_dict must be called after initialize() (NNI does so on resume).")
-        with self._lock:
-            self._history = [(dict(s), float(m)) for s, m in state_dict["history"]]
-            self._history_graphs = [self._view.to_graph(s) for s, _ in self._history]
-            self._failed = [dict(s) for s in state_dict["failed"]]
-            running = [dict(s) for s in state_dict["running"]]
-            if running:
-                _logger.info("NASGEM: %d cells were still running when the state was saved; they are proposed "
-                             "again first (each joins the trial the resumed NNI manager re-runs, or receives its "
-                             "result if it has ended).", len(running))
-            self._proposed = set(state_dict["proposed"]) - {self._key_of(s) for s in running}
-            self._running = {}
-            self._resubmit = running
-            self._queue = [dict(s) for s in state_dict["queue"]]
-            self._bank = {}
-            for sample in state_dict["bank"]:
-                graph = self._view.to_graph(sample)
-                self._bank[graph.key()] = (dict(sample), graph)
-            self._num_submitted = int(state_dict["num_submitted"]) - len(running)
-            self._rng.set_state(state_dict["random_state"])
-            self.predictor_history = [dict(p) for p in state_dict["predictor_history"]]
-            self._embed_cache = {}
-            if state_dict["encoder"] is not None:
-                self._encoder = self._new_encoder()
-                self._encoder.load_state_dict(state_dict["encoder"])
-                self._encoder_ready = True
+            self._draw_pretrain_set()
 
     # ------------------------------------------------------------------ proposals
 
-    def _key_of(self, sample: Mapping[str, Any]) -> str:
-        return self._view.to_graph(sample).key()
-
-    def _next_proposal(self) -> tuple[dict, ExecutableModelSpace, str] | None:
-        for _ in range(1000):
-            with self._lock:
-                num_done = len(self._history)
-                resubmit = self._resubmit.pop(0) if self._resubmit else None
-            if resubmit is not None:
-                sample = resubmit
-            elif self._num_submitted < self.num_init or num_done < min(self.num_init, max(2, self.num_init // 2)):
-                sample = self._random_unseen()
-            else:
-                if not self._queue:
-                    start = time.perf_counter()
-                    self._queue = self._plan_round()
-                    self.timing["rounds"] += time.perf_counter() - start
-                sample = self._queue.pop(0) if self._queue else self._random_unseen()
-            if sample is None:
-                return None
-            key = self._key_of(sample)
-            if key in self._proposed:
-                continue
-            self._proposed.add(key)
-            try:
-                model = self.model_space.freeze(sample)
-            except SampleValidationError as err:
-                _logger.debug("NASGEM: invalid sample %s skipped: %s", sample, err)
-                continue
-            return sample, model, key
-        return None
-
-    def _random_unseen(self) -> dict | None:
-        for _ in range(1000):
-            sample = self._view.random_sample(self._rng)
-            if self._key_of(sample) not in self._proposed:
-                return sample
-        return None
+    def _initial_design(self) -> bool:
+        """Random until ``num_init`` cells were submitted and ``min(num_init, max(2, num_init // 2))`` have a metric."""
+        return (self._num_submitted < self.num_init
+                or len(self._history) < min(self.num_init, max(2, self.num_init // 2)))
 
     def _draw(self, count: int) -> list[ArchGraph]:
         """Draw ``count`` samples from the space into the bank; returns the graphs that were new to it.
@@ -534,8 +270,8 @@ class NASGEM(Strategy):
         """
         new = []
         for _ in range(count):
-            sample = self._view.random_sample(self._rng)
-            graph = self._view.to_graph(sample)
+            sample = self.view.random_sample(self._rng)
+            graph = self.view.to_graph(sample)
             key = graph.key()
             if key in self._bank:
                 continue
@@ -546,30 +282,37 @@ class NASGEM(Strategy):
         return new
 
     def _pool(self) -> tuple[list[dict], list[ArchGraph], list[str]]:
-        """This round's candidates: ``pool_refresh`` fresh draws added to the bank, minus proposed cells."""
-        self._draw(self.pool_refresh)
+        """The bank's cells never proposed, as samples, graphs and keys."""
         samples, graphs, keys = [], [], []
         for key, (sample, graph) in self._bank.items():
-            if key not in self._proposed:
+            if key not in self._seen:
                 samples.append(sample)
                 graphs.append(graph)
                 keys.append(key)
         return samples, graphs, keys
 
-    @_torch_single_thread()
-    def _plan_round(self) -> list[dict]:
-        with self._lock:
-            graphs = list(self._history_graphs)
-            y = np.array([m for _, m in self._history], dtype=np.float64)
-        pool_samples, pool_graphs, pool_keys = self._pool()
-        if not pool_samples:
-            return []
+    def _fit(self, history: list[tuple[ArchGraph, dict, float]]) -> None:
+        """Add the round's ``pool_refresh`` fresh draws to the bank, then fit the predictor on every
+        evaluated cell (none when the pool is empty). The draws come first in the seeded random stream."""
+        self._draw(self.pool_refresh)
+        self._predictor = None
+        if not self._pool()[0]:
+            return
+        graphs = [g for g, _, _ in history]
+        y = np.array([m for _, _, m in history], dtype=np.float64)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(int(self._rng.randint(2**31)))
-            predict = self._fit(graphs, y)
-            z_pool = self._embed(pool_graphs, pool_keys)
-            with torch.no_grad():
-                scores, z_pool = predict(pool_graphs, z_pool)
+            self._predictor = self._fit_predictor(graphs, y)
+
+    def _propose(self, history: list[tuple[ArchGraph, dict, float]]) -> list[Candidate]:
+        """The pool's best-scored cells, filtered for diversity; a random cell when there is no pool."""
+        pool_samples, pool_graphs, pool_keys = self._pool()
+        if self._predictor is None or not pool_samples:
+            sample = self._random_unseen()
+            return [] if sample is None else [sample]
+        z_pool = self._embed(pool_graphs, pool_keys)
+        with torch.no_grad():
+            scores, z_pool = self._predictor(pool_graphs, z_pool)
         return [pool_samples[i] for i in self._select(scores, z_pool)]
 
     def _select(self, scores: np.ndarray, z: np.ndarray) -> list[int]:
@@ -611,7 +354,7 @@ class NASGEM(Strategy):
         return GINEncoder(len(self._vocab), self.hidden_dim, self.num_layers, self.embedding_dim)
 
     def _tensorize(self, graphs: list[ArchGraph]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        n = max(self._view.max_nodes, max(len(g.ops) for g in graphs))
+        n = max(self.view.max_nodes, max(len(g.ops) for g in graphs))
         x = np.zeros((len(graphs), n, len(self._vocab)), dtype=np.float32)
         adj = np.zeros((len(graphs), n, n), dtype=np.float32)
         mask = np.zeros((len(graphs), n), dtype=np.float32)
@@ -632,10 +375,10 @@ class NASGEM(Strategy):
 
     def _onehot(self, graphs: list[ArchGraph]) -> np.ndarray:
         """Arm (a)'s encoding: upper triangle of the dense adjacency and the one-hot labels, flattened."""
-        upper = np.triu_indices(self._view.max_nodes, 1)
+        upper = np.triu_indices(self.view.max_nodes, 1)
         rows = []
         for graph in graphs:
-            A, X = self._view.encode(graph)
+            A, X = self.view.encode(graph)
             rows.append(np.concatenate([A[upper], X.ravel()]))
         return np.asarray(rows, dtype=np.float32).reshape(len(graphs), -1)
 
@@ -664,12 +407,11 @@ class NASGEM(Strategy):
                 break
         return graphs
 
-    @_torch_single_thread()
     def _pretrain_encoder(self) -> None:
         """Label-free pre-training: cos(z_G, z_G') regressed on the normalised WL kernel (MSE)."""
         graphs = self._draw_pretrain_set()
         if len(graphs) < 2:
-            raise ValueError(f"NASGEM: the space has fewer than 2 distinct graphs ({self._view.name} view); "
+            raise ValueError(f"NASGEM: the space has fewer than 2 distinct graphs ({self.view.name} view); "
                              "there is nothing to search")
         features = WLSubtreeKernel.normalize_rows(self._wl.features(graphs))
         kernel = np.asarray((features @ features.T).todense(), dtype=np.float32)
@@ -699,7 +441,7 @@ class NASGEM(Strategy):
                 loss.backward()
                 optimizer.step()
                 if step % 100 == 0 or step == self.encoder_steps - 1:
-                    _logger.info("[NASGEM] encoder step %d/%d, WL loss %.5f", step + 1, self.encoder_steps, loss.item())
+                    _logger.info("NASGEM: encoder step %d/%d, WL loss %.5f", step + 1, self.encoder_steps, loss.item())
         encoder.eval()
         self._encoder = encoder
         self._encoder_ready = True
@@ -749,8 +491,9 @@ class NASGEM(Strategy):
             return norm.ppf((rankdata(y) - 0.5) / len(y))
         return (y - y.mean()) / (float(y.std()) or 1.0)
 
-    def _fit(self, graphs: list[ArchGraph], y: np.ndarray):
-        """Measure Kendall's tau on a held-out split, then fit on every evaluated cell."""
+
+    def _fit_predictor(self, graphs: list[ArchGraph], y: np.ndarray):
+        """Measure Kendall's tau on a held-out split, then fit on every evaluated cell; returns the scorer."""
         start = time.perf_counter()
         num_heldout = int(round(self.holdout_fraction * len(y)))
         tau = float("nan")
@@ -765,6 +508,27 @@ class NASGEM(Strategy):
         predict = self._fit_once(graphs, y)
         entry = {"num_evaluated": float(len(y)), "num_heldout": float(num_heldout), "kendall_tau": tau,
                  "seconds": time.perf_counter() - start}
-        self.predictor_history.append(entry)
-        _logger.info("[NASGEM] predictor refit on %d cells; Kendall tau %.3f on %d held out", len(y), tau, num_heldout)
+        self.model_history.append(entry)
+        _logger.info("NASGEM: predictor refit on %d cells; Kendall tau %.3f on %d held out", len(y), tau, num_heldout)
         return predict
+
+    # ------------------------------------------------------------------ checkpoints
+
+    def _model_state(self) -> dict:
+        return {
+            "bank": [dict(s) for s, _ in self._bank.values()],
+            "encoder": None if not self._encoder_ready else
+            {k: v.detach().clone() for k, v in self._encoder.state_dict().items()},
+        }
+
+    def _load_model_state(self, state: dict) -> None:
+        self._bank = {}
+        for sample in state["bank"]:
+            graph = self.view.to_graph(sample)
+            self._bank[graph.key()] = (dict(sample), graph)
+        self._embed_cache = {}
+        self._predictor = None
+        if state["encoder"] is not None:
+            self._encoder = self._new_encoder()
+            self._encoder.load_state_dict(state["encoder"])
+            self._encoder_ready = True

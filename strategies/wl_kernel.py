@@ -11,7 +11,7 @@ The feature vector ``phi(G)`` counts how often each label of iterations ``0 .. h
 the kernel is ``k(G, G') = <phi(G), phi(G')>`` and its normalised form is
 ``k(G, G') / sqrt(k(G, G) k(G', G'))`` in ``[0, 1]`` (1 for WL-indistinguishable graphs).
 
-Design choices (the papers leave them open; see ``notes/goal_nasgem_tetlo.md`` §2, [D]):
+Choices of this implementation (the papers leave them open):
 
 - Edges are directed: predecessors and successors enter the signature separately, so a cell and
   its reversal are told apart (the original kernel is for undirected graphs).

@@ -46,7 +46,7 @@ def strategy_records(strategy) -> list | None:
     population = getattr(strategy, '_population', None)
     if population is not None:
         return [[dict(ind.x), float(ind.y)] for ind in population]
-    history = getattr(strategy, '_history', None)      # GOAL: (graph, sample, metric); NASGEM: (sample, metric)
+    history = getattr(strategy, '_history', None)      # GOAL, NASGEM: (graph, sample, metric)
     if history is not None:
         return [[dict(entry[-2]), float(entry[-1])] for entry in history]
     return None

@@ -9,7 +9,7 @@ import pytest
 
 from nni.nas.strategy import Strategy
 
-from nni_plugins import compat
+import nni_compat as compat
 from nni_plugins.benchmark import run_benchmark, run_one
 from nni_plugins.table import NasBench201Table
 from search_spaces.nasbench201 import arch_str_to_sample

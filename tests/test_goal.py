@@ -1,41 +1,27 @@
-"""GOAL strategy: surrogate maths, proposals, NNI engine contracts, checkpoints, an end-to-end run."""
+"""GOAL strategy: surrogate maths, proposals on the graph views, the initial design, an end-to-end run.
+Behaviour shared with NASGEM (deduplication, failures, checkpoints, ...) is tested in test_multitrial.py."""
 from __future__ import annotations
-
-import io
-import os
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-import nni_plugins.compat  # noqa: F401
+import nni_compat  # noqa: F401  (the NNI 3.0 fixes, bottom layer)
 from nni.nas.benchmark import BenchmarkModelSpace
 from nni.nas.evaluator import FunctionalEvaluator
-from nni.nas.execution import SequentialExecutionEngine
 from nni.nas.hub.pytorch import DARTS, NasBench101
-from nni.nas.space import ModelStatus, SimplifiedModelSpace
+from nni.nas.space import SimplifiedModelSpace
 
 from nni_plugins.table import NasBench201Table
 from search_spaces.graph import graph_view
-from search_spaces.nasbench201 import sample_to_arch_str
 from strategies import GOAL
 from strategies.goal import DirectedGNN, _Adam, _pairwise_loss, _tau
-from tests.shuffled_engine import ShuffledEngine
-
-SMALL = dict(n_init=5, batch_size=4, top_k=3, ascent_steps=8, hidden=16, num_layers=2, ensemble=2, epochs=30)
+from tests.shuffled_engine import SMALL, ShuffledEngine, run_local_experiment, run_on_table
 
 
 @pytest.fixture(scope="module")
 def table():
     return NasBench201Table()
-
-
-def run_on_table(table, budget, seed=0, strategy=None, **kwargs):
-    strategy = strategy or GOAL(seed=seed, **{**SMALL, **kwargs})
-    engine = SequentialExecutionEngine(max_model_count=budget)
-    strategy(BenchmarkModelSpace(table), engine)
-    return strategy, [sample_to_arch_str(m.sample) for m in engine.list_models()]
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -134,78 +120,17 @@ def test_invalid_arguments():
 
 
 # ---------------------------------------------------------------------------------------------------
-# Strategy on the NB201 table (NNI's SequentialExecutionEngine)
+# Proposals
 # ---------------------------------------------------------------------------------------------------
-def test_runs_on_table_without_repeats(table):
-    strategy, archs = run_on_table(table, 30)
-    assert len(archs) == 30 and len(set(archs)) == 30
-    assert len(strategy.evaluated) == 30
-    assert strategy.num_proposals == 30 and strategy.proposal_seconds > 0
-    history = strategy.surrogate_history
-    assert len(history) >= 4 and all(r["num_train"] >= 5 for r in history)
+def test_model_history_measures_the_surrogate_on_architectures_it_was_not_fitted_on(table):
+    strategy, _ = run_on_table(table, GOAL, 30)
+    history = strategy.model_history
+    assert len(history) >= 4 and all(r["num_evaluated"] >= 5 for r in history)
+    assert [r["round"] for r in history] == list(range(len(history)))
+    for previous, record in zip(history, history[1:]):
+        assert record["num_heldout"] == record["num_evaluated"] - previous["num_evaluated"]
     assert any(r.get("kendall_tau") is not None for r in history)
     assert all(-1 <= r["kendall_tau_all"] <= 1 for r in history if r.get("kendall_tau_all") is not None)
-    best = max(strategy.list_models(limit=1), key=lambda m: m.metric)
-    assert best.metric == max(v for _, v in strategy.evaluated)
-
-
-def test_same_seed_same_proposals(table):
-    _, first = run_on_table(table, 22, seed=3)
-    _, second = run_on_table(table, 22, seed=3)
-    _, other = run_on_table(table, 22, seed=4)
-    assert first == second
-    assert first != other
-
-
-def test_state_round_trip_continues_exactly(table):
-    _, straight = run_on_table(table, 26, seed=1)
-    part, head = run_on_table(table, 15, seed=1)
-    buffer = io.BytesIO()
-    torch.save(part.state_dict(), buffer)   # NNI's checkpoints go through a serializer too
-    buffer.seek(0)
-    state = torch.load(buffer, weights_only=False)
-    resumed = GOAL(seed=1, **SMALL)
-    engine = SequentialExecutionEngine(max_model_count=11)
-    resumed.initialize(BenchmarkModelSpace(table), engine)
-    resumed.load_state_dict(state)
-    resumed.run()
-    tail = [sample_to_arch_str(m.sample) for m in engine.list_models()]
-    assert head + tail == straight
-    assert len(resumed.evaluated) == 26
-
-
-def test_trial_running_at_checkpoint_is_proposed_first_on_resume(table):
-    part, head = run_on_table(table, 15, seed=1)
-    in_flight = part._next_model()              # proposed; the state is saved before its trial ends
-    state = part.state_dict()
-    resumed = GOAL(seed=1, **SMALL)
-    engine = SequentialExecutionEngine(max_model_count=3)
-    resumed.initialize(BenchmarkModelSpace(table), engine)
-    resumed.load_state_dict(state)
-    resumed.run()
-    tail = [m.sample for m in engine.list_models()]
-    assert tail[0] == in_flight.sample          # proposed again, before anything new
-    assert in_flight.sample in [s for s, _ in resumed.evaluated]
-    assert len(resumed.evaluated) == 18 and len({sample_to_arch_str(s) for s, _ in resumed.evaluated}) == 18
-
-# ---------------------------------------------------------------------------------------------------
-# Out-of-order results and failed trials
-# ---------------------------------------------------------------------------------------------------
-@pytest.mark.timeout(600)
-@pytest.mark.parametrize("fail_every", [4, 1])
-def test_out_of_order_and_failed_trials(table, fail_every):
-    engine = ShuffledEngine(table.query, budget=30, concurrency=3, fail_every=fail_every, seed=fail_every)
-    strategy = GOAL(seed=0, **SMALL)
-    strategy(BenchmarkModelSpace(table), engine)
-    archs = [sample_to_arch_str(m.sample) for m in engine.history]
-    assert len(archs) == 30 and len(set(archs)) == 30        # budget spent, nothing repeated
-    failed = [m for m in engine.history if m.status == ModelStatus.Failed]
-    assert len(failed) == 30 // fail_every
-    assert len(strategy.evaluated) == 30 - len(failed)
-    assert {sample_to_arch_str(s) for s, _ in strategy.evaluated}.isdisjoint(
-        {sample_to_arch_str(m.sample) for m in failed})
-    if fail_every == 4:
-        assert strategy.surrogate_history  # the surrogate was used despite out-of-order results
 
 
 def _graph_metric(view):
@@ -224,26 +149,26 @@ def test_valid_proposals_on_hub_spaces(space_fn):
     space = SimplifiedModelSpace.from_model(space_fn(), FunctionalEvaluator(lambda model: None))
     view = graph_view(space)
     engine = ShuffledEngine(_graph_metric(view), budget=20, concurrency=2)
-    strategy = GOAL(seed=0, **SMALL)
+    strategy = GOAL(seed=0, **SMALL[GOAL])
     strategy(space, engine)
     keys = [view.to_graph(m.sample).key() for m in engine.history]
     assert len(keys) == 20 and len(set(keys)) == 20
     for model in engine.history:
         for constraint in view.constraints:   # NB101: <= 9 edges, connected; NNI's own check
             assert constraint.check_contains(dict(model.sample)) is None
-    assert strategy.surrogate_history
+    assert strategy.model_history
 
 
-def test_default_initial_design_is_the_notes_n0_of_the_space(table):
+def test_default_initial_design_depends_on_the_space(table):
     """``n_init=None`` (the default): 10 random architectures before the first surrogate fit on
-    NB201, 20 on NB101 (the notes' N0)."""
-    strategy, _ = run_on_table(table, 12, n_init=None)
-    assert strategy.surrogate_history[0]["num_train"] == 10
+    NB201, 20 on NB101."""
+    strategy, _ = run_on_table(table, GOAL, 12, n_init=None)
+    assert strategy.model_history[0]["num_evaluated"] == 10
     space = SimplifiedModelSpace.from_model(NasBench101(stem_out_channels=4, num_stacks=1, num_modules_per_stack=1),
                                             FunctionalEvaluator(lambda model: None))
-    strategy = GOAL(seed=0, **{**SMALL, "n_init": None})
+    strategy = GOAL(seed=0, **{**SMALL[GOAL], "n_init": None})
     strategy(space, ShuffledEngine(_graph_metric(graph_view(space)), budget=22, concurrency=1))
-    assert strategy.surrogate_history[0]["num_train"] == 20
+    assert strategy.model_history[0]["num_evaluated"] == 20
     assert "n_init=None" in repr(strategy)
 
 
@@ -253,38 +178,18 @@ def test_default_initial_design_is_the_notes_n0_of_the_space(table):
 @pytest.mark.slow
 @pytest.mark.timeout(900)
 def test_nas_experiment_on_digits(tmp_path, monkeypatch):
-    from nni.nas.experiment import NasExperiment, NasExperimentConfig
     from search_spaces.digits import DigitsCellSpace
-    from tests.nni_harness import free_port, pid_alive, train_digits, wait_dead
-
-    repo = Path(__file__).resolve().parents[1]
-    monkeypatch.setenv("HOME", str(tmp_path / "home"))
-    monkeypatch.setenv("NNI_CONFIG_DIR", str(tmp_path / "nni_config"))
-    monkeypatch.setenv("PYTHONPATH", str(repo) + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    (tmp_path / "home").mkdir()
+    from tests.nni_harness import train_digits
 
     space = DigitsCellSpace(channels=8, num_nodes=2, num_cells=1)
-    evaluator = FunctionalEvaluator(train_digits)
     strategy = GOAL(n_init=3, batch_size=2, top_k=2, ascent_steps=5, hidden=8, num_layers=1, ensemble=1,
                     epochs=10, seed=0)
-    config = NasExperimentConfig("ts", "simplified", "local")
-    config.trial_concurrency = 2
-    config.max_trial_number = 6
-    config.experiment_working_directory = str(tmp_path / "experiments")
-    exp = NasExperiment(space, evaluator, strategy, config)
-    try:
-        exp.run(port=free_port())
-        pid = exp._proc.pid if getattr(exp, "_proc", None) is not None else None
-        assert len(strategy.evaluated) + len(strategy._failed) == 6
-        assert len(strategy.evaluated) >= 5
-        assert all(0.1 < acc <= 1.0 for _, acc in strategy.evaluated)   # really trained: above chance
-        keys = {graph_view(space).to_graph(s).key() for s, _ in strategy.evaluated}
-        assert len(keys) == len(strategy.evaluated)
-        top = exp.export_top_models(top_k=1, formatter="dict")[0]
-        space.freeze(top)                                              # a valid architecture
-        assert top in [s for s, _ in strategy.evaluated] or \
-            any(all(top[k] == s[k] for k in top) for s, _ in strategy.evaluated)
-    finally:
-        exp.stop()
-    if pid is not None:
-        assert wait_dead(pid, 60) and not pid_alive(pid)
+    top = run_local_experiment(tmp_path, monkeypatch, space, FunctionalEvaluator(train_digits), strategy)
+    assert len(strategy.evaluated) + len(strategy._failed) == 6
+    assert len(strategy.evaluated) >= 5
+    assert all(0.1 < acc <= 1.0 for _, acc in strategy.evaluated)   # really trained: above chance
+    keys = {graph_view(space).to_graph(s).key() for s, _ in strategy.evaluated}
+    assert len(keys) == len(strategy.evaluated)
+    space.freeze(top)                                                  # a valid architecture
+    assert top in [s for s, _ in strategy.evaluated] or \
+        any(all(top[k] == s[k] for k in top) for s, _ in strategy.evaluated)

@@ -11,7 +11,7 @@ import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from nni_plugins import compat
+import nni_compat as compat
 from nni_plugins.table import NasBench201Table
 from nni_plugins.tensorboard import ArchDistributionLogger, TrialMetricsLogger, distribution_image
 from nni_plugins.tuners import GOALTuner
@@ -83,7 +83,7 @@ def test_callback_without_logger_or_dir_is_an_error(tmp_path):
 
 def test_tuner_logs_trials_best_so_far_and_surrogate_quality(tmp_path):
     """The GOAL tuner (as nnictl runs it) writes per-trial metric and architecture, best-so-far,
-    failures and GOAL's surrogate quality (Kendall tau from ``surrogate_history``)."""
+    failures and GOAL's surrogate quality (Kendall tau from ``model_history``)."""
     table = NasBench201Table()
     ops = ["none", "skip_connect", "nor_conv_1x1", "nor_conv_3x3", "avg_pool_3x3"]
     space = {e: {"_type": "choice", "_value": ops} for e in ["0_1", "0_2", "1_2", "0_3", "1_3", "2_3"]}
@@ -105,14 +105,15 @@ def test_tuner_logs_trials_best_so_far_and_surrogate_quality(tmp_path):
     best = [v for _, v in _scalars(acc, "search/best_so_far")]
     assert best == pytest.approx(list(np.maximum.accumulate(metrics)))
     assert [v for _, v in _scalars(acc, "search/failed_trials")] == [1]
-    history = tuner.strategy.surrogate_history
+    history = tuner.strategy.model_history
     taus = [r["kendall_tau"] for r in history if r.get("kendall_tau") is not None]
     assert taus and [v for _, v in _scalars(acc, "surrogate/kendall_tau")] == pytest.approx(taus)
     assert "trial/architecture/text_summary" in acc.Tags()["tensors"]
 
 
-def test_quality_history_attribute_names():
-    """TrialMetricsLogger reads NASGEM's ``predictor_history`` (step ``num_evaluated``) too."""
+def test_model_history_scalars_are_logged_at_their_num_evaluated():
+    """TrialMetricsLogger reads a strategy's ``model_history`` (NASGEM's entries here): every scalar
+    but the step ``num_evaluated``, NaN skipped."""
     written = []
 
     class Writer:
@@ -123,12 +124,14 @@ def test_quality_history_attribute_names():
             written.append((tag, value, step))
 
     class FakeNASGEM:
-        predictor_history = [{"num_evaluated": 12, "num_heldout": 3, "kendall_tau": 0.5, "seconds": 0.1}]
+        model_history = [{"num_evaluated": 12, "num_heldout": 3, "kendall_tau": 0.5, "seconds": 0.1},
+                         {"num_evaluated": 16, "num_heldout": 3, "kendall_tau": float("nan"), "seconds": 0.1}]
 
     logger = TrialMetricsLogger("unused", strategy=FakeNASGEM(), writer_factory=Writer)
     logger._log_quality()
-    assert ("surrogate/kendall_tau", 0.5, 12) in written
+    assert ("surrogate/kendall_tau", 0.5, 12) in written and ("surrogate/num_heldout", 3, 16) in written
     assert all(tag != "surrogate/num_evaluated" for tag, _, _ in written)
+    assert [step for tag, _, step in written if tag == "surrogate/kendall_tau"] == [12]
 
 
 def test_compat_links_trial_output_for_tensorboard_button(tmp_path, monkeypatch):
