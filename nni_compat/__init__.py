@@ -44,12 +44,19 @@ repair (name: NNI call it repairs):
 - ``wait_models_for_trial_ends``: ``TrainingServiceExecutionEngine.wait_models`` (returns before the
   last ``TrialEnd`` is dispatched)
 
-:mod:`nni_compat.manager` (the NNI manager, nnictl and its dispatcher):
+:mod:`nni_compat.manager` (the NNI manager and nnictl):
 
 - ``nnictl_view_profile``: ``NasExperiment._stop_nni_manager`` (the profile ``nnictl view`` reloads)
 - ``manager_dies_with_driver``: ``nni.experiment.launcher._start_rest_server``
 - ``manager_start_patience``: ``nni.experiment.launcher._check_rest_server``
-- ``resumed_trials_reach_tuner``: ``nni.runtime.msg_dispatcher.MsgDispatcher.handle_add_customized_trial``
+
+:mod:`nni_compat.dispatcher` (the dispatcher process nnictl starts for a tuner):
+
+- ``final_metric_before_trial_end``: ``nni.runtime.msg_dispatcher_base.MsgDispatcherBase.enqueue_command``
+  (a final metric handled after its trial's end is lost)
+- ``mispaired_trial_ends_experiment``: ``nni.runtime.msg_dispatcher.MsgDispatcher.handle_report_metric_data``
+  and ``.handle_trial_end`` (a trial that ran another trial's parameters ends the experiment, naming the fix)
+- ``resumed_trials_reach_tuner``: ``MsgDispatcher.handle_add_customized_trial``
   (keeps the parameters of the trials a resumed ``nnictl`` experiment re-runs from the tuner)
 
 :mod:`nni_compat.in_process` (in-process runs):
@@ -70,7 +77,7 @@ from __future__ import annotations
 
 import warnings
 
-from . import channel, checkpoint, engine, in_process, manager, resumed_trials, trial
+from . import channel, checkpoint, dispatcher, engine, in_process, manager, resumed_trials, trial
 from .channel import IgnoredCommand
 from .manager import viewable_profile
 from .registry import patch_names, revert, unpatched
@@ -94,7 +101,9 @@ _FIXES = (
     manager.fix_nnictl_view_profile,
     manager.fix_manager_dies_with_driver,
     manager.fix_manager_start_patience,
-    manager.fix_resumed_trials_reach_tuner,
+    dispatcher.fix_final_metric_before_trial_end,
+    dispatcher.fix_mispaired_trial_ends_experiment,
+    dispatcher.fix_resumed_trials_reach_tuner,
     trial.fix_tensorboard_button_dir,
     in_process.fix_sequential_engine_local_training_service,
     in_process.fix_oneshot_log_every_n_steps,

@@ -1,5 +1,5 @@
-"""The NNI manager and the processes around it: its start and its end under a Python driver, the
-stored profile ``nnictl view`` reloads, and the dispatcher of a tuner ``nnictl resume`` restarts."""
+"""The NNI manager and the processes around it: its start and its end under a Python driver, and
+the stored profile ``nnictl view`` reloads."""
 from __future__ import annotations
 
 import contextlib
@@ -152,30 +152,3 @@ def fix_manager_start_patience() -> None:
 
     patch('manager_start_patience', launcher, '_check_rest_server', make)
 
-
-def fix_resumed_trials_reach_tuner() -> None:
-    """On ``nnictl resume`` the manager re-runs the trials that were waiting or running and
-    announces them with ``ADD_CUSTOMIZED_TRIAL_JOB``. ``MsgDispatcher.handle_add_customized_trial``
-    (``nni/runtime/msg_dispatcher.py:124``) keeps their parameters to itself
-    (``Recoverable.recover_parameter_id``), so a tuner cannot tell that those configurations are
-    being trained already, and one that proposes such a configuration again has it trained twice
-    (GOAL through ``nnictl resume``: the re-run trial 3 and the new trial 4 ran the same cell). The
-    dispatcher now also hands the list of their parameters to a tuner that defines
-    ``import_running(parameters)`` (ours, :class:`nni_plugins.tuners.StrategyTuner`); NNI's own tuners
-    define no such method and see no change. Their final metrics reach the tuner as before, through
-    ``import_data``."""
-    import nni
-    from nni.runtime.msg_dispatcher import MsgDispatcher
-
-    def make(original):
-        def handle_add_customized_trial(self, data):
-            original(self, data)
-            hook = getattr(self.tuner, 'import_running', None)
-            if hook is None:
-                return
-            trials = [nni.load(t) if isinstance(t, str) else t for t in (data if isinstance(data, list) else [data])]
-            hook([t['parameters'] for t in trials if isinstance(t, dict) and 'parameters' in t])
-        handle_add_customized_trial.__doc__ = original.__doc__
-        return handle_add_customized_trial
-
-    patch('resumed_trials_reach_tuner', MsgDispatcher, 'handle_add_customized_trial', make)

@@ -57,8 +57,9 @@ Trial scripts should ``import nni_plugins`` before ``nni.get_next_parameter()``.
 trial asks first; the trial then reports its metric under the parameter it really ran (which this
 tuner pairs correctly) but NNI's trial-end event, the web portal and ``nnictl experiment export``
 name the parameter recorded for the trial. The import applies the project's fix
-(``nni_plugins.compat``, ``trial_runs_own_parameter``): every trial runs its recorded parameter.
-Without it a trial that ends before the one that ran its parameter is counted as failed here.
+(``nni_compat``, ``trial_runs_own_parameter``): every trial runs its recorded parameter.
+Without it the experiment ends as ERROR at the first trial that ran another trial's parameter,
+with a message saying what to add (``nni_compat``, ``mispaired_trial_ends_experiment``).
 
 Resume. ``nnictl resume`` starts a new tuner; NNI's manager hands it the finished trials of the
 experiment (:meth:`StrategyTuner.import_data`, which ``nnictl experiment import`` uses as well) and
@@ -403,6 +404,10 @@ class TunerEngine(ExecutionEngine):
         if entry is None:
             _logger.warning("TunerEngine: result for unknown parameter id %s ignored", parameter_id)
             return
+        if entry[0].status.completed():
+            _logger.warning("TunerEngine: final metric %r of parameter id %s arrived after its trial had ended "
+                            "(or reported already); ignored", value, parameter_id)
+            return
         self._end(entry, self._scalar(value))
 
     def end(self, parameter_id: int, success: bool) -> None:
@@ -572,7 +577,7 @@ class StrategyTuner(Tuner):
 
     def import_running(self, parameters: list[dict]) -> None:
         """The parameters of the trials a resumed experiment re-runs (NNI's dispatcher hands them over
-        through the ``resumed_trials_reach_tuner`` fix of :mod:`nni_plugins.compat`). The strategy
+        through the ``resumed_trials_reach_tuner`` fix of :mod:`nni_compat`). The strategy
         does not propose them again; their final metrics arrive later through :meth:`import_data`.
         (A sample that differs from a re-run one only in an inactive sub-choice is a different
         architecture to the strategy and may still be handed out.) Parameters that do not fit the

@@ -8,12 +8,14 @@ NNI's manager gives a tuner process 10 seconds to connect (``TunerCommandChannel
 experiment could die before its first trial. Almost all of it is NNI's NAS packages, which
 :mod:`nni_compat` imports to patch them and the strategies need anyway: ``pytorch_lightning``
 4.9 s (torch 1.7 s of it) and ``nni`` 1.3 s of 6.5 s (``python -X importtime``); our own modules
-take under 0.1 s. The classes here import only ``nni`` and ``nni.tuner`` (about 2 s):
-construction starts loading :class:`nni_plugins.tuners.GOALTuner` / ``NASGEMTuner`` with the same
-class arguments in a background thread and returns, the dispatcher connects, and every tuner call
-waits for the real tuner and hands over to it. An error while loading (e.g. a wrong class
-argument) or in a call (e.g. a search space the tuner rejects) is logged to ``dispatcher.log`` and
-ends the dispatcher, so the experiment ends as ERROR: NNI's dispatcher would only log it and leave
+take under 0.1 s. The classes here import only ``nni``, ``nni.tuner`` and the dispatcher module
+``python -m nni`` has imported already (about 2 s): construction starts loading
+:class:`nni_plugins.tuners.GOALTuner` / ``NASGEMTuner`` with the same class arguments in a
+background thread and returns, the dispatcher connects, and every tuner call waits for the real
+tuner and hands over to it. An error while loading (e.g. a wrong class argument) or in a call
+(e.g. a search space the tuner rejects) is logged to ``dispatcher.log``, reported to NNI's manager,
+which turns the experiment to ERROR at once with the message in ``nnimanager.log``, and ends the
+dispatcher (:meth:`_LoadingTuner._end_experiment`): NNI's dispatcher would only log it and leave
 the experiment waiting for ever.
 
 This is a package of its own because importing anything under ``nni_plugins`` runs
@@ -25,10 +27,12 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 import threading
 from typing import Any
 
 import nni
+from nni.runtime.msg_dispatcher_base import MsgDispatcherBase
 from nni.tuner import Tuner
 
 __all__ = ["GOALTuner", "NASGEMTuner"]
@@ -57,32 +61,51 @@ class _LoadingTuner(Tuner):
             _logger.exception("Cannot start nni_plugins.tuners.%s(**%r): %s", self._target, class_args, err)
         finally:
             self._loaded.set()
-        if self._error is not None:
-            self._abort()
-
-    @staticmethod
-    def _abort() -> None:
-        """End the dispatcher process, as a tuner that fails in its constructor does. NNI's dispatcher
-        only logs an exception raised while it handles a command, and the experiment would wait
-        forever; a dispatcher that exits makes the manager end it as ERROR ("Dispatcher stream
-        error, tuner may have crashed"), with the cause in ``dispatcher.log``."""
-        logging.shutdown()
-        os._exit(1)
 
     def _call(self, method: str, *args: Any, **kwargs: Any) -> Any:
-        """``method`` of the real tuner; an error other than ``NoMoreTrialError`` (the end of the
-        search) is logged and ends the dispatcher (:meth:`_abort`)."""
+        """``method`` of the real tuner. A tuner that could not be loaded, or an error other than
+        ``NoMoreTrialError`` (the end of the search), ends the experiment (:meth:`_end_experiment`)."""
         self._loaded.wait()
         if self._error is not None:
-            raise RuntimeError(f"nni_plugins.tuners.{self._target} could not be started: {self._error}") from self._error
+            error = RuntimeError(f"nni_plugins.tuners.{self._target} could not be started: {self._error}")
+            self._end_experiment(str(error))
+            raise error from self._error
         try:
             return getattr(self._tuner, method)(*args, **kwargs)
         except nni.NoMoreTrialError:
             raise
         except BaseException as err:
-            _logger.exception("%s.%s failed, ending the tuner: %s", self._target, method, err)
-            self._abort()
+            _logger.exception("%s.%s failed, ending the experiment: %s", self._target, method, err)
+            self._end_experiment(f"{self._target}.{method} failed: {err}")
             raise
+
+    @classmethod
+    def _end_experiment(cls, message: str) -> None:
+        """Report ``message`` to NNI's manager through the dispatcher that called the tuner, then end
+        the dispatcher process (:meth:`_abort`). NNI's dispatcher only logs an exception raised by a
+        tuner call (``MsgDispatcherBase.command_queue_worker``) and the experiment would stay RUNNING
+        for ever; a dispatcher that just exits is noticed after the manager's 30 s reconnection wait
+        (ERROR, "Dispatcher stream error, tuner may have crashed", the cause only in dispatcher.log).
+        NNI's error command (``MsgDispatcherBase.report_error``) turns the experiment to ERROR at
+        once and puts "Dispatcher error: <message>" in ``nnimanager.log``, which the web portal shows
+        under the error's "Learn more"; the message also goes to the manager's stderr log
+        (``nnictl log stderr``). The channel is then closed cleanly, so the manager reports no lost
+        connection after it."""
+        _logger.error("Ending the experiment: %s", message)
+        print(f"Error: {message}", file=sys.stderr, flush=True)
+        dispatcher = _calling_dispatcher()
+        if dispatcher is not None:
+            dispatcher.report_error(message)
+            # the dispatcher's main thread, waiting on the channel, would log the close as a failure
+            logging.getLogger("nni.runtime.command_channel.websocket.channel").disabled = True
+            dispatcher._channel.disconnect()   # as NNI's MsgDispatcherBase.run() closes it
+        cls._abort()
+
+    @staticmethod
+    def _abort() -> None:
+        """End the dispatcher process, as a tuner that fails in its constructor does."""
+        logging.shutdown()
+        os._exit(1)
 
     def update_search_space(self, search_space: dict) -> None:
         self._call("update_search_space", search_space)
@@ -109,6 +132,18 @@ class _LoadingTuner(Tuner):
     def _on_error(self) -> None:
         if self._loaded.is_set() and self._tuner is not None:
             self._tuner._on_error()
+
+
+def _calling_dispatcher() -> MsgDispatcherBase | None:
+    """The NNI dispatcher whose command handler is calling the tuner (``None`` outside one): NNI
+    hands the tuner no reference to it, but every tuner call comes from one of its methods."""
+    frame = sys._getframe(1)
+    while frame is not None:
+        caller = frame.f_locals.get("self")
+        if isinstance(caller, MsgDispatcherBase):
+            return caller
+        frame = frame.f_back
+    return None
 
 
 class GOALTuner(_LoadingTuner):

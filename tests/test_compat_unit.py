@@ -32,7 +32,8 @@ def test_every_fix_is_registered_and_apply_is_idempotent():
     assert {'torch_load_weights_only', 'tuner_channel_resume_commands', 'failed_resume_keeps_checkpoint',
             'websocket_keep_comments', 'trial_runs_own_parameter', 'engine_pairs_reported_parameter',
             'wait_models_for_trial_ends', 'trials_ended_after_checkpoint', 'nnictl_view_profile', 'manager_dies_with_driver',
-            'sequential_engine_local_training_service', 'oneshot_log_every_n_steps', 'final_report_without_metrics'} <= set(names)
+            'sequential_engine_local_training_service', 'oneshot_log_every_n_steps', 'final_report_without_metrics',
+            'final_metric_before_trial_end', 'mispaired_trial_ends_experiment', 'resumed_trials_reach_tuner'} <= set(names)
     compat.apply()
     assert compat.patch_names() == names
     with pytest.raises(ValueError, match='Unknown NNI compatibility fix'):

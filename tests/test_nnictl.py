@@ -20,6 +20,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from datetime import datetime
 from pathlib import Path
 
 import pytest
@@ -170,25 +171,82 @@ def test_register_is_idempotent_and_unregister_removes(sandbox):
         assert not {"GOAL", "NASGEM"} & sandbox.algo_names()
 
 
+def _log_time(log: str, text: str) -> datetime:
+    """Time stamp of the first line of an NNI log that holds ``text``."""
+    line = next(line for line in log.splitlines() if text in line)
+    return datetime.strptime(line[1:20], "%Y-%m-%d %H:%M:%S")
+
+
 @pytest.mark.slow
 def test_wrong_tuner_input_ends_the_experiment_with_the_cause_logged(sandbox):
     """The registered tuner loads the real one after connecting (NNI gives a tuner 10 s to connect).
-    A wrong class argument ends the experiment as ERROR with the cause in dispatcher.log. (A failing
-    tuner call takes the same way out: test_registered_tuner_ends_the_dispatcher_when_a_call_fails.)"""
+    A wrong class argument ends the experiment as ERROR as soon as the tuner has loaded, through NNI's
+    error command (not after the manager's 30 s wait for a lost dispatcher), with the cause where the
+    user looks: nnimanager.log (the web portal's "Learn more"), ``nnictl log stderr`` and
+    dispatcher.log. (A failing tuner call takes the same way out:
+    test_registered_tuner_reports_its_error_to_the_manager_and_ends.)"""
     sandbox.run(str(BIN / "nni-plugins"), "register")
     config = sandbox.root / "nnictl" / "goal_nb201.yml"
     config.write_text(config.read_text().replace("n_init: 4", "n_init: 4\n    n_inti: 3"))
-    cause = "unknown class argument(s) ['n_inti']"
+    cause = "nni_plugins.tuners.GOALTuner could not be started: GOAL tuner: unknown class argument(s) ['n_inti']"
     port = free_port()
+    started = time.time()
     exp_id = sandbox.create(config, port)
-    deadline = time.time() + 120
+    deadline = started + 120
     while (status := rest(port, "check-status"))["status"] == "RUNNING":
         assert time.time() < deadline, "the experiment kept running with a tuner that could not start"
-        time.sleep(1)
+        time.sleep(0.5)
+    elapsed = time.time() - started
     assert status["status"] == "ERROR", status
-    dispatcher = (sandbox.experiment_dir(exp_id) / "log" / "dispatcher.log").read_text()
+    logs = sandbox.experiment_dir(exp_id) / "log"
+    dispatcher, manager = (logs / "dispatcher.log").read_text(), (logs / "nnimanager.log").read_text()
     assert cause in dispatcher, dispatcher[-2000:]
+    assert f"Dispatcher error: {cause}" in manager, manager[-2000:]
+    assert f"Error: {cause}" in sandbox.nnictl("log", "stderr", exp_id).stdout
+    reported = _log_time(manager, "Change NNIManager status from: RUNNING to: ERROR")
+    assert (reported - _log_time(dispatcher, "Ending the experiment")).total_seconds() <= 2, \
+        f"ERROR {elapsed:.0f} s after nnictl create, long after the tuner failed"
     assert rest(port, "trial-jobs") == []
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("imports_our_package", [False, True])
+def test_trial_script_without_our_import_is_refused_with_what_to_add(sandbox, imports_our_package):
+    """Trial 0 starts 15 s late, so trial 1 asks first and NNI hands it trial 0's parameters. A
+    trial script that does not import our packages runs them: the dispatcher ends the experiment
+    at that trial's end, saying what to add. With ``import nni_plugins`` every trial runs its own
+    parameters, and the experiment ends DONE with every record paired right."""
+    sandbox.run(str(BIN / "nni-plugins"), "register")
+    workdir = sandbox.root / "nnictl"
+    (workdir / "trial_plain.py").write_text(
+        "import nni\n" + ("import nni_plugins\n" if imports_our_package else "") +
+        "params = nni.get_next_parameter()\n"
+        "nni.report_final_result({'default': 1.0, 'ran': params})\n")
+    config = workdir / "goal_nb201.yml"
+    config.write_text(config.read_text()
+                      .replace("trialCommand: python trial_nb201.py",
+                               "trialCommand: '[ \"$NNI_TRIAL_SEQ_ID\" = 0 ] && sleep 15; python trial_plain.py'")
+                      .replace("maxTrialNumber: 10", "maxTrialNumber: 4"))
+    port = free_port()
+    exp_id = sandbox.create(config, port)
+    if imports_our_package:
+        sandbox.wait_done(port, exp_id, timeout=420)
+        records = _export(sandbox, exp_id)
+        assert len(records) == 4
+        for record in records:
+            value = json.loads(record["value"]) if isinstance(record["value"], str) else record["value"]
+            assert value["ran"] == record["parameter"]
+    else:
+        deadline = time.time() + 300
+        while (status := rest(port, "check-status"))["status"] == "RUNNING":
+            assert time.time() < deadline, "the experiment kept running with mispaired trials"
+            time.sleep(1)
+        assert status["status"] == "ERROR", status
+        manager = (sandbox.experiment_dir(exp_id) / "log" / "nnimanager.log").read_text()
+        assert re.search(r"Dispatcher error: Trial \w+ ran the parameters of parameter id 0, but NNI recorded "
+                         r"parameter id 1 for it", manager), manager[-2000:]
+        assert "Add 'import nni_plugins' to the trial script" in manager
+    sandbox.stop_all()
 
 
 @pytest.mark.slow
@@ -210,6 +268,8 @@ def test_goal_nb201_example_reaches_done(sandbox):
         assert value["default"] == pytest.approx(table[arch]) and value["arch"] == arch
         archs.add(arch)
     assert len(archs) == 10, "GOAL proposed an architecture twice"
+    dispatcher = (sandbox.experiment_dir(exp_id) / "log" / "dispatcher.log").read_text()
+    assert "without a final metric" not in dispatcher and "arrived after its trial had ended" not in dispatcher
     sandbox.stop_all()
     sandbox.run(str(BIN / "nni-plugins"), "unregister")
     assert not {"GOAL", "NASGEM"} & sandbox.algo_names()

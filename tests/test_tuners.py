@@ -113,7 +113,7 @@ def test_goal_tuner_out_of_order_results_and_failures():
     assert len(evaluated) == 14 - 2 - failed
     for sample, metric in evaluated:
         assert metric == pytest.approx(table.query(sample))
-    assert tuner.strategy.surrogate_history, "the surrogate was never fitted"
+    assert tuner.strategy.model_history, "the surrogate was never fitted"
     tuner._on_exit()
 
 
@@ -216,7 +216,7 @@ def test_import_data_joins_goal_history_and_is_never_run_again(caplog):
         tuner.receive_trial_result(pid, params, table.query(params))
         tuner.trial_end(pid, True)
     assert not any(p in imported for p in handed_out)
-    assert tuner.strategy.surrogate_history[0]["num_train"] >= 8   # the first fit already used them
+    assert tuner.strategy.model_history[0]["num_evaluated"] >= 8   # the first fit already used them
     tuner._on_exit()
 
 
@@ -251,20 +251,21 @@ def test_trials_rerun_by_a_resumed_experiment_are_not_handed_out_again():
             tuner.trial_end(pid, True)
     assert len(handed_out) == 4 and not any(p in rerun for p in handed_out)
     tuner.import_data([{"parameter": p, "value": 2.0} for p in rerun])
-    assert sorted(tuner.strategy._view.to_graph(s).key() for s, m in tuner.strategy.evaluated if m == 2.0) == \
-        sorted(tuner.strategy._view.to_graph(tuner._space.from_parameters(p)).key() for p in rerun)
+    assert sorted(tuner.strategy.view.to_graph(s).key() for s, m in tuner.strategy.evaluated if m == 2.0) == \
+        sorted(tuner.strategy.view.to_graph(tuner._space.from_parameters(p)).key() for p in rerun)
 
 
 # --- the classes nnictl starts (nni_plugins_nnictl) ------------------------------------------------
 
 def test_registered_tuner_module_imports_nothing_heavy():
     """NNI's manager gives the tuner process 10 s to connect; the class it constructs must not import
-    torch, Lightning or our packages before the dispatcher connects."""
+    torch, Lightning, NNI's NAS packages or ours (nni_compat imports NNI's NAS packages) before the
+    dispatcher connects."""
     import subprocess
     import sys
     code = ("import sys, nni_plugins_nnictl; "
-            "print(sorted(m for m in ('torch', 'pytorch_lightning', 'nni_plugins', 'strategies', 'nni.nas') "
-            "if m in sys.modules))")
+            "print(sorted(m for m in ('torch', 'pytorch_lightning', 'nni.nas', 'nni_compat', 'search_spaces', "
+            "'strategies', 'nni_plugins') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120)
     assert out.stdout.strip() == "[]"
 
