@@ -15,9 +15,10 @@ from typing import Any, Mapping, Sequence
 
 import torch
 
+from ._checks import check_choice, check_number
 from .oneshot_common import (
-    ArchDistributionModule, ArchDistributionStrategy, DirichletWeights, MixedCell, MixedLayer, check_choice,
-    check_number, rewrap_ddp, shared_generator,
+    ArchDistributionModule, ArchDistributionStrategy, DirichletWeights, MixedCell, MixedLayer, rewrap_ddp,
+    shared_generator,
 )
 
 __all__ = ["DrNAS", "DrNASLightningModule", "ProgressiveStage", "NB201_STAGES", "DARTS_STAGES"]

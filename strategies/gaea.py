@@ -16,9 +16,10 @@ from torch.utils.data import DataLoader, RandomSampler, Sampler, SequentialSampl
 
 from nni.nas.evaluator.pytorch import DataLoader as TracedDataLoader
 
+from ._checks import check_flag, check_number
 from .oneshot_common import (
     ArchDistributionModule, ArchDistributionStrategy, ArchWeights, HardGumbelWeights, MixedLayer, SimplexWeights,
-    check_flag, check_number, resolve_base,
+    resolve_base,
 )
 
 __all__ = ["GAEA", "GAEALightningModule", "ExponentiatedGradient"]

@@ -20,6 +20,7 @@ from nni.nas.space import ExecutableModelSpace
 
 from search_spaces.graph import ArchGraph, InvalidGraph
 
+from ._checks import check_choice
 from .multitrial import Candidate, ModelBasedStrategy, check_float, check_int
 
 #: Default initial design size by graph view (10 on any other view).
@@ -158,12 +159,14 @@ class GOAL(ModelBasedStrategy):
     ----------
     n_init
         Random architectures evaluated before the surrogate is used. ``None`` (default): 10 on NB201,
-        20 on NB101 and DARTS cells, 10 elsewhere.
+        20 on NB101 and DARTS cells, 10 elsewhere, at most half the budget when it is known (see
+        :class:`strategies.multitrial.ModelBasedStrategy`).
     batch_size
         Architectures proposed per surrogate round. With 1, every free worker gets the best
         candidate of a surrogate fitted on every result so far.
     top_k
-        Best evaluated architectures used as start points of the ascent.
+        Best evaluated architectures used as start points of the ascent (``top_k + random_starts``
+        must be at least 1).
     random_starts
         Random start points added to the ``top_k``.
     ascent_steps
@@ -211,28 +214,28 @@ class GOAL(ModelBasedStrategy):
                  weight_decay: float = 0.0, loss: str = "bpr", margin: float = 0.05, reinit_every: int = 5,
                  num_threads: int | None = 1, seed: int | None = None):
         super().__init__(num_threads=num_threads, seed=seed)
-        self.n_init = None if n_init is None else check_int("GOAL", "n_init", n_init, 1)
-        self.batch_size = check_int("GOAL", "batch_size", batch_size, 1)
-        self.top_k = check_int("GOAL", "top_k", top_k, 0)
-        self.random_starts = check_int("GOAL", "random_starts", random_starts, 0)
+        owner = type(self).__name__
+        self.n_init = check_int(owner, "n_init", n_init, minimum=1, optional=True)
+        self.batch_size = check_int(owner, "batch_size", batch_size, minimum=1)
+        self.top_k = check_int(owner, "top_k", top_k)
+        self.random_starts = check_int(owner, "random_starts", random_starts)
         if top_k + random_starts < 1:
-            raise ValueError("GOAL: top_k + random_starts must be >= 1 (at least one ascent start point)")
-        self.ascent_steps = check_int("GOAL", "ascent_steps", ascent_steps, 1)
-        self.step_size = check_float("GOAL", "step_size", step_size, 0.0, math.inf, low_open=True)
-        self.epsilon = check_float("GOAL", "epsilon", epsilon, 0.0, 1.0)
-        self.hidden = check_int("GOAL", "hidden", hidden, 1)
-        self.num_layers = check_int("GOAL", "num_layers", num_layers, 1)
-        self.ensemble = check_int("GOAL", "ensemble", ensemble, 1)
-        self.epochs = check_int("GOAL", "epochs", epochs, 1)
-        self.lr = check_float("GOAL", "lr", lr, 0.0, math.inf, low_open=True)
-        self.weight_decay = check_float("GOAL", "weight_decay", weight_decay, 0.0, math.inf)
-        if loss not in ("bpr", "hinge"):
-            raise ValueError(f"GOAL: loss must be 'bpr' or 'hinge', got {loss!r}")
+            raise ValueError(f"{owner}: top_k + random_starts must be >= 1 (at least one ascent start point), "
+                             f"got top_k={top_k}, random_starts={random_starts}")
+        self.ascent_steps = check_int(owner, "ascent_steps", ascent_steps, minimum=1)
+        self.step_size = check_float(owner, "step_size", step_size, strict=True)
+        self.epsilon = check_float(owner, "epsilon", epsilon, maximum=1)
+        self.hidden = check_int(owner, "hidden", hidden, minimum=1)
+        self.num_layers = check_int(owner, "num_layers", num_layers, minimum=1)
+        self.ensemble = check_int(owner, "ensemble", ensemble, minimum=1)
+        self.epochs = check_int(owner, "epochs", epochs, minimum=1)
+        self.lr = check_float(owner, "lr", lr, strict=True)
+        self.weight_decay = check_float(owner, "weight_decay", weight_decay)
+        check_choice(owner, "loss", loss, ("bpr", "hinge"))
         self.loss = loss
-        self.margin = check_float("GOAL", "margin", margin, 0.0, math.inf, low_open=True)
-        self.reinit_every = check_int("GOAL", "reinit_every", reinit_every, 1)
+        self.margin = check_float(owner, "margin", margin, strict=True)
+        self.reinit_every = check_int(owner, "reinit_every", reinit_every, minimum=1)
 
-        self._num_init = self.n_init    # resolved against the space in _initialize when n_init is None
         self._model: DirectedGNN | None = None
         self._fitted_on = 0             # history entries the surrogate was last fitted on
         self._round = 0
@@ -246,7 +249,6 @@ class GOAL(ModelBasedStrategy):
 
     def _initialize(self, model_space: ExecutableModelSpace, engine: ExecutionEngine) -> ExecutableModelSpace:
         model_space = super()._initialize(model_space, engine)
-        self._num_init = self.n_init if self.n_init is not None else _DEFAULT_N_INIT.get(self.view.name, 10)
         _logger.info("GOAL uses the %s graph view (%d nodes, %d labels), %d random architectures first",
                      self.view.name, self.view.max_nodes, len(self.view.op_vocab), self._num_init)
         return model_space
@@ -254,6 +256,9 @@ class GOAL(ModelBasedStrategy):
     # ------------------------------------------------------------------------------------------------
     # Proposals
     # ------------------------------------------------------------------------------------------------
+    def _default_num_init(self) -> int:
+        return _DEFAULT_N_INIT.get(self.view.name, 10)
+
     def _initial_design(self) -> bool:
         """Random until ``n_init`` architectures have a metric."""
         return len(self._history) < self._num_init

@@ -8,6 +8,8 @@ resume), deduplication by graph, checkpoints and imported results. A subclass su
 from __future__ import annotations
 
 import contextlib
+import inspect
+import itertools
 import logging
 import threading
 import time
@@ -18,16 +20,18 @@ import torch
 
 import nni_compat  # noqa: F401  (the NNI 3.0 fixes, bottom layer)
 from nni.mutable.exception import SampleValidationError
-from nni.nas.execution import ExecutionEngine
+from nni.nas.execution import ExecutionEngine, SequentialExecutionEngine, TrainingServiceExecutionEngine
+from nni.nas.execution.engine import Middleware
 from nni.nas.execution.event import ModelEvent, ModelEventType
 from nni.nas.space import ExecutableModelSpace
 from nni.nas.strategy.base import Strategy
 
 from search_spaces.graph import ArchGraph, GraphView, InvalidGraph, graph_view
 
-from .metrics import scalar_metric
+from ._checks import check_number, unexpected_keyword
+from .metrics import ranked_models, scalar_metric
 
-__all__ = ["ModelBasedStrategy", "Candidate", "check_int", "check_float"]
+__all__ = ["ModelBasedStrategy", "Candidate", "check_int", "check_float", "trial_budget"]
 
 _logger = logging.getLogger(__name__)
 
@@ -38,23 +42,37 @@ Candidate = Union[ArchGraph, dict]
 MAX_TRIES = 1000
 
 
-def check_int(owner: str, name: str, value: Any, minimum: int) -> int:
-    """``value`` as an int, or a ``TypeError`` / ``ValueError`` naming ``owner`` and ``name``."""
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-        raise TypeError(f"{owner}: {name} must be an int, got {type(value).__name__} {value!r}")
-    if value < minimum:
-        raise ValueError(f"{owner}: {name} must be >= {minimum}, got {value}")
-    return int(value)
+#: Largest seed (``numpy.random.RandomState`` takes 32-bit seeds).
+MAX_SEED = 2 ** 32 - 1
 
 
-def check_float(owner: str, name: str, value: Any, low: float, high: float, low_open: bool = False) -> float:
-    """``value`` as a float in ``[low, high]`` (``(low, high]`` with ``low_open``), or an error naming it."""
-    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
-        raise TypeError(f"{owner}: {name} must be a number, got {type(value).__name__} {value!r}")
-    value = float(value)
-    if not (low < value if low_open else low <= value) or value > high:
-        raise ValueError(f"{owner}: {name} must be in {'(' if low_open else '['}{low}, {high}], got {value}")
-    return value
+def check_int(owner: str, name: str, value: Any, **spec: Any) -> int | None:
+    """``value`` as an ``int`` after :func:`strategies._checks.check_number` (``spec``: its range and
+    ``optional``), which raises an error naming ``owner``, ``name``, the value and the accepted range."""
+    check_number(owner, name, value, integer=True, **spec)
+    return None if value is None else int(value)
+
+
+def check_float(owner: str, name: str, value: Any, **spec: Any) -> float:
+    """``value`` as a ``float`` after :func:`strategies._checks.check_number` (``spec``: its range)."""
+    check_number(owner, name, value, **spec)
+    return float(value)
+
+
+def trial_budget(engine: ExecutionEngine) -> int | None:
+    """The number of trials ``engine`` (under its middlewares) runs in all, when it tells: the
+    ``max_model_count`` of a ``SequentialExecutionEngine``, the experiment's ``max_trial_number`` on
+    NNI's training services; ``None`` otherwise (no limit, or an engine that does not know it, as the
+    nnictl tuner's, whose budget only NNI's manager knows)."""
+    while isinstance(engine, Middleware):
+        engine = engine.engine
+    if isinstance(engine, SequentialExecutionEngine):
+        budget = engine.max_model_count
+    elif isinstance(engine, TrainingServiceExecutionEngine):
+        budget = engine.nodejs_binding.config.max_trial_number
+    else:
+        return None
+    return budget if isinstance(budget, int) and budget > 0 else None
 
 
 def _dump_candidate(candidate: Candidate) -> dict:
@@ -81,8 +99,18 @@ class ModelBasedStrategy(Strategy):
       proposed again. A proposal the space rejects (``InvalidGraph``, ``SampleValidationError``) is
       skipped and the next one is tried.
     - **Results in any order.** Proposals never wait for a particular trial: each round of the model
-      uses whatever has finished. A trial that ends without a metric is logged as a warning, recorded
-      as failed and never proposed again.
+      uses whatever has finished. A trial that ends without a metric, or whose metric (a dict's
+      ``'default'``) is not a finite number (NaN, ``±inf``), is logged once as a warning naming its
+      sample and value, recorded as failed and never proposed again: it never joins the history the
+      model is fitted on, and :meth:`list_models` (hence ``export_top_models``) never lists it.
+    - **Initial design and budget.** The first ``n_init`` architectures (the subclass's argument) are
+      random; the model proposes the others. When the engine tells the budget (:func:`trial_budget`:
+      the experiment's ``max_trial_number``, a ``SequentialExecutionEngine``'s ``max_model_count``)
+      and the initial design is more than half of it, a default initial design is shrunk to
+      ``max(2, budget // 2)`` with a warning, so that the model proposes the rest; one given
+      explicitly is kept, with a warning that the model gets few trials or none. With an unknown
+      budget, or one at least twice the initial design, nothing changes. The size in force is part of
+      the checkpoint, so a resumed search keeps it.
     - **Checkpoints.** :meth:`state_dict` holds the finished, failed, running and proposed trials, the
       pending proposals, the random state and the model's state, so a resumed experiment
       (``NasExperiment.resume``) goes on without repeating finished trials. Trials still running at
@@ -91,10 +119,17 @@ class ModelBasedStrategy(Strategy):
     - **Imported results.** :meth:`import_results` adds trials the strategy did not submit.
     - **Determinism.** One ``numpy.random.RandomState(seed)`` drives every random choice, so a seed
       gives the same proposals for the same results.
+    - **Checked arguments.** The constructor checks every argument's type and range; the error names
+      the strategy, the argument, the value and what is accepted (``GOAL: top_k must be >= 0, got
+      -1``). An unknown keyword raises ``TypeError: GOAL() got an unexpected keyword
+      argument 'x'``, listing the accepted ones.
 
     A subclass implements the model and its proposals through these hooks:
 
-    - :meth:`_initial_design`: whether the next proposal is random (before the model is used);
+    - :meth:`_default_num_init`: the initial design size when the user gives none (the argument
+      :attr:`init_argument` of the subclass is ``None``);
+    - :meth:`_initial_design`: whether the next proposal is random (before the model is used; the
+      initial design size in force is :attr:`_num_init`);
     - :meth:`_fit`: refit the model on the finished trials;
     - :meth:`_propose`: the next batch of candidates from the current model;
     - :meth:`_model_state` / :meth:`_load_model_state`: the model's part of a checkpoint;
@@ -111,15 +146,28 @@ class ModelBasedStrategy(Strategy):
         The models are small: on a shared CPU, more threads cost more time than they save. ``None``
         leaves torch's setting alone.
     seed
-        Random seed (``None``: drawn from NumPy's global generator).
+        Random seed in ``[0, 2**32 - 1]`` (``None``: drawn from NumPy's global generator).
     """
+
+    #: The subclass's argument (an attribute) giving the initial design size; ``None``: the default.
+    init_argument = "n_init"
+
+    def __new__(cls, *args: Any, **kwargs: Any):
+        accepted = [p.name for p in inspect.signature(cls.__init__).parameters.values()
+                    if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) and p.name != "self"]
+        for name in kwargs:
+            if name not in accepted:
+                raise unexpected_keyword(cls.__name__, name, accepted)
+        return super().__new__(cls)
 
     def __init__(self, *, num_threads: int | None = 1, seed: int | None = None):
         super().__init__()
         owner = type(self).__name__
-        self.num_threads = None if num_threads is None else check_int(owner, "num_threads", num_threads, 1)
-        self.seed = None if seed is None else check_int(owner, "seed", seed, 0)
+        self.num_threads = check_int(owner, "num_threads", num_threads, minimum=1, optional=True)
+        self.seed = check_int(owner, "seed", seed, maximum=MAX_SEED, optional=True)
         self.view: GraphView | None = None
+        self.budget: int | None = None                         # trials in all, when the engine tells
+        self._num_init = 0                                     # initial design size in force
         self._rng = np.random.RandomState(seed)
         self._lock = threading.RLock()
         # Finished trials with a metric, in arrival order: (graph, sample, metric).
@@ -144,6 +192,10 @@ class ModelBasedStrategy(Strategy):
     # ------------------------------------------------------------------------------------------------
     def _prepare(self) -> None:
         """Work done once before the first proposal (nothing by default)."""
+
+    def _default_num_init(self) -> int:
+        """The initial design size when the user gives none (called once the view is known)."""
+        raise NotImplementedError
 
     def _initial_design(self) -> bool:
         """Whether the next proposal is a random architecture rather than the model's (called under the lock)."""
@@ -177,8 +229,29 @@ class ModelBasedStrategy(Strategy):
     # ------------------------------------------------------------------------------------------------
     def _initialize(self, model_space: ExecutableModelSpace, engine: ExecutionEngine) -> ExecutableModelSpace:
         self.view = graph_view(model_space)
+        self.budget = trial_budget(engine)
+        self._num_init = self._fit_initial_design(getattr(self, self.init_argument))
         engine.register_model_event_callback(ModelEventType.TrainingEnd, self._training_end_callback)
         return model_space
+
+    def _fit_initial_design(self, requested: int | None) -> int:
+        """The initial design size in force: ``requested``, or the default shrunk to fit the budget
+        (see the class documentation); warns when it is more than half the budget."""
+        size = self._default_num_init() if requested is None else requested
+        cap = max(2, self.budget // 2) if self.budget is not None else size
+        if size <= cap:
+            return size
+        name, arg = type(self).__name__, self.init_argument
+        if requested is not None:
+            _logger.warning("%s: %s=%d random architectures first leave the model %d of the budget of %d trials; "
+                            "kept as given (by default the initial design is at most half the budget).",
+                            name, arg, size, max(0, self.budget - size), self.budget)
+            return size
+        _logger.warning("%s: a budget of %d trials is too small for the default %s=%d random architectures first "
+                        "(the model would propose %d); %s shrunk to %d (half the budget, at least 2), so that the "
+                        "model proposes the rest. Give %s to choose.", name, self.budget, arg, size,
+                        max(0, self.budget - size), arg, cap, arg)
+        return cap
 
     def _cleanup(self) -> None:
         self.engine.unregister_model_event_callback(ModelEventType.TrainingEnd, self._training_end_callback)
@@ -212,8 +285,12 @@ class ModelBasedStrategy(Strategy):
                 return
             metric = scalar_metric(event.model.metric)
             if metric is None:
-                _logger.warning("%s: trial %s ended with status %s and no metric; recorded as failed.",
-                                name, sample, event.status)
+                if event.model.metric is None:
+                    _logger.warning("%s: trial %s ended with status %s and no metric; recorded as failed.",
+                                    name, sample, event.status)
+                else:
+                    _logger.warning("%s: trial %s ended with metric %r, not a finite number; recorded as failed.",
+                                    name, sample, event.model.metric)
                 self._failed.append(dict(sample))
                 return
             self._history.append((graph, dict(sample), metric))
@@ -311,9 +388,10 @@ class ModelBasedStrategy(Strategy):
         Each ``(sample, metric)`` joins the history the model is fitted on, counts towards the initial
         design and is never proposed again; a metric of ``None`` marks a trial still running elsewhere
         (re-run by a resumed experiment): it is not proposed, and its metric may be imported later. A
-        sample with a metric already, or submitted by this strategy, is left alone; one outside the
-        space is skipped with a warning. Call it after ``initialize``. Returns how many metrics were
-        recorded."""
+        metric that is not a finite number (NaN, ``±inf``; a dict's ``'default'``) marks a failed trial,
+        with a warning. A sample with a metric already, or submitted by this strategy, is left alone;
+        one outside the space is skipped with a warning. Call it after ``initialize``. Returns how
+        many metrics were recorded."""
         name = type(self).__name__
         if self.view is None:
             raise RuntimeError(f"{name}.import_results must be called after initialize()")
@@ -332,11 +410,25 @@ class ModelBasedStrategy(Strategy):
                 if key not in self._seen:
                     self._seen.add(key)
                     self._num_submitted += 1
-                if metric is not None:
-                    known.add(key)
-                    self._history.append((graph, dict(sample), float(metric)))
-                    added += 1
+                if metric is None:
+                    continue
+                value = scalar_metric(metric)
+                if value is None:
+                    _logger.warning("%s: imported result for %s has metric %r, not a finite number; recorded as "
+                                    "failed.", name, sample, metric)
+                    self._failed.append(dict(sample))
+                    continue
+                known.add(key)
+                self._history.append((graph, dict(sample), value))
+                added += 1
         return added
+
+    def list_models(self, sort: bool = True, limit: int | None = None) -> Iterator[ExecutableModelSpace]:
+        """NNI's listing of the engine's models, except that ``sort`` ranks the trained models by
+        :func:`strategies.metrics.scalar_metric` (:func:`strategies.metrics.ranked_models`): a trial
+        whose metric is NaN or infinite is left out, so it is never exported as the best."""
+        models = super().list_models(sort=False)
+        yield from itertools.islice(ranked_models(models) if sort else models, limit)
 
     def state_dict(self) -> dict:
         with self._lock:
@@ -347,6 +439,7 @@ class ModelBasedStrategy(Strategy):
                 "running": [dict(m.sample) for m in self._running.values()] + [dict(s) for s in self._resubmit],
                 "queue": [_dump_candidate(c) for c in self._queue],
                 "num_submitted": self._num_submitted,
+                "num_init": self._num_init,
                 "random_state": self._rng.get_state(),
                 "model_history": [dict(r) for r in self.model_history],
                 "model": self._model_state(),
@@ -369,6 +462,7 @@ class ModelBasedStrategy(Strategy):
             self._resubmit = running
             self._queue = [_load_candidate(c) for c in state_dict["queue"]]
             self._num_submitted = int(state_dict["num_submitted"]) - len(running)
+            self._num_init = int(state_dict.get("num_init", self._num_init))   # absent from older checkpoints
             self._rng.set_state(state_dict["random_state"])
             self.model_history = [dict(r) for r in state_dict["model_history"]]
             self._load_model_state(state_dict["model"])

@@ -6,7 +6,6 @@ Graph Embedding Method <https://arxiv.org/abs/2007.04452>`__, AAAI 2021 (DOI 10.
 from __future__ import annotations
 
 import logging
-import math
 import time
 
 import numpy as np
@@ -19,6 +18,7 @@ from nni.nas.space import ExecutableModelSpace
 
 from search_spaces.graph import ArchGraph
 
+from ._checks import check_choice, check_flag
 from .multitrial import Candidate, ModelBasedStrategy, check_float, check_int
 from .wl_kernel import WLSubtreeKernel
 
@@ -119,7 +119,8 @@ class NASGEM(ModelBasedStrategy):
     Parameters
     ----------
     num_init
-        Random cells proposed before the predictor is used.
+        Random cells proposed before the predictor is used. ``None`` (default): 10, at most half the
+        budget when it is known (see :class:`strategies.multitrial.ModelBasedStrategy`).
     batch_size
         Cells chosen per round.
     pool_size
@@ -182,8 +183,10 @@ class NASGEM(ModelBasedStrategy):
     >>> NasExperiment(model_space, evaluator, NASGEM(batch_size=5, seed=0)).run()
     """
 
-    def __init__(self, *, num_init: int = 10, batch_size: int = 10, pool_size: int = 10000, pool_refresh: int = 1000,
-                 pretrain_size: int = 1000,
+    init_argument = "num_init"
+
+    def __init__(self, *, num_init: int | None = None, batch_size: int = 10, pool_size: int = 10000,
+                 pool_refresh: int = 1000, pretrain_size: int = 1000,
                  wl_iterations: int = 3, degree_labels: bool | str = "auto", embedding_dim: int = 32,
                  hidden_dim: int = 64, num_layers: int = 4, encoder_steps: int = 150, encoder_pairs: int = 128,
                  encoder_lr: float = 1e-3, wl_loss: bool = True, encoding: str = "gnn", predictor_hidden: int = 64,
@@ -192,37 +195,36 @@ class NASGEM(ModelBasedStrategy):
                  holdout_fraction: float = 0.2, epsilon: float = 0.1, diversity_threshold: float = 0.98,
                  num_threads: int | None = 1, seed: int | None = None):
         super().__init__(num_threads=num_threads, seed=seed)
-        self.num_init = check_int("NASGEM", "num_init", num_init, 1)
-        self.batch_size = check_int("NASGEM", "batch_size", batch_size, 1)
-        self.pool_size = check_int("NASGEM", "pool_size", pool_size, 1)
-        self.pool_refresh = check_int("NASGEM", "pool_refresh", pool_refresh, 0)
-        self.pretrain_size = check_int("NASGEM", "pretrain_size", pretrain_size, 2)
-        self.wl_iterations = check_int("NASGEM", "wl_iterations", wl_iterations, 0)
-        if degree_labels not in (True, False, "auto"):
-            raise ValueError(f"NASGEM: degree_labels must be True, False or 'auto', got {degree_labels!r}")
+        owner = type(self).__name__
+        self.num_init = check_int(owner, "num_init", num_init, minimum=1, optional=True)
+        self.batch_size = check_int(owner, "batch_size", batch_size, minimum=1)
+        self.pool_size = check_int(owner, "pool_size", pool_size, minimum=1)
+        self.pool_refresh = check_int(owner, "pool_refresh", pool_refresh)
+        self.pretrain_size = check_int(owner, "pretrain_size", pretrain_size, minimum=2)
+        self.wl_iterations = check_int(owner, "wl_iterations", wl_iterations)
+        if not (isinstance(degree_labels, bool) or degree_labels == "auto"):
+            raise ValueError(f"{owner}: degree_labels must be True, False or 'auto', got {degree_labels!r}")
         self.degree_labels = degree_labels
-        self.embedding_dim = check_int("NASGEM", "embedding_dim", embedding_dim, 1)
-        self.hidden_dim = check_int("NASGEM", "hidden_dim", hidden_dim, 1)
-        self.num_layers = check_int("NASGEM", "num_layers", num_layers, 1)
-        self.encoder_steps = check_int("NASGEM", "encoder_steps", encoder_steps, 0)
-        self.encoder_pairs = check_int("NASGEM", "encoder_pairs", encoder_pairs, 1)
-        self.encoder_lr = check_float("NASGEM", "encoder_lr", encoder_lr, 0.0, math.inf, low_open=True)
-        if not isinstance(wl_loss, bool):
-            raise TypeError(f"NASGEM: wl_loss must be a bool, got {type(wl_loss).__name__}")
+        self.embedding_dim = check_int(owner, "embedding_dim", embedding_dim, minimum=1)
+        self.hidden_dim = check_int(owner, "hidden_dim", hidden_dim, minimum=1)
+        self.num_layers = check_int(owner, "num_layers", num_layers, minimum=1)
+        self.encoder_steps = check_int(owner, "encoder_steps", encoder_steps)
+        self.encoder_pairs = check_int(owner, "encoder_pairs", encoder_pairs, minimum=1)
+        self.encoder_lr = check_float(owner, "encoder_lr", encoder_lr, strict=True)
+        check_flag(owner, "wl_loss", wl_loss)
         self.wl_loss = wl_loss
-        if encoding not in ("gnn", "onehot"):
-            raise ValueError(f"NASGEM: encoding must be 'gnn' or 'onehot', got {encoding!r}")
+        check_choice(owner, "encoding", encoding, ("gnn", "onehot"))
         self.encoding = encoding
-        self.predictor_hidden = check_int("NASGEM", "predictor_hidden", predictor_hidden, 1)
-        self.predictor_epochs = check_int("NASGEM", "predictor_epochs", predictor_epochs, 1)
-        self.predictor_lr = check_float("NASGEM", "predictor_lr", predictor_lr, 0.0, math.inf, low_open=True)
-        self.ensemble_size = check_int("NASGEM", "ensemble_size", ensemble_size, 1)
-        if score_transform not in ("rank", "standardize"):
-            raise ValueError(f"NASGEM: score_transform must be 'rank' or 'standardize', got {score_transform!r}")
+        self.predictor_hidden = check_int(owner, "predictor_hidden", predictor_hidden, minimum=1)
+        self.predictor_epochs = check_int(owner, "predictor_epochs", predictor_epochs, minimum=1)
+        self.predictor_lr = check_float(owner, "predictor_lr", predictor_lr, strict=True)
+        self.ensemble_size = check_int(owner, "ensemble_size", ensemble_size, minimum=1)
+        check_choice(owner, "score_transform", score_transform, ("rank", "standardize"))
         self.score_transform = score_transform
-        self.holdout_fraction = check_float("NASGEM", "holdout_fraction", holdout_fraction, 0.0, 0.5)
-        self.epsilon = check_float("NASGEM", "epsilon", epsilon, 0.0, 1.0)
-        self.diversity_threshold = check_float("NASGEM", "diversity_threshold", diversity_threshold, -1.0, 1.0)
+        self.holdout_fraction = check_float(owner, "holdout_fraction", holdout_fraction, maximum=0.5)
+        self.epsilon = check_float(owner, "epsilon", epsilon, maximum=1)
+        self.diversity_threshold = check_float(owner, "diversity_threshold", diversity_threshold, minimum=-1,
+                                               maximum=1)
 
         self._vocab: dict[str, int] = {}
         self._encoder: GINEncoder | None = None
@@ -258,10 +260,13 @@ class NASGEM(ModelBasedStrategy):
 
     # ------------------------------------------------------------------ proposals
 
+    def _default_num_init(self) -> int:
+        return 10
+
     def _initial_design(self) -> bool:
         """Random until ``num_init`` cells were submitted and ``min(num_init, max(2, num_init // 2))`` have a metric."""
-        return (self._num_submitted < self.num_init
-                or len(self._history) < min(self.num_init, max(2, self.num_init // 2)))
+        return (self._num_submitted < self._num_init
+                or len(self._history) < min(self._num_init, max(2, self._num_init // 2)))
 
     def _draw(self, count: int) -> list[ArchGraph]:
         """Draw ``count`` samples from the space into the bank; returns the graphs that were new to it.

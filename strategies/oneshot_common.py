@@ -26,10 +26,8 @@ Public API
 from __future__ import annotations
 
 import contextlib
-import difflib
 import inspect
 import logging
-import math
 import warnings
 from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence, cast
 
@@ -50,6 +48,8 @@ from nni.nas.oneshot.pytorch.supermodule.differentiable import (
 )
 from nni.nas.oneshot.pytorch.supermodule.operation import NATIVE_MIXED_OPERATIONS
 from nni.nas.strategy.base import StrategyStatus
+
+from ._checks import check_choice, check_flag, check_number, unexpected_keyword
 
 __all__ = [
     "ArchWeights", "SoftmaxWeights", "DirichletWeights", "SimplexWeights", "HardGumbelWeights",
@@ -83,47 +83,6 @@ def non_finite_message(owner: str, what: str, where: str = "", rates: str = "") 
     ``where`` (epoch and step) and ``rates`` (the learning rates in force, for the likely causes)."""
     return (f"{owner}: {what}{where}. The search is stopped and no architecture is exported. Likely causes: NaN or "
             f"infinite values in the input data, or a learning rate too high{rates}")
-
-
-def _range_text(minimum: float, strict: bool, maximum: float | None, strict_maximum: bool) -> str:
-    if maximum is None:
-        return f"{'>' if strict else '>='} {minimum}"
-    return f"in {'(' if strict else '['}{minimum}, {maximum}{')' if strict_maximum else ']'}"
-
-
-def check_number(owner: str, name: str, value: Any, *, minimum: float = 0, strict: bool = False,
-                 maximum: float | None = None, strict_maximum: bool = False, integer: bool = False,
-                 optional: bool = False) -> None:
-    """Check a numeric constructor argument of strategy ``owner``: a finite number (an ``int`` when
-    ``integer``; ``bool`` is refused), or ``None`` when ``optional``, within ``[minimum, maximum]``
-    (a bound is excluded when ``strict`` / ``strict_maximum``; ``maximum=None`` leaves it open).
-
-    Raises ``TypeError`` for a wrong type and ``ValueError`` for a value out of range; both messages
-    name ``owner``, ``name``, the value and the accepted range, e.g.
-    ``DrNAS: warmup_epochs must be >= 0, got -1``.
-    """
-    if value is None and optional:
-        return
-    bounds = _range_text(minimum, strict, maximum, strict_maximum)
-    kinds = (int,) if integer else (int, float)
-    if isinstance(value, bool) or not isinstance(value, kinds) or not math.isfinite(value):
-        raise TypeError(f"{owner}: {name} must be {'an integer' if integer else 'a finite number'} {bounds}"
-                        f"{' or None' if optional else ''}, got {value!r}")
-    if (value < minimum or (strict and value == minimum)
-            or (maximum is not None and (value > maximum or (strict_maximum and value == maximum)))):
-        raise ValueError(f"{owner}: {name} must be {bounds}, got {value!r}")
-
-
-def check_choice(owner: str, name: str, value: Any, allowed: Sequence[str]) -> None:
-    """``ValueError`` naming ``owner`` and ``name`` unless ``value`` is one of the strings ``allowed``."""
-    if not isinstance(value, str) or value not in allowed:
-        raise ValueError(f"{owner}: {name} must be one of {tuple(allowed)}, got {value!r}")
-
-
-def check_flag(owner: str, name: str, value: Any) -> None:
-    """``TypeError`` naming ``owner`` and ``name`` unless ``value`` is ``True`` or ``False``."""
-    if not isinstance(value, bool):
-        raise TypeError(f"{owner}: {name} must be True or False, got {value!r}")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -1157,14 +1116,6 @@ _DARTS_CHECKS: dict[str, dict[str, Any]] = {
 }
 #: every keyword of NNI's DARTS
 _DARTS_KEYWORDS = (*_DARTS_CHECKS, "penalty", "mutation_hooks")
-
-
-def unexpected_keyword(owner: str, name: str, accepted: Sequence[str]) -> TypeError:
-    """``TypeError: <owner>() got an unexpected keyword argument '<name>'``, with the closest accepted
-    name and the list of accepted ones."""
-    close = difflib.get_close_matches(name, accepted, n=1)
-    hint = f" (did you mean {close[0]!r}?)" if close else ""
-    return TypeError(f"{owner}() got an unexpected keyword argument {name!r}{hint}; it accepts {', '.join(accepted)}")
 
 
 class ArchDistributionStrategy(DARTS):

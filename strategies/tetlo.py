@@ -18,10 +18,10 @@ import torch.nn.functional as F
 from nni.nas.oneshot.pytorch.supermodule.differentiable import DifferentiableMixedCell, DifferentiableMixedLayer
 from torch.func import functional_call
 
+from ._checks import check_choice, check_number
 from .aux_models import CifarResNet
 from .oneshot_common import (
-    ArchDistributionModule, ArchDistributionStrategy, ArchWeights, MixedCell, MixedLayer, check_choice, check_number,
-    resolve_base, training_loss,
+    ArchDistributionModule, ArchDistributionStrategy, ArchWeights, MixedCell, MixedLayer, resolve_base, training_loss,
 )
 
 __all__ = ["TETLO", "TETLOConfig", "TETLOLightningModule", "qrs_loss", "sample_quadruples"]

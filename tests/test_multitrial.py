@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import logging
+import types
 
 import numpy as np
 import pytest
@@ -12,15 +13,16 @@ import torch
 
 from nni.mutable.exception import SampleValidationError
 from nni.nas.benchmark import BenchmarkModelSpace
-from nni.nas.execution import SequentialExecutionEngine
+from nni.nas.execution import SequentialExecutionEngine, TrainingServiceExecutionEngine
 from nni.nas.execution.event import TrainingEndEvent
 from nni.nas.space import ModelStatus
+from nni.nas.strategy.middleware import Chain, Deduplication
 
 from nni_plugins.table import NasBench201Table
 from search_spaces.graph import ArchGraph
 from search_spaces.nasbench201 import sample_to_arch_str
 from strategies import GOAL, NASGEM
-from strategies.multitrial import MAX_TRIES
+from strategies.multitrial import MAX_TRIES, trial_budget
 from tests.shuffled_engine import SMALL, ShuffledEngine, run_on_table
 
 STRATEGIES = pytest.mark.parametrize("cls", [GOAL, NASGEM], ids=lambda c: c.__name__)
@@ -259,11 +261,188 @@ def test_model_work_runs_on_num_threads(table, cls, num_threads):
         torch.set_num_threads(previous)
 
 
+# ---------------------------------------------------------------------------------------------------
+# Non-finite metrics
+# ---------------------------------------------------------------------------------------------------
+BAD_METRICS = [float("nan"), float("inf"), float("-inf"), {"default": float("nan")}, {"default": float("inf")}]
+
+
 @STRATEGIES
-def test_invalid_num_threads_and_seed(cls):
-    with pytest.raises(ValueError, match="num_threads must be >= 1"):
-        cls(num_threads=0)
-    with pytest.raises(TypeError, match="num_threads must be an int"):
-        cls(num_threads=1.5)
-    with pytest.raises(ValueError, match="seed must be >= 0"):
-        cls(seed=-1)
+def test_non_finite_metric_is_a_failed_trial_never_fitted_on_nor_best(table, cls, caplog):
+    """Every 4th trial reports NaN or +-inf (as a number or a dict's 'default'): each is logged once
+    naming sample and value, recorded failed, kept out of the history, and never listed as best."""
+    reported = {}
+
+    def metric(sample):
+        value = BAD_METRICS[len(reported) // 4 % len(BAD_METRICS)] if len(reported) % 4 == 3 else table.query(sample)
+        reported[sample_to_arch_str(sample)] = value
+        return value
+
+    engine = ShuffledEngine(metric, budget=20, concurrency=2, seed=1)
+    strategy = cls(seed=0, **SMALL[cls])
+    with caplog.at_level(logging.WARNING, logger="strategies"):
+        strategy(BenchmarkModelSpace(table), engine)
+    bad = {arch for arch, value in reported.items() if not isinstance(value, float) or not np.isfinite(value)}
+    assert len(bad) == 5 and len(reported) == 20
+    assert {sample_to_arch_str(s) for s in strategy._failed} == bad
+    assert {sample_to_arch_str(s) for s, _ in strategy.evaluated}.isdisjoint(bad)
+    assert all(np.isfinite(m) for _, m in strategy.evaluated) and len(strategy.evaluated) == 15
+    warnings = [r.getMessage() for r in caplog.records if "not a finite number" in r.getMessage()]
+    assert len(warnings) == 5 and "ended with metric nan" in warnings[0]   # NNI keeps a dict's 'default' only
+    assert strategy.model_history                           # the model still ran on the finite results
+    ranked = list(strategy.list_models())
+    assert [sample_to_arch_str(m.sample) for m in ranked][0] not in bad
+    assert ranked[0].metric == max(m for _, m in strategy.evaluated)
+    assert len(ranked) == 15 and len(list(strategy.list_models(sort=False))) == 20
+
+
+@STRATEGIES
+def test_imported_non_finite_metric_is_a_failed_trial(table, cls, caplog):
+    strategy, _ = initialized(table, cls, budget=8)
+    good, not_a_number, infinite = random_samples(strategy, 3)
+    results = [(good, 1.0), (not_a_number, float("nan")), (infinite, {"default": float("inf")})]
+    with caplog.at_level(logging.WARNING, logger="strategies"):
+        assert strategy.import_results(results) == 1
+    assert strategy.evaluated == [(good, 1.0)] and strategy._failed == [not_a_number, infinite]
+    assert caplog.text.count("not a finite number") == 2
+    assert strategy._num_submitted == 3                      # never proposed again
+
+
+# ---------------------------------------------------------------------------------------------------
+# Constructor arguments
+# ---------------------------------------------------------------------------------------------------
+BAD_ARGUMENTS = [
+    (GOAL, dict(num_threads=0), ValueError, "GOAL: num_threads must be >= 1, got 0"),
+    (GOAL, dict(num_threads=1.5), TypeError, "GOAL: num_threads must be an integer >= 1 or None, got 1.5"),
+    (GOAL, dict(seed=-1), ValueError, "GOAL: seed must be in [0, 4294967295], got -1"),
+    (GOAL, dict(seed=2 ** 32), ValueError, "GOAL: seed must be in [0, 4294967295], got 4294967296"),
+    (GOAL, dict(n_init=0), ValueError, "GOAL: n_init must be >= 1, got 0"),
+    (GOAL, dict(n_init="3"), TypeError, "GOAL: n_init must be an integer >= 1 or None, got '3'"),
+    (GOAL, dict(batch_size=0), ValueError, "GOAL: batch_size must be >= 1, got 0"),
+    (GOAL, dict(top_k=-1), ValueError, "GOAL: top_k must be >= 0, got -1"),
+    (GOAL, dict(top_k=0, random_starts=0), ValueError,
+     "GOAL: top_k + random_starts must be >= 1 (at least one ascent start point), got top_k=0, random_starts=0"),
+    (GOAL, dict(ascent_steps=0), ValueError, "GOAL: ascent_steps must be >= 1, got 0"),
+    (GOAL, dict(step_size=0.0), ValueError, "GOAL: step_size must be > 0, got 0.0"),
+    (GOAL, dict(epsilon=2), ValueError, "GOAL: epsilon must be in [0, 1], got 2"),
+    (GOAL, dict(epochs=1.5), TypeError, "GOAL: epochs must be an integer >= 1, got 1.5"),
+    (GOAL, dict(hidden=True), TypeError, "GOAL: hidden must be an integer >= 1, got True"),
+    (GOAL, dict(lr=float("nan")), TypeError, "GOAL: lr must be a finite number > 0, got nan"),
+    (GOAL, dict(weight_decay=-1e-4), ValueError, "GOAL: weight_decay must be >= 0, got -0.0001"),
+    (GOAL, dict(loss="mse"), ValueError, "GOAL: loss must be one of ('bpr', 'hinge'), got 'mse'"),
+    (GOAL, dict(margin=0), ValueError, "GOAL: margin must be > 0, got 0"),
+    (GOAL, dict(reinit_every=0), ValueError, "GOAL: reinit_every must be >= 1, got 0"),
+    (NASGEM, dict(num_threads=0), ValueError, "NASGEM: num_threads must be >= 1, got 0"),
+    (NASGEM, dict(seed=-1), ValueError, "NASGEM: seed must be in [0, 4294967295], got -1"),
+    (NASGEM, dict(num_init=0), ValueError, "NASGEM: num_init must be >= 1, got 0"),
+    (NASGEM, dict(batch_size=0), ValueError, "NASGEM: batch_size must be >= 1, got 0"),
+    (NASGEM, dict(pool_size=10.5), TypeError, "NASGEM: pool_size must be an integer >= 1, got 10.5"),
+    (NASGEM, dict(pool_refresh=-1), ValueError, "NASGEM: pool_refresh must be >= 0, got -1"),
+    (NASGEM, dict(pretrain_size=1), ValueError, "NASGEM: pretrain_size must be >= 2, got 1"),
+    (NASGEM, dict(encoder_steps=-5), ValueError, "NASGEM: encoder_steps must be >= 0, got -5"),
+    (NASGEM, dict(encoder_lr=0), ValueError, "NASGEM: encoder_lr must be > 0, got 0"),
+    (NASGEM, dict(holdout_fraction=0.6), ValueError, "NASGEM: holdout_fraction must be in [0, 0.5], got 0.6"),
+    (NASGEM, dict(epsilon=1.5), ValueError, "NASGEM: epsilon must be in [0, 1], got 1.5"),
+    (NASGEM, dict(diversity_threshold=-2), ValueError, "NASGEM: diversity_threshold must be in [-1, 1], got -2"),
+    (NASGEM, dict(degree_labels="yes"), ValueError, "NASGEM: degree_labels must be True, False or 'auto', got 'yes'"),
+    (NASGEM, dict(degree_labels=1), ValueError, "NASGEM: degree_labels must be True, False or 'auto', got 1"),
+    (NASGEM, dict(wl_loss=1), TypeError, "NASGEM: wl_loss must be True or False, got 1"),
+    (NASGEM, dict(encoding="adjacency"), ValueError,
+     "NASGEM: encoding must be one of ('gnn', 'onehot'), got 'adjacency'"),
+    (NASGEM, dict(score_transform="minmax"), ValueError,
+     "NASGEM: score_transform must be one of ('rank', 'standardize'), got 'minmax'"),
+]
+
+
+@pytest.mark.parametrize("cls, kwargs, error, message", BAD_ARGUMENTS,
+                         ids=[f"{c.__name__}-{'-'.join(k)}" for c, k, _, _ in BAD_ARGUMENTS])
+def test_bad_arguments_name_strategy_argument_value_and_range(cls, kwargs, error, message):
+    with pytest.raises(error) as info:
+        cls(**kwargs)
+    assert str(info.value) == message
+
+
+@STRATEGIES
+def test_numpy_numbers_are_accepted(cls):
+    strategy = cls(seed=np.int64(3), num_threads=np.int32(1), epsilon=np.float32(0.25))
+    assert (strategy.seed, strategy.num_threads, strategy.epsilon) == (3, 1, 0.25)
+    assert type(strategy.seed) is int and type(strategy.epsilon) is float
+
+
+@pytest.mark.parametrize("cls, wrong, hint", [(GOAL, "top_kk", " (did you mean 'top_k'?)"), (GOAL, "x", ""),
+                                              (NASGEM, "n_init", " (did you mean 'num_init'?)")])
+def test_unknown_keyword_names_the_strategy_and_lists_the_accepted_ones(cls, wrong, hint):
+    with pytest.raises(TypeError) as info:
+        cls(**{wrong: 1})
+    message = str(info.value)
+    assert message.startswith(f"{cls.__name__}() got an unexpected keyword argument '{wrong}'{hint}; it accepts ")
+    accepted = message.split("; it accepts ")[1].split(", ")
+    assert accepted[0] == ("n_init" if cls is GOAL else "num_init") and accepted[-2:] == ["num_threads", "seed"]
+
+
+# ---------------------------------------------------------------------------------------------------
+# Budget and initial design
+# ---------------------------------------------------------------------------------------------------
+def default_design(cls):
+    """The SMALL configuration with the default initial design (10 on NB201)."""
+    return {k: v for k, v in SMALL[cls].items() if k not in ("n_init", "num_init")}
+
+
+@STRATEGIES
+@pytest.mark.parametrize("budget, size", [(None, 10), (100, 10), (20, 10), (19, 9), (8, 4), (3, 2), (1, 2)])
+def test_default_initial_design_is_at_most_half_a_known_budget(table, cls, budget, size, caplog):
+    strategy = cls(seed=0, **default_design(cls))
+    with caplog.at_level(logging.WARNING, logger="strategies"):
+        strategy.initialize(BenchmarkModelSpace(table), SequentialExecutionEngine(max_model_count=budget))
+    assert strategy.budget == budget and strategy._num_init == size
+    shrunk = [r.getMessage() for r in caplog.records if "too small" in r.getMessage()]
+    assert len(shrunk) == (size != 10)
+    if shrunk:
+        name = strategy.init_argument
+        assert shrunk[0].startswith(f"{cls.__name__}: a budget of {budget} trials is too small for the default "
+                                    f"{name}=10 random architectures first")
+        assert f"{name} shrunk to {size} (half the budget, at least 2)" in shrunk[0]
+
+
+@STRATEGIES
+def test_budget_below_the_initial_design_still_uses_the_model(table, cls, caplog):
+    with caplog.at_level(logging.WARNING, logger="strategies"):
+        strategy, archs = run_on_table(table, cls, 8, **{cls.init_argument: None})
+    assert len(archs) == 8 and strategy._num_init == 4
+    assert caplog.text.count("is too small for the default") == 1
+    assert strategy.model_history and strategy.model_history[0]["num_evaluated"] == 4
+    assert strategy.state_dict()["num_init"] == 4
+    resumed, _ = initialized(table, cls, budget=None, **{strategy.init_argument: None})
+    resumed.load_state_dict(strategy.state_dict())
+    assert resumed._num_init == 4                        # a resumed search keeps the design in force
+
+
+@STRATEGIES
+def test_explicit_initial_design_is_kept_with_a_warning(table, cls, caplog):
+    with caplog.at_level(logging.WARNING, logger="strategies"):
+        strategy, archs = run_on_table(table, cls, 6, **{cls.init_argument: 6})
+    assert len(archs) == 6 and strategy._num_init == 6 and not strategy.model_history   # random search, as asked
+    assert (f"{cls.__name__}: {cls.init_argument}=6 random architectures first leave the model 0 of the budget of "
+            f"6 trials; kept as given") in caplog.text
+
+
+def test_trial_budget_sees_through_middlewares_and_nni_experiments():
+    sequential = SequentialExecutionEngine(max_model_count=8)
+    dedup = Deduplication("replay")
+    dedup.set_engine(sequential)
+    assert trial_budget(sequential) == 8 and trial_budget(dedup) == 8
+    assert trial_budget(SequentialExecutionEngine()) is None
+    service = TrainingServiceExecutionEngine.__new__(TrainingServiceExecutionEngine)
+    service.nodejs_binding = types.SimpleNamespace(config=types.SimpleNamespace(max_trial_number=12))
+    assert trial_budget(service) == 12
+    service.nodejs_binding.config.max_trial_number = None
+    assert trial_budget(service) is None
+    assert trial_budget(ShuffledEngine(lambda s: 0.0, budget=5)) is None   # an engine that does not tell
+
+
+@STRATEGIES
+def test_budget_is_seen_through_a_chain(table, cls):
+    strategy = cls(seed=0, **default_design(cls))
+    engine = SequentialExecutionEngine(max_model_count=6)
+    Chain(strategy, Deduplication("replay")).initialize(BenchmarkModelSpace(table), engine)
+    assert strategy.budget == 6 and strategy._num_init == 3

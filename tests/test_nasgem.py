@@ -180,23 +180,6 @@ def test_rank_targets_ignore_the_metric_scale(table):
     assert abs(targets.mean()) < 1e-9 and targets.std() < 1.0
 
 
-def test_invalid_arguments():
-    with pytest.raises(ValueError, match="batch_size must be >= 1"):
-        NASGEM(batch_size=0)
-    with pytest.raises(TypeError, match="pool_size must be an int"):
-        NASGEM(pool_size=10.5)
-    with pytest.raises(ValueError, match="epsilon"):
-        NASGEM(epsilon=1.5)
-    with pytest.raises(ValueError, match="degree_labels"):
-        NASGEM(degree_labels="yes")
-    with pytest.raises(TypeError, match="wl_loss"):
-        NASGEM(wl_loss=1)
-    with pytest.raises(ValueError, match="encoding must be 'gnn' or 'onehot'"):
-        NASGEM(encoding="adjacency")
-    with pytest.raises(ValueError, match="score_transform must be 'rank' or 'standardize'"):
-        NASGEM(score_transform="minmax")
-
-
 # ---------------------------------------------------------------------------------------------------
 # End to end: a real NNI experiment on the wide cell space that trains on digits
 # ---------------------------------------------------------------------------------------------------
