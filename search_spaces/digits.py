@@ -15,7 +15,7 @@ from torch import nn
 from nni.mutable import label_scope
 from nni.nas.nn.pytorch import InputChoice, LayerChoice, ModelSpace
 
-from ._checks import cell_stack, positive_int, set_checked
+from ._common import ReLUConvBN, cell_stack, positive_int, set_checked
 
 __all__ = ["DIGITS_OPS", "DigitsCellSpace"]
 
@@ -23,20 +23,11 @@ __all__ = ["DIGITS_OPS", "DigitsCellSpace"]
 DIGITS_OPS: tuple[str, ...] = ("conv_3x3", "conv_5x5", "max_pool_3x3", "skip_connect")
 
 
-class _ReLUConvBN(nn.Sequential):
-    def __init__(self, channels: int, kernel_size: int):
-        super().__init__(
-            nn.ReLU(inplace=False),
-            nn.Conv2d(channels, channels, kernel_size, padding=kernel_size // 2, bias=False),
-            nn.BatchNorm2d(channels),
-        )
-
-
 def _make_op(name: str, channels: int) -> nn.Module:
     if name == "conv_3x3":
-        return _ReLUConvBN(channels, 3)
+        return ReLUConvBN(channels, 3)
     if name == "conv_5x5":
-        return _ReLUConvBN(channels, 5)
+        return ReLUConvBN(channels, 5)
     if name == "max_pool_3x3":
         return nn.MaxPool2d(3, stride=1, padding=1)
     return nn.Identity()

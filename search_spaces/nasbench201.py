@@ -24,7 +24,7 @@ from nni.nas.hub.pytorch.modules import NasBench201Cell
 from nni.nas.hub.pytorch.nasbench201 import Pooling, ResNetBasicblock, Zero
 from nni.nas.nn.pytorch import ModelSpace
 
-from ._checks import boolean, positive_int, set_checked
+from ._common import boolean, positive_int, set_checked
 
 __all__ = [
     "NB201_EDGES", "NB201_OPS", "HUB_OPS", "to_api_op", "to_hub_op",

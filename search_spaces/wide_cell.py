@@ -40,7 +40,7 @@ from nni.mutable.mutable import Categorical, CategoricalMultiple, _mutable_equal
 from nni.mutable.utils import auto_label
 from nni.nas.nn.pytorch import InputChoice, LayerChoice, ModelSpace, MutableModule
 
-from ._checks import cell_stack, positive_int, set_checked
+from ._common import ReLUConvBN, cell_stack, positive_int, set_checked
 from .graph import ArchGraph, GraphView, InvalidGraph, register_graph_view
 
 __all__ = ["WIDE_CELL_OPS", "WideCell", "WideCellSpace", "WideCellGraphView"]
@@ -58,19 +58,10 @@ class _SepConv(nn.Sequential):
         )
 
 
-class _ReLUConvBN(nn.Sequential):
-    def __init__(self, channels: int, kernel_size: int):
-        super().__init__(
-            nn.ReLU(inplace=False),
-            nn.Conv2d(channels, channels, kernel_size, padding=kernel_size // 2, bias=False),
-            nn.BatchNorm2d(channels),
-        )
-
-
 _OP_FACTORIES: dict[str, Callable[[int], nn.Module]] = {
     "sep_conv_3x3": lambda c: _SepConv(c, 3),
     "sep_conv_5x5": lambda c: _SepConv(c, 5),
-    "conv_1x1": lambda c: _ReLUConvBN(c, 1),
+    "conv_1x1": lambda c: ReLUConvBN(c, 1),
     "max_pool_3x3": lambda c: nn.MaxPool2d(3, stride=1, padding=1),
     "avg_pool_3x3": lambda c: nn.AvgPool2d(3, stride=1, padding=1, count_include_pad=False),
 }

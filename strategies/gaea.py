@@ -221,10 +221,6 @@ class GAEA(ArchDistributionStrategy):
     **kwargs
         Passed to :class:`nni.nas.strategy.DARTS`: ``penalty``, ``mutation_hooks``.
 
-    Every argument is checked when the strategy is created: a wrong type raises ``TypeError``, a value
-    out of range ``ValueError``, both naming the strategy, the argument, the value and the accepted
-    range; an unknown keyword raises ``TypeError`` listing the accepted ones.
-
     Examples
     --------
     >>> from nni.nas.experiment import NasExperiment

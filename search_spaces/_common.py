@@ -1,4 +1,4 @@
-"""Argument checks and the stem/cells/head stack shared by the model spaces of this package."""
+"""Argument checks and building blocks shared by the model spaces of this package."""
 from __future__ import annotations
 
 from typing import Any, Callable
@@ -40,3 +40,14 @@ def cell_stack(in_channels: int, channels: int, num_cells: int, num_classes: int
             layers.append(nn.MaxPool2d(2, ceil_mode=True))
     head = nn.Sequential(nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(channels, num_classes))
     return stem, nn.Sequential(*layers), head
+
+
+class ReLUConvBN(nn.Sequential):
+    """ReLU, a ``kernel_size`` convolution that keeps ``channels`` and the spatial size, BatchNorm."""
+
+    def __init__(self, channels: int, kernel_size: int):
+        super().__init__(
+            nn.ReLU(inplace=False),
+            nn.Conv2d(channels, channels, kernel_size, padding=kernel_size // 2, bias=False),
+            nn.BatchNorm2d(channels),
+        )
