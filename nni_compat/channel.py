@@ -11,6 +11,7 @@ from .registry import patch
 _logger = logging.getLogger(__name__)
 
 _ANNOUNCED = '_nni_plugins_resumed_trials'    # channel attribute: AddCustomizedTrialJob contents
+_CHANNEL = 'nni.runtime.tuner_command_channel.channel'
 
 
 @dataclass
@@ -26,15 +27,11 @@ def fix_tuner_channel_resume_commands() -> None:
     (``nni/runtime/tuner_command_channel/channel.py:204``) raises ``ValueError`` on them, which kills
     the listener thread, and the strategy waits forever. NAS strategies restore their history from
     their own checkpoint, so both commands are received and ignored (logged at debug level)."""
-    from nni.runtime.tuner_command_channel import channel as channel_module
-    from nni.runtime.tuner_command_channel.command_type import CommandType
-
-    ignored = (CommandType.ImportData, CommandType.AddCustomizedTrialJob)
-
     def make(original):
         def receive(self):
+            from nni.runtime.tuner_command_channel.command_type import CommandType
             command_type, content = self._receive()
-            if command_type in ignored:
+            if command_type in (CommandType.ImportData, CommandType.AddCustomizedTrialJob):
                 _logger.debug('Ignoring %s sent by the NNI manager (NAS strategies resume from their '
                               'own checkpoint).', command_type)
                 if command_type == CommandType.AddCustomizedTrialJob:
@@ -50,7 +47,7 @@ def fix_tuner_channel_resume_commands() -> None:
         receive.__doc__ = original.__doc__
         return receive
 
-    patch('tuner_channel_resume_commands', channel_module.TunerCommandChannel, 'receive', make)
+    patch('tuner_channel_resume_commands', f'{_CHANNEL}:TunerCommandChannel.receive', make)
 
 
 def take_announced_trials(channel: Any) -> list[str]:
@@ -85,8 +82,6 @@ def fix_websocket_keep_comments() -> None:
     comment, the JSON no longer parses, the channel closes (code 4001) and reconnects, and the
     message, e.g. a ``TrialEnd``, is lost. Both decoders on the tuner channel (the websocket one and
     ``TunerCommandChannel.receive``'s ``load``) now pass ``ignore_comments=False``."""
-    from nni.runtime.command_channel.websocket import connection
-    from nni.runtime.tuner_command_channel import channel as channel_module
-
-    patch('websocket_keep_comments', connection, 'nni', lambda original: _NniKeepingComments())
-    patch('websocket_keep_comments', channel_module, 'load', lambda original: load_keeping_comments)
+    patch('websocket_keep_comments', 'nni.runtime.command_channel.websocket.connection:nni',
+          lambda original: _NniKeepingComments())
+    patch('websocket_keep_comments', f'{_CHANNEL}:load', lambda original: load_keeping_comments)

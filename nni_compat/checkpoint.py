@@ -3,11 +3,15 @@ and writing it after each finished trial."""
 from __future__ import annotations
 
 import logging
+import weakref
 from pathlib import Path
 
+from .engine import ENGINE
 from .registry import patch
 
 _logger = logging.getLogger(__name__)
+
+_EXPERIMENT = 'nni.nas.experiment.experiment:NasExperiment'
 
 
 def fix_torch_load_weights_only() -> None:
@@ -16,17 +20,16 @@ def fix_torch_load_weights_only() -> None:
     (e.g. ``nni.nas.strategy.evolution.Individual``), so ``NasExperiment.resume()`` fails with
     ``UnpicklingError``. The checkpoint is NNI's own file, so it is loaded with
     ``weights_only=False``."""
-    from nni.nas.utils import serializer
-
     def make(original):
         def load(self, path: Path):
             import torch
-            path = serializer._find_path_with_prefix(path, self.suffix)
+            from nni.nas.utils.serializer import _find_path_with_prefix
+            path = _find_path_with_prefix(path, self.suffix)
             return torch.load(str(path), map_location=self._map_location, weights_only=False)
         load.__doc__ = original.__doc__
         return load
 
-    patch('torch_load_weights_only', serializer.TorchSerializer, 'load', make)
+    patch('torch_load_weights_only', 'nni.nas.utils.serializer:TorchSerializer.load', make)
 
 
 def fix_failed_resume_keeps_checkpoint() -> None:
@@ -35,8 +38,6 @@ def fix_failed_resume_keeps_checkpoint() -> None:
     ``torch.load`` error above), that overwrites ``checkpoint/state.ckpt`` with the fresh, empty
     strategy state and the search is lost. A resumed experiment now writes its state only after
     ``load_checkpoint`` has loaded it."""
-    from nni.nas.experiment import NasExperiment
-
     def make_load(original):
         def load_checkpoint(self) -> None:
             original(self)
@@ -62,9 +63,9 @@ def fix_failed_resume_keeps_checkpoint() -> None:
         save_checkpoint.__doc__ = original.__doc__
         return save_checkpoint
 
-    patch('failed_resume_keeps_checkpoint', NasExperiment, 'load_checkpoint', make_load)
-    patch('failed_resume_keeps_checkpoint', NasExperiment, '_start_engine_and_strategy', make_start)
-    patch('failed_resume_keeps_checkpoint', NasExperiment, 'save_checkpoint', make_save)
+    patch('failed_resume_keeps_checkpoint', f'{_EXPERIMENT}.load_checkpoint', make_load)
+    patch('failed_resume_keeps_checkpoint', f'{_EXPERIMENT}._start_engine_and_strategy', make_start)
+    patch('failed_resume_keeps_checkpoint', f'{_EXPERIMENT}.save_checkpoint', make_save)
 
 
 def fix_checkpoint_after_each_trial() -> None:
@@ -74,11 +75,6 @@ def fix_checkpoint_after_each_trial() -> None:
     the strategy samples them again. The engine created by ``NasExperiment.execution_engine_factory``
     now saves the experiment checkpoint after each ``TrainingEnd`` event has reached the strategy
     (``ExecutionEngine.dispatch_model_event``)."""
-    import weakref
-    from nni.nas.execution.event import ModelEventType
-    from nni.nas.execution.training_service import TrainingServiceExecutionEngine
-    from nni.nas.experiment import NasExperiment
-
     def make_factory(original):
         def execution_engine_factory(self, config):
             engine = original(self, config)
@@ -94,6 +90,7 @@ def fix_checkpoint_after_each_trial() -> None:
 
     def make_dispatch(original):
         def dispatch_model_event(self, event, **kwargs):
+            from nni.nas.execution.event import ModelEventType
             result = original(self, event, **kwargs)
             save = getattr(self, '_nni_plugins_after_training_end', None)
             if save is not None and getattr(event, 'event_type', None) == ModelEventType.TrainingEnd:
@@ -102,5 +99,5 @@ def fix_checkpoint_after_each_trial() -> None:
         dispatch_model_event.__doc__ = original.__doc__
         return dispatch_model_event
 
-    patch('checkpoint_after_each_trial', NasExperiment, 'execution_engine_factory', make_factory)
-    patch('checkpoint_after_each_trial', TrainingServiceExecutionEngine, 'dispatch_model_event', make_dispatch)
+    patch('checkpoint_after_each_trial', f'{_EXPERIMENT}.execution_engine_factory', make_factory)
+    patch('checkpoint_after_each_trial', f'{ENGINE}.dispatch_model_event', make_dispatch)

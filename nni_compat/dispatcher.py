@@ -12,6 +12,7 @@ from .registry import patch
 
 _logger = logging.getLogger(__name__)
 
+_DISPATCHER = 'nni.runtime.msg_dispatcher:MsgDispatcher'
 _RAN = '_nni_compat_ran_parameter'    # dispatcher attribute: trial job id -> parameter id its metrics name
 
 
@@ -33,12 +34,10 @@ def fix_final_metric_before_trial_end() -> None:
     handled in the order the manager sent them, and no result waits for a parameter request. (The
     tuner's ``receive_trial_result`` then runs beside ``generate_parameters``, as ``trial_end``
     always did; our tuners are thread-safe.)"""
-    from nni.runtime.msg_dispatcher_base import MsgDispatcherBase
-    from nni.runtime.tuner_command_channel import CommandType
-    from nni.utils import MetricType
-
     def make(original):
         def enqueue_command(self, command, data):
+            from nni.runtime.tuner_command_channel import CommandType
+            from nni.utils import MetricType
             if command == CommandType.ReportMetricData and data['type'] == MetricType.FINAL:
                 self.assessor_command_queue.put((command, data))
             else:
@@ -46,7 +45,7 @@ def fix_final_metric_before_trial_end() -> None:
         enqueue_command.__doc__ = original.__doc__
         return enqueue_command
 
-    patch('final_metric_before_trial_end', MsgDispatcherBase, 'enqueue_command', make)
+    patch('final_metric_before_trial_end', 'nni.runtime.msg_dispatcher_base:MsgDispatcherBase.enqueue_command', make)
 
 
 def mispairing_message(trial_job_id: str, ran: int, recorded: int) -> str:
@@ -78,11 +77,9 @@ def fix_mispaired_trial_ends_experiment() -> None:
     a message that says what to add to the trial script (:func:`mispairing_message`), and the
     trial end is not handed to the tuner. With ``final_metric_before_trial_end`` both handlers run
     on one thread in the manager's order, so the final metric is seen before the end."""
-    from nni.runtime.msg_dispatcher import MsgDispatcher
-    from nni.utils import MetricType
-
     def make_report(original):
         def handle_report_metric_data(self, data):
+            from nni.utils import MetricType
             if data['type'] in (MetricType.FINAL, MetricType.PERIODICAL) and data.get('parameter_id') is not None:
                 vars(self).setdefault(_RAN, {})[data.get('trial_job_id')] = data['parameter_id']
             original(self, data)
@@ -101,8 +98,8 @@ def fix_mispaired_trial_ends_experiment() -> None:
         handle_trial_end.__doc__ = original.__doc__
         return handle_trial_end
 
-    patch('mispaired_trial_ends_experiment', MsgDispatcher, 'handle_report_metric_data', make_report)
-    patch('mispaired_trial_ends_experiment', MsgDispatcher, 'handle_trial_end', make_end)
+    patch('mispaired_trial_ends_experiment', f'{_DISPATCHER}.handle_report_metric_data', make_report)
+    patch('mispaired_trial_ends_experiment', f'{_DISPATCHER}.handle_trial_end', make_end)
 
 
 def fix_resumed_trials_reach_tuner() -> None:
@@ -116,11 +113,9 @@ def fix_resumed_trials_reach_tuner() -> None:
     ``import_running(parameters)`` (ours, :class:`nni_plugins.tuners.StrategyTuner`); NNI's own tuners
     define no such method and see no change. Their final metrics reach the tuner as before, through
     ``import_data``."""
-    import nni
-    from nni.runtime.msg_dispatcher import MsgDispatcher
-
     def make(original):
         def handle_add_customized_trial(self, data):
+            import nni
             original(self, data)
             hook = getattr(self.tuner, 'import_running', None)
             if hook is None:
@@ -130,4 +125,4 @@ def fix_resumed_trials_reach_tuner() -> None:
         handle_add_customized_trial.__doc__ = original.__doc__
         return handle_add_customized_trial
 
-    patch('resumed_trials_reach_tuner', MsgDispatcher, 'handle_add_customized_trial', make)
+    patch('resumed_trials_reach_tuner', f'{_DISPATCHER}.handle_add_customized_trial', make)

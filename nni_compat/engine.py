@@ -13,6 +13,7 @@ _logger = logging.getLogger(__name__)
 # How long ``wait_models`` waits, after the manager says DONE, for TrialEnd commands already sent.
 TRIAL_END_PATIENCE = 30.0
 FINISHED = ('SUCCEEDED', 'FAILED', 'USER_CANCELED', 'SYS_CANCELED', 'EARLY_STOPPED')
+ENGINE = 'nni.nas.execution.training_service:TrainingServiceExecutionEngine'   # the class the fixes patch
 
 
 def ran_parameter(trial: Any) -> int:
@@ -31,9 +32,6 @@ def fix_engine_pairs_reported_parameter() -> None:
     rows ``list_models`` rebuilds models from carry the submitted one. The engine now remembers, per
     trial job, the parameter id its metrics reported, sends ``TrainingEnd`` to that model, and
     ``list_models`` pairs a final metric with the parameter whose id it reported."""
-    from nni.nas.execution.training_service import TrainingServiceExecutionEngine
-    from nni.runtime.tuner_command_channel.command_type import TrialEnd
-
     def make_metric(original):
         def _report_metric_data_callback(self, command):
             if command.parameter_id is not None:
@@ -43,6 +41,7 @@ def fix_engine_pairs_reported_parameter() -> None:
 
     def make_end(original):
         def _trial_end_callback(self, command):
+            from nni.runtime.tuner_command_channel.command_type import TrialEnd
             ran = self.__dict__.get('_nni_plugins_ran', {}).get(command.trial_job_id)
             if ran is not None and list(command.parameter_ids) != [ran]:
                 _logger.info('Trial %s ran parameter %s (submitted as %s).', command.trial_job_id, ran,
@@ -72,10 +71,9 @@ def fix_engine_pairs_reported_parameter() -> None:
         list_models.__doc__ = original.__doc__
         return list_models
 
-    patch('engine_pairs_reported_parameter', TrainingServiceExecutionEngine, '_report_metric_data_callback',
-          make_metric)
-    patch('engine_pairs_reported_parameter', TrainingServiceExecutionEngine, '_trial_end_callback', make_end)
-    patch('engine_pairs_reported_parameter', TrainingServiceExecutionEngine, 'list_models', make_list)
+    patch('engine_pairs_reported_parameter', f'{ENGINE}._report_metric_data_callback', make_metric)
+    patch('engine_pairs_reported_parameter', f'{ENGINE}._trial_end_callback', make_end)
+    patch('engine_pairs_reported_parameter', f'{ENGINE}.list_models', make_list)
 
 
 class _FixedTrialList:
@@ -117,8 +115,6 @@ def fix_wait_models_for_trial_ends() -> None:
     the remote training service). After a DONE, ``wait_models()`` now also waits, at most
     :data:`TRIAL_END_PATIENCE` seconds, until every live model whose trial the manager lists as
     finished has left ``Training``, and names the trials it gave up on."""
-    from nni.nas.execution.training_service import TrainingServiceExecutionEngine
-
     def make(original):
         def wait_models(self, *models):
             original(self, *models)
@@ -134,4 +130,4 @@ def fix_wait_models_for_trial_ends() -> None:
         wait_models.__doc__ = original.__doc__
         return wait_models
 
-    patch('wait_models_for_trial_ends', TrainingServiceExecutionEngine, 'wait_models', make)
+    patch('wait_models_for_trial_ends', f'{ENGINE}.wait_models', make)

@@ -2,6 +2,7 @@
 table benchmarks, one-shot Lightning modules, and the loop of NNI's HPO strategies."""
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 
@@ -19,18 +20,17 @@ def fix_sequential_engine_local_training_service() -> None:
     canonical ``local``, and warns again on every resume. ``NasExperimentConfig._canonicalize`` now
     drops a ``local`` training service of a sequential-engine config before NNI's canonicalisation,
     which sets the same ``local`` service again; any other training service still warns."""
-    import dataclasses
-    from nni.nas.experiment.config import NasExperimentConfig, SequentialEngineConfig
-
     def make(original):
         def _canonicalize(self, parents):
+            from nni.nas.experiment.config import SequentialEngineConfig
             if isinstance(self.execution_engine, SequentialEngineConfig) and \
                     getattr(self.training_service, 'platform', None) == 'local':
                 self.training_service = dataclasses.MISSING
             return original(self, parents)
         return _canonicalize
 
-    patch('sequential_engine_local_training_service', NasExperimentConfig, '_canonicalize', make)
+    patch('sequential_engine_local_training_service',
+          'nni.nas.experiment.config.experiment:NasExperimentConfig._canonicalize', make)
 
 
 def fix_oneshot_log_every_n_steps() -> None:
@@ -39,8 +39,6 @@ def fix_oneshot_log_every_n_steps() -> None:
     every ``Trainer(log_every_n_steps=50)`` steps: a 24-step DARTS run wrote no ``prob/*`` scalar at
     all. ``OneShotStrategy.mutate_evaluator`` now lowers the trainer's ``log_every_n_steps`` to the
     module's ``log_prob_every_n_step`` when it is larger."""
-    from nni.nas.oneshot.pytorch.strategy import OneShotStrategy
-
     def make(original):
         def mutate_evaluator(self, evaluator):
             mutated = original(self, evaluator)
@@ -55,7 +53,7 @@ def fix_oneshot_log_every_n_steps() -> None:
         mutate_evaluator.__doc__ = original.__doc__
         return mutate_evaluator
 
-    patch('oneshot_log_every_n_steps', OneShotStrategy, 'mutate_evaluator', make)
+    patch('oneshot_log_every_n_steps', 'nni.nas.oneshot.pytorch.strategy:OneShotStrategy.mutate_evaluator', make)
 
 
 def fix_hpo_strategy_idle_sleep() -> None:
@@ -64,10 +62,9 @@ def fix_hpo_strategy_idle_sleep() -> None:
     sequential engine or a table benchmark that is 1 s of idling per query (150 s for a 150-query
     run). The loop now sleeps only while no worker is idle, as ``Strategy.wait_for_resource`` does;
     what it asks the tuner and submits is otherwise NNI's."""
-    from nni.nas.strategy import hpo
-
     def make(original):
         def _run(self) -> None:
+            from nni.nas.strategy import hpo
             space = {label: mutable.as_legacy_dict() for label, mutable in self.model_space.simplify().items()}
             with self._thread_lock:
                 self.tuner.update_search_space(space)
@@ -88,7 +85,7 @@ def fix_hpo_strategy_idle_sleep() -> None:
         _run.__doc__ = original.__doc__
         return _run
 
-    patch('hpo_strategy_idle_sleep', hpo.HPOTunerStrategy, '_run', make)
+    patch('hpo_strategy_idle_sleep', 'nni.nas.strategy.hpo:HPOTunerStrategy._run', make)
 
 
 def fix_sequential_engine_trial_params() -> None:
@@ -100,8 +97,6 @@ def fix_sequential_engine_trial_params() -> None:
     ``Evaluator.mock_runtime`` raises "Cannot mock trial when trial APIs are already available."
     The parameter record and the intermediate-result counter are restored after each model, as
     ``Evaluator.mock_runtime`` does for its own context."""
-    from nni.nas.execution import sequential
-
     def make(original):
         def _run_single_model(self, model) -> None:
             import nni.trial
@@ -113,7 +108,8 @@ def fix_sequential_engine_trial_params() -> None:
         _run_single_model.__doc__ = original.__doc__
         return _run_single_model
 
-    patch('sequential_engine_trial_params', sequential.SequentialExecutionEngine, '_run_single_model', make)
+    patch('sequential_engine_trial_params', 'nni.nas.execution.sequential:SequentialExecutionEngine._run_single_model',
+          make)
 
 
 def fix_final_report_without_metrics() -> None:
@@ -124,8 +120,6 @@ def fix_final_report_without_metrics() -> None:
     raised ``KeyError: 'train_acc'`` after restoring everything. The final report is now skipped,
     with a warning saying why, when a metric it needs was never logged in this fit; the search ends
     with the checkpointed supernet, whose export is unchanged."""
-    from nni.nas.evaluator.pytorch.lightning import SupervisedLearningModule
-
     def make(original):
         def _final_report(self):
             trainer = self.trainer
@@ -140,4 +134,5 @@ def fix_final_report_without_metrics() -> None:
         _final_report.__doc__ = original.__doc__
         return _final_report
 
-    patch('final_report_without_metrics', SupervisedLearningModule, '_final_report', make)
+    patch('final_report_without_metrics', 'nni.nas.evaluator.pytorch.lightning:SupervisedLearningModule._final_report',
+          make)

@@ -61,8 +61,6 @@ def fix_nnictl_view_profile() -> None:
     code directory that must equal nnictl's cwd. ``nnictl`` runs in its own process without our
     packages, so the fix is in the stored profile: once the NNI manager of a NAS experiment has
     stopped (``NasExperiment._stop_nni_manager``), a viewable revision is appended to its database."""
-    from nni.nas.experiment import NasExperiment
-
     def make(original):
         def _stop_nni_manager(self) -> None:
             had_manager = self._proc is not None
@@ -75,7 +73,7 @@ def fix_nnictl_view_profile() -> None:
                     _logger.exception('Could not make experiment %s viewable by nnictl view.', self.id)
         return _stop_nni_manager
 
-    patch('nnictl_view_profile', NasExperiment, '_stop_nni_manager', make)
+    patch('nnictl_view_profile', 'nni.nas.experiment.experiment:NasExperiment._stop_nni_manager', make)
 
 
 _WATCHDOG = r'''
@@ -121,8 +119,6 @@ def fix_manager_dies_with_driver() -> None:
     background or foreground mode (not ``detach``, which is meant to outlive the driver) a small
     watchdog process, started right after the manager, now follows the driver: when the driver is
     gone it stops the manager (SIGTERM, then SIGKILL) and marks the manifest entry ``STOPPED``."""
-    from nni.experiment import launcher
-
     def make(original):
         def _start_rest_server(nni_manager_args, run_mode):
             proc = original(nni_manager_args, run_mode)
@@ -135,7 +131,7 @@ def fix_manager_dies_with_driver() -> None:
         _start_rest_server.__doc__ = original.__doc__
         return _start_rest_server
 
-    patch('manager_dies_with_driver', launcher, '_start_rest_server', make)
+    patch('manager_dies_with_driver', 'nni.experiment.launcher:_start_rest_server', make)
 
 
 def fix_manager_start_patience() -> None:
@@ -143,12 +139,10 @@ def fix_manager_start_patience() -> None:
     one-second tries to answer ``/check-status``. On a busy machine node takes longer; the check
     then reads the web portal's HTML instead of JSON and ``NasExperiment.run()`` fails with
     "Create experiment failed: Expecting value". The manager now gets up to 60 tries."""
-    from nni.experiment import launcher
-
     def make(original):
         def _check_rest_server(port, retry=3, url_prefix=None):
             return original(port, max(retry, 60), url_prefix)
         return _check_rest_server
 
-    patch('manager_start_patience', launcher, '_check_rest_server', make)
+    patch('manager_start_patience', 'nni.experiment.launcher:_check_rest_server', make)
 

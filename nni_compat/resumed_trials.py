@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 from .channel import take_announced_trials
-from .engine import FINISHED, ran_parameter
+from .engine import ENGINE, FINISHED, ran_parameter
 from .registry import patch
 
 _logger = logging.getLogger(__name__)
@@ -204,11 +204,10 @@ def fix_trials_ended_after_checkpoint() -> None:
     model the strategy submits with its sample is bound to it and receives its final metric and end
     (on a new thread, as a trial's would arrive) instead of starting a new trial. A checkpoint
     written without the list (before this fix) binds nothing."""
-    from nni.nas.execution.training_service import TrainingServiceExecutionEngine as Engine
-    patch('trials_ended_after_checkpoint', Engine, 'state_dict', _state_dict_listing_ended_trials)
-    patch('trials_ended_after_checkpoint', Engine, 'load_state_dict', _load_state_dict_finding_late_ends)
-    patch('trials_ended_after_checkpoint', Engine, 'submit_models', _submit_models_binding_ended_trials)
-    patch('trials_ended_after_checkpoint', Engine, '_trial_end_callback', _trial_end_callback_recording_ends)
+    patch('trials_ended_after_checkpoint', f'{ENGINE}.state_dict', _state_dict_listing_ended_trials)
+    patch('trials_ended_after_checkpoint', f'{ENGINE}.load_state_dict', _load_state_dict_finding_late_ends)
+    patch('trials_ended_after_checkpoint', f'{ENGINE}.submit_models', _submit_models_binding_ended_trials)
+    patch('trials_ended_after_checkpoint', f'{ENGINE}._trial_end_callback', _trial_end_callback_recording_ends)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -311,9 +310,8 @@ def fix_resumed_trials_rejoin_strategy() -> None:
     instead of starting a new one, and receives that trial's metrics and end, those that arrived
     before the binding replayed in order. A re-run trial that is never proposed again still
     finishes and is listed by ``list_models`` (and so ``export_top_models``)."""
-    from nni.nas.execution.training_service import TrainingServiceExecutionEngine as Engine
-    patch('resumed_trials_rejoin_strategy', Engine, 'submit_models', _submit_models_binding_rerun_trials)
-    patch('resumed_trials_rejoin_strategy', Engine, '_report_metric_data_callback',
+    patch('resumed_trials_rejoin_strategy', f'{ENGINE}.submit_models', _submit_models_binding_rerun_trials)
+    patch('resumed_trials_rejoin_strategy', f'{ENGINE}._report_metric_data_callback',
           _held_for_rerun_trials(lambda command: [command.parameter_id]))
-    patch('resumed_trials_rejoin_strategy', Engine, '_trial_end_callback',
+    patch('resumed_trials_rejoin_strategy', f'{ENGINE}._trial_end_callback',
           _held_for_rerun_trials(lambda command: list(command.parameter_ids)))

@@ -82,9 +82,6 @@ def fix_trial_runs_own_parameter() -> None:
     takes one parameter from the queue (so the queue stays balanced) but returns the trial's *own*
     parameter, read from the manager's REST API. Every trial then runs the architecture the manager
     recorded for it, and metrics, ``TrialEnd`` and database agree."""
-    from nni.nas.experiment.config import NasExperimentConfig
-    from nni.runtime.trial_command_channel import v3
-
     def make_receive(original):
         def receive_parameter(self):
             received = original(self)
@@ -107,8 +104,10 @@ def fix_trial_runs_own_parameter() -> None:
             return original(self, parents)
         return _canonicalize
 
-    patch('trial_runs_own_parameter', v3.TrialCommandChannelV3, 'receive_parameter', make_receive)
-    patch('trial_runs_own_parameter', NasExperimentConfig, '_canonicalize', make_canonicalize)
+    patch('trial_runs_own_parameter', 'nni.runtime.trial_command_channel.v3:TrialCommandChannelV3.receive_parameter',
+          make_receive)
+    patch('trial_runs_own_parameter', 'nni.nas.experiment.config.experiment:NasExperimentConfig._canonicalize',
+          make_canonicalize)
 
 
 def _is_local(training_service: Any) -> bool:

@@ -6,6 +6,8 @@ a strategy is available here as soon as it is exported from that package.
 from __future__ import annotations
 
 import importlib
+import importlib.machinery
+import importlib.util
 import inspect
 from dataclasses import dataclass
 from typing import Any, Callable
@@ -124,15 +126,20 @@ def _accepted_arguments(cls: type) -> set[str] | None:
     return names
 
 
+def _installed(module: str) -> bool:
+    """Whether ``module`` is installed, found without importing it or its packages (importing
+    ``nni.nas.strategy`` imports torch and Lightning: seconds)."""
+    parts = module.split(".")
+    found = importlib.util.find_spec(parts[0])
+    for end in range(2, len(parts) + 1):
+        if found is None or found.submodule_search_locations is None:
+            return False
+        found = importlib.machinery.PathFinder.find_spec(".".join(parts[:end]), found.submodule_search_locations)
+    return found is not None
+
+
 def available_strategies(kind: str | None = None) -> list[str]:
-    """Names whose implementation imports, optionally of one ``kind``."""
-    names = []
-    for spec in STRATEGIES.values():
-        if kind and spec.kind != kind:
-            continue
-        try:
-            spec.load()
-        except ValueError:
-            continue
-        names.append(spec.name)
-    return names
+    """Names whose implementation's module is installed, optionally of one ``kind``; importing it
+    may still fail (:meth:`StrategySpec.load` says why)."""
+    return [spec.name for spec in STRATEGIES.values()
+            if (not kind or spec.kind == kind) and _installed(spec.target.partition(":")[0])]

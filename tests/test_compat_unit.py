@@ -8,7 +8,10 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import subprocess
+import sys
 import threading
+from pathlib import Path
 
 import pytest
 import torch
@@ -41,7 +44,6 @@ def test_every_fix_is_registered_and_apply_is_idempotent():
 
 
 def test_every_fix_is_listed_in_the_module_docstring_and_the_docs_table():
-    from pathlib import Path
     table = (Path(__file__).resolve().parents[1] / 'docs' / 'nni-compat.md').read_text()
     assert [name for name in compat.patch_names() if f'| `{name}` |' not in table] == []
     assert [name for name in compat.patch_names() if f'``{name}``' not in compat.__doc__] == []
@@ -69,6 +71,71 @@ def test_undoing_one_fix_keeps_another_on_the_same_call():
                           'trials_ended_after_checkpoint'):
         assert Engine.__dict__['_trial_end_callback'].__module__.startswith('nni.')      # NNI's own
     assert Engine.__dict__['_trial_end_callback'] is both
+
+
+# --- when the fixes are installed ------------------------------------------------------------------
+
+_NNI_MODULES = ('nni.nas.experiment', 'nni.nas.execution.training_service', 'nni.nas.strategy.hpo',
+                'nni.nas.oneshot.pytorch.strategy', 'nni.runtime.msg_dispatcher', 'nni.runtime.trial_command_channel.v3')
+_STACKS = """
+import importlib, json, sys
+{before}
+import nni_compat
+from nni_compat import registry
+light = sorted(m for m in ('nni', 'torch') if m in sys.modules)
+for name in {modules!r}:
+    importlib.import_module(name)
+stacks = sorted(f"{{getattr(o, '__qualname__', None) or o.__name__}}.{{attr}}: {{[p.name for p in stack]}}"
+                for (_, attr), (o, _, stack) in registry._STACKS.items())
+waiting = [p.name for patches in registry._PATCHES.values() for p in patches
+           if not any(p in stack for _, _, stack in registry._STACKS.values())]
+print(json.dumps([light, stacks, waiting]))
+"""
+
+
+def _python(code: str) -> str:
+    out = subprocess.run([sys.executable, '-c', code], cwd=Path(__file__).resolve().parents[1], capture_output=True,
+                         text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    return out.stdout
+
+
+def test_fixes_wait_for_their_nni_module_and_stack_as_when_nni_is_imported_first():
+    """``import nni_compat`` imports no NNI; each NNI module is patched when imported, every patch is
+    installed, and two fixes of one call stack in the same order as when NNI was imported before."""
+    lazy = json.loads(_python(_STACKS.format(before='', modules=_NNI_MODULES)))
+    eager = json.loads(_python(_STACKS.format(before=f'import {", ".join(_NNI_MODULES)}', modules=())))
+    assert lazy[0] == [] and eager[0] == ['nni', 'torch']
+    assert lazy[1] == eager[1] and lazy[2] == eager[2] == []
+    assert "TrainingServiceExecutionEngine._trial_end_callback: ['trials_ended_after_checkpoint', " \
+           "'resumed_trials_rejoin_strategy', 'engine_pairs_reported_parameter']" in lazy[1]
+
+
+def test_a_fix_undone_before_its_module_is_imported_stays_off_until_restored():
+    _python("""
+import sys, nni_compat
+assert 'nni' not in sys.modules and 'manager_start_patience' in nni_compat.patch_names()
+nni_compat.revert('manager_start_patience')
+with nni_compat.unpatched('torch_load_weights_only'):
+    from nni.nas.utils.serializer import TorchSerializer
+    assert TorchSerializer.__dict__['load'].__module__ == 'nni.nas.utils.serializer'
+assert TorchSerializer.__dict__['load'].__module__ == 'nni_compat.checkpoint'
+from nni.experiment.launcher import _check_rest_server, _start_rest_server   # what an importer gets
+assert _check_rest_server.__module__ == 'nni.experiment.launcher'
+assert _start_rest_server.__module__ == 'nni_compat.manager'
+""")
+
+
+def test_a_callback_waits_for_its_module_or_runs_at_once():
+    calls = []
+    compat.when_imported('json', calls.append)
+    assert calls == [json]
+    assert _python("""
+import sys, nni_compat
+nni_compat.when_imported('nni', lambda nni: print('nni imported, logging set up:', nni.runtime.log._handlers != {}))
+assert 'nni' not in sys.modules
+import nni.runtime
+""") == 'nni imported, logging set up: True\n'
 
 
 # --- resume: torch.load and a failed resume -------------------------------------------------------
