@@ -259,7 +259,7 @@ def test_trials_rerun_by_a_resumed_experiment_are_not_handed_out_again():
 
 def test_registered_tuner_module_imports_nothing_heavy():
     """NNI's manager gives the tuner process 10 s to connect; the class it constructs must not import
-    torch, Lightning, NNI's NAS packages or ours (nni_compat imports NNI's NAS packages) before the
+    torch, Lightning, NNI's NAS packages or ours (the strategies need the first three) before the
     dispatcher connects."""
     import subprocess
     import sys
