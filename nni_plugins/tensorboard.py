@@ -77,6 +77,18 @@ class TrialMetricsLogger(StrategyMiddleware):
     def unregister_model_event_callback(self, event_type: ModelEventType, callback: Callable[..., None]) -> None:
         self.engine.unregister_model_event_callback(event_type, callback)
 
+    # --- checkpointing (NNI's Chain saves every middleware's state with the strategy's) -------
+    def state_dict(self) -> dict:
+        return {"finished": self._finished, "failed": self._failed, "best": self._best,
+                "quality_logged": self._quality_logged}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        """Go on counting where the checkpoint stopped, so a resumed run appends to the same curves."""
+        self._finished = int(state_dict["finished"])
+        self._failed = int(state_dict["failed"])
+        self._best = state_dict["best"]
+        self._quality_logged = int(state_dict["quality_logged"])
+
     # --- logging ----------------------------------------------------------------------------
     def _initialize_engine(self, engine) -> None:
         engine.register_model_event_callback(ModelEventType.TrainingEnd, self._on_training_end)

@@ -155,3 +155,40 @@ def test_compat_links_trial_output_for_tensorboard_button(tmp_path, monkeypatch)
     monkeypatch.setenv("NNI_TRIAL_JOB_ID", "Zz9")
     compat._fix_tensorboard_button_dir()
     assert sorted(os.listdir(tmp_path)) == ["elsewhere", "exp1"] and not (tmp_path / "trials").exists()
+
+
+def test_trial_logger_checkpoint_continues_the_curves():
+    """NNI's Chain saves every middleware's state with the strategy's: the logger's counters
+    survive a checkpoint, so a resumed run appends to the same curves (it had no state_dict, and
+    every checkpoint of a multi-trial `nni-plugins search` failed with NotImplementedError)."""
+    from types import SimpleNamespace
+
+    from nni.nas.space import ModelStatus
+
+    written = []
+
+    class Writer:
+        def __init__(self, log_dir):
+            pass
+
+        def add_scalar(self, tag, value, step):
+            written.append((tag, value, step))
+
+        def add_text(self, tag, text, step):
+            pass
+
+        def flush(self):
+            pass
+
+    def trial(metric):
+        model = SimpleNamespace(metric=metric, sample={"op": metric})
+        return SimpleNamespace(model=model, status=ModelStatus.Trained)
+
+    first = TrialMetricsLogger("unused", writer_factory=Writer)
+    for metric in (0.5, 0.7, None):
+        first._on_training_end(trial(metric))
+    resumed = TrialMetricsLogger("unused", writer_factory=Writer)
+    resumed.load_state_dict(first.state_dict())
+    written.clear()
+    resumed._on_training_end(trial(0.6))
+    assert ("trial/metric", 0.6, 3) in written and ("search/best_so_far", 0.7, 3) in written
