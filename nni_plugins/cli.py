@@ -1,6 +1,7 @@
 """The ``nni-plugins`` command line (also ``python -m nni_plugins``).
 
-Subcommands: ``search`` (run a NAS experiment), ``benchmark`` (multi-trial strategies on the
+Subcommands: ``search`` (run a NAS experiment), ``retrain`` (train the found architecture from
+scratch and test it, :mod:`nni_plugins.retrain`), ``benchmark`` (multi-trial strategies on the
 NAS-Bench-201 table), ``export`` (best architecture of a finished run as JSON),
 ``strategies`` (list the registered strategy names) and ``register`` / ``unregister`` (GOAL and
 NASGEM as ``nnictl`` tuners, :mod:`nni_plugins.registration`).
@@ -8,8 +9,10 @@ NASGEM as ``nnictl`` tuners, :mod:`nni_plugins.registration`).
 Errors. Every bad input ends with one ``error: ...`` line on stderr and exit status 2: ``ValueError``
 (the project's own checks), file-system errors (``OSError``), YAML syntax errors and the configuration
 errors of NNI (its config checks, some of them bare assertions) and Lightning
-(``MisconfigurationException``). Any other exception is a bug: one ``error: unexpected ...`` line and
-exit status 1. Ctrl-C: one line, exit status 130. ``-v``/``--verbose`` (before or after the subcommand)
+(``MisconfigurationException``). A one-shot search that went NaN or infinite
+(:class:`strategies.NonFiniteError`: non-finite data or a learning rate too high) ends the same way, exit
+status 2, and writes no ``best_architecture.json``. Any other exception is a bug: one ``error: unexpected ...``
+line and exit status 1. Ctrl-C: one line, exit status 130. ``-v``/``--verbose`` (before or after the subcommand)
 also prints the traceback. docs/errors.md lists the messages.
 """
 from __future__ import annotations
@@ -17,12 +20,16 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import re
 import sys
 import traceback
+import warnings
 from pathlib import Path
 from typing import Sequence
 
 import yaml
+
+from nni_compat import when_imported
 
 __all__ = ["main", "build_parser"]
 
@@ -43,7 +50,7 @@ def _int_list(text: str) -> list[int]:
         raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
 
 
-_VERBOSE_HELP = "show NNI's and Lightning's info logs, and the traceback of an error"
+_VERBOSE_HELP = "show NNI's and Lightning's info logs and known-harmless warnings, and the traceback of an error"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -72,6 +79,33 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--seed", type=int)
     s.add_argument("--port", type=int, help="NNI manager port of multi-trial runs (default: a free one)")
     s.add_argument("--output", help="run directory (required unless in --config)")
+    s.add_argument("--retrain", action="store_true", help="then retrain the found architecture and test it "
+                   "(settings: the 'retrain:' mapping of --config, or `nni-plugins retrain` afterwards)")
+
+    r = sub.add_parser("retrain", parents=[common],
+                       help="train the architecture of a finished search from scratch and test it")
+    r.add_argument("run_dir", help="output directory of `nni-plugins search`")
+    r.add_argument("--top-k", dest="top_k", type=int, metavar="K", help="retrain the K best trials of a multi-trial run")
+    r.add_argument("--random", dest="random_count", type=int, metavar="K",
+                   help="also retrain K random architectures of the space (the baseline)")
+    r.add_argument("--restart", action="store_true", help="ignore existing checkpoints and start over")
+    r.add_argument("--epochs", type=int)
+    r.add_argument("--batch-size", dest="batch_size", type=int)
+    r.add_argument("--lr", dest="learning_rate", type=float, help="initial learning rate")
+    r.add_argument("--lr-min", dest="learning_rate_min", type=float, help="final learning rate of the cosine")
+    r.add_argument("--optimizer", choices=["sgd", "rmsprop"])
+    r.add_argument("--momentum", type=float)
+    r.add_argument("--nesterov", action=argparse.BooleanOptionalAction, default=None)
+    r.add_argument("--weight-decay", dest="weight_decay", type=float)
+    r.add_argument("--grad-clip", dest="grad_clip", type=float, help="gradient-norm clip (0: off)")
+    r.add_argument("--cutout", type=int, help="cutout length in pixels (0: off)")
+    r.add_argument("--drop-path", dest="drop_path", type=float, help="final drop-path probability (0: off)")
+    r.add_argument("--auxiliary-weight", dest="auxiliary_weight", type=float, help="auxiliary-head loss weight (0: off)")
+    r.add_argument("--width", "--channels", dest="width", type=int, help="final network width (space's own unit)")
+    r.add_argument("--depth", "--cells", dest="depth", type=int, help="final network depth (space's own unit)")
+    r.add_argument("--seed", type=int, help="initialisation and data-order seed (default: the search's)")
+    r.add_argument("--device", help="auto (default), cpu, cuda, cuda:N")
+    r.add_argument("--workers", dest="num_workers", type=int, help="data-loader worker processes")
 
     b = sub.add_parser("benchmark", parents=[common], help="compare multi-trial strategies on the NAS-Bench-201 table")
     b.add_argument("--strategies", default="random,rea", help="comma-separated names (default random,rea)")
@@ -80,6 +114,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--table", help="CSV(.gz) of arch strings and metric columns (default: packaged NB201 CIFAR-10)")
     b.add_argument("--column", default="cifar10_test_acc", help="metric column (default cifar10_test_acc)")
     b.add_argument("--checkpoints", type=_int_list, default=[25, 50, 100, 150], help="query counts to report")
+    b.add_argument("--concurrency", type=int, help="simulate this many workers (Protocol C; default: sequential)")
     b.add_argument("--output", required=True, help="directory for the CSV and TensorBoard curves")
 
     e = sub.add_parser("export", parents=[common], help="print the best architecture of a finished run as JSON")
@@ -104,11 +139,34 @@ def _cmd_search(args: argparse.Namespace) -> int:
     else:
         if not args.output:
             raise ValueError("--output DIR is required (or give it in --config)")
-        cfg = SearchConfig(**{k: v for k, v in overrides.items() if v is not None}).validate()
-    result = run_search(cfg)
+        cfg = SearchConfig(**{k: v for k, v in overrides.items() if v is not None})
+    if args.retrain and cfg.retrain is False:
+        cfg.retrain = True
+    result = run_search(cfg.validate())
     print(json.dumps({"sample": result.sample, "metric": result.metric}, sort_keys=True, default=str))
     print(f"wrote {result.best_architecture_path} and TensorBoard logs under {result.output / 'tensorboard'} "
           f"({result.seconds:.1f} s)")
+    if cfg.retrain is not False:  # a retrain/ left by an earlier search of this directory is stale: restart
+        from .retrain import retrain_run
+
+        print(retrain_run(result.output, restart=True).summary())
+    return 0
+
+
+_RETRAIN_FLAGS = ("epochs", "batch_size", "learning_rate", "learning_rate_min", "optimizer", "momentum", "nesterov",
+                  "weight_decay", "grad_clip", "cutout", "drop_path", "auxiliary_weight", "width", "depth", "seed",
+                  "device", "num_workers")
+
+
+def _cmd_retrain(args: argparse.Namespace) -> int:
+    from .retrain import retrain_run
+
+    overrides = {k: getattr(args, k) for k in _RETRAIN_FLAGS if getattr(args, k) is not None}
+    report = retrain_run(args.run_dir, overrides, top_k=args.top_k, random_count=args.random_count,
+                         restart=args.restart)
+    print(report.summary())
+    print(f"wrote {report.run_dir / 'retrain'} (model.pt, result.json, tensorboard/) and the test accuracy "
+          f"to {report.run_dir / 'best_architecture.json'}")
     return 0
 
 
@@ -119,7 +177,7 @@ def _cmd_benchmark(args: argparse.Namespace) -> int:
     from .benchmark import run_benchmark
 
     result = run_benchmark(names, seeds=args.seeds, budget=args.budget, output=args.output, table=args.table,
-                           column=args.column, checkpoints=tuple(args.checkpoints))
+                           column=args.column, checkpoints=tuple(args.checkpoints), concurrency=args.concurrency)
     print(result.summary())
     return 0
 
@@ -173,8 +231,10 @@ def _explained(err: BaseException) -> str | None:
         names = f"'{err.filename}'" + ("" if err.filename2 is None else f" -> '{err.filename2}'")
         return f"{names}: {err.strerror or err}"
     fabric = sys.modules.get("lightning_fabric.utilities.exceptions")
+    oneshot = sys.modules.get("strategies.oneshot_common")  # NonFiniteError: the search diverged (data, lr)
     if isinstance(err, (ValueError, OSError, yaml.YAMLError)) or (
-            fabric is not None and isinstance(err, fabric.MisconfigurationException)):
+            fabric is not None and isinstance(err, fabric.MisconfigurationException)) or (
+            oneshot is not None and isinstance(err, oneshot.NonFiniteError)):
         return str(err)
     frames = traceback.extract_tb(err.__traceback__)
     if frames and _NNI_CONFIG_DIR in frames[-1].filename:  # NNI's config checks, some bare asserts
@@ -196,6 +256,44 @@ def _report(err: BaseException, verbose: bool) -> int:
     return status
 
 
+# Messages of NNI and Lightning known to be harmless in our runs, hidden unless --verbose (docs/errors.md, "Output").
+_HARMLESS_LOGS = (  # (logger, start of the message): WARNING records
+    # one-shot strategies train on NNI's combined train/validation loader, the evaluator gets no validation loader
+    ("nni.nas.evaluator.pytorch.lightning", "Validation dataloaders are missing. Safe to ignore this warning when "
+                                            "using one-shot strategy."),
+    # NasExperiment saves its checkpoint before the first epoch, when Lightning has saved none yet
+    ("nni.nas.oneshot.pytorch.strategy", "Checkpoint callback does not have last_model_path or best_model_path "
+                                         "attribute. Either the strategy has not started"),
+)
+_HARMLESS_WARNINGS = (  # (category, message regex)
+    # Lightning's copy of torch's tree_flatten (pytorch_lightning/utilities/_pytree.py) uses the deprecated class
+    (FutureWarning, re.escape("`isinstance(treespec, LeafSpec)` is deprecated")),
+)
+
+
+def _shown(record: logging.LogRecord) -> bool:
+    return not any(record.name == name and record.getMessage().startswith(start) for name, start in _HARMLESS_LOGS)
+
+
+def _setup_output(verbose: bool) -> None:
+    """Every log record once, on stderr: warnings and errors, and with ``verbose`` also info lines and
+    the messages of :data:`_HARMLESS_LOGS` and :data:`_HARMLESS_WARNINGS`. The handler's level decides,
+    so NNI and Lightning resetting their loggers to INFO when imported shows nothing more. NNI adds
+    its own coloured stdout handler to the ``nni`` logger when imported (``nni/runtime/log.py``,
+    ``start_stdout_logging``), which printed each NNI message a second time: it is removed
+    (``nni.silence_stdout()``, NNI's switch for an application that handles the logs itself)."""
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+    level = logging.INFO if verbose else logging.WARNING
+    handler.setLevel(level)
+    if not verbose:
+        handler.addFilter(_shown)
+        for category, message in _HARMLESS_WARNINGS:
+            warnings.filterwarnings("ignore", message, category)
+    logging.basicConfig(level=level, handlers=[handler])
+    when_imported("nni", lambda nni: nni.silence_stdout())
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     try:
@@ -203,11 +301,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except _UsageError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    if not args.verbose:
-        for name in ("nni", "pytorch_lightning", "lightning", "lightning.pytorch"):
-            logging.getLogger(name).setLevel(logging.WARNING)
-    commands = {"search": _cmd_search, "benchmark": _cmd_benchmark, "export": _cmd_export, "strategies": _cmd_strategies,
+    _setup_output(args.verbose)
+    commands = {"search": _cmd_search, "retrain": _cmd_retrain, "benchmark": _cmd_benchmark, "export": _cmd_export, "strategies": _cmd_strategies,
                 "register": _cmd_register, "unregister": _cmd_unregister}
     try:
         return commands[args.command](args)

@@ -2,16 +2,22 @@
 
 A run directory ``output`` receives:
 
-- ``best_architecture.json``: the exported sample (and its NB201 arch string and metric when known);
+- ``best_architecture.json``: the exported sample, its NB201 arch string when it has one, and its
+  ``metric``: the best trial's final validation metric (a number) for multi-trial runs; for one-shot
+  runs the supernet's estimate ``{"supernet_val_acc": ..., "kind": "one-shot estimate", "weights":
+  "inherited"}`` (:func:`nni_plugins.estimate.supernet_estimate`). A retrain adds ``retrain``;
+- ``trials.json`` (multi-trial runs): every successful trial, best first (``rank``, ``sample``, ``metric``);
 - ``config.yml``: the resolved configuration;
 - ``tensorboard/``: event files (Lightning logs of one-shot runs with the architecture
   distribution; per-trial metrics, best-so-far and surrogate quality of multi-trial runs);
-- ``nni-experiments/``: NNI's experiment directory of multi-trial runs (trials' own outputs).
+- ``nni-experiments/``: NNI's experiment directory of multi-trial runs (trials' own outputs);
+- ``retrain/`` when ``nni-plugins search`` runs with ``--retrain`` or ``retrain: true`` (or a mapping of
+  retrain settings): the CLI retrains after :func:`run_search` (from Python, call
+  :func:`nni_plugins.retrain.retrain_run` on the run directory).
 """
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import os
 import socket
@@ -42,7 +48,9 @@ class SearchConfig:
     Lightning trainer of one-shot runs. ``experiment``: NNI experiment settings of multi-trial
     runs (``trial_concurrency``, ``max_experiment_duration``, ``nni_manager_ip``,
     ``training_service: {platform: local, trial_gpu_number: 0, use_active_gpu: false}`` or
-    ``{platform: remote, machine_list: [...]}``...), passed to NNI unchanged.
+    ``{platform: remote, machine_list: [...]}``...), passed to NNI unchanged. ``retrain``: ``true`` to
+    retrain the found architecture after the search (the CLI calls
+    :func:`nni_plugins.retrain.retrain_run`; ``run_search`` checks the settings), or a mapping of retrain settings over the space's protocol (plus ``top_k`` and ``random``).
     """
 
     strategy: str = "drnas"
@@ -64,6 +72,7 @@ class SearchConfig:
     devices: Any = "auto"
     port: int | None = None
     experiment: dict = field(default_factory=dict)
+    retrain: Any = False
 
     def validate(self) -> "SearchConfig":
         """Refuse bad settings (``ValueError`` naming the key) before anything starts: types and ranges, an
@@ -93,6 +102,13 @@ class SearchConfig:
         _check_port(self.port, taken=spec.kind == "multi-trial")
         if spec.kind == "multi-trial":
             _check_experiment(self.experiment)
+        if self.retrain is not False:
+            from .protocols import resolve_settings, split_options
+
+            overrides, top_k, _ = split_options(self.retrain)
+            if top_k > 1 and spec.kind == "one-shot":
+                raise ValueError(f"'retrain.top_k' is {top_k}, but a one-shot search exports one architecture")
+            resolve_settings(self.space, overrides)
         if self.epochs is None:
             self.epochs = _ONE_SHOT_EPOCHS if spec.kind == "one-shot" else _MULTI_TRIAL_EPOCHS
         return self
@@ -186,7 +202,7 @@ def load_config(path: str | os.PathLike, **overrides: Any) -> SearchConfig:
 @dataclass
 class SearchResult:
     sample: dict
-    metric: float | None
+    metric: float | dict | None
     output: Path
     kind: str
     seconds: float
@@ -235,12 +251,6 @@ def _experiment_config(exp, cfg: SearchConfig, workdir: Path) -> None:
     config.canonical_copy()  # NNI's own checks now: inside exp.run, a failure also breaks exp.stop()
 
 
-def _write_json(path: Path, payload: dict) -> None:
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(payload, indent=2, sort_keys=True, default=str) + "\n")
-    tmp.replace(path)
-
-
 def _arch_string(sample: dict) -> str | None:
     from search_spaces.nasbench201 import sample_to_arch_str
 
@@ -256,8 +266,10 @@ def run_search(cfg: SearchConfig) -> SearchResult:
 
     from .datasets import build_datasets
     from .evaluators import build_evaluator
+    from .estimate import supernet_estimate
+    from .runfiles import write_json
     from .tensorboard import TrialMetricsLogger
-    from strategies.metrics import scalar_metric
+    from strategies.metrics import ranked_models, scalar_metric
 
     cfg.validate()
     spec = strategy_spec(cfg.strategy)
@@ -267,7 +279,12 @@ def run_search(cfg: SearchConfig) -> SearchResult:
                             seed=cfg.seed, limit=cfg.limit)
     space = build_space(cfg.space, splits.num_classes, splits.input_shape, **cfg.space_args)
     strategy = make_strategy(cfg.strategy, seed=cfg.seed, **cfg.strategy_args)
+    if cfg.retrain is not False and splits.test is None:
+        raise ValueError(f"'retrain' needs held-out test images, but data set {cfg.dataset!r} has no test part "
+                         "(npz: add x_test/y_test; imagefolder: a test/ or val/ sub-directory)")
     output.mkdir(parents=True, exist_ok=True)
+    for stale in ("best_architecture.json", "trials.json"):  # an earlier run's result; this one has none yet
+        (output / stale).unlink(missing_ok=True)
     tb_dir = output / "tensorboard"
     evaluator = build_evaluator(splits, kind=cfg.evaluator, max_epochs=cfg.epochs, batch_size=cfg.batch_size,
                                 output_dir=str(tb_dir), accelerator=cfg.accelerator, devices=cfg.devices)
@@ -280,7 +297,9 @@ def run_search(cfg: SearchConfig) -> SearchResult:
         exp.config.experiment_working_directory = str(output / "nni-experiments")
         try:
             exp.run()
-            sample, metric = exp.export_top_models(formatter="dict")[0], None
+            sample = exp.export_top_models(formatter="dict")[0]
+            metric = supernet_estimate(strategy.supernet, lambda: build_space(
+                cfg.space, splits.num_classes, splits.input_shape, **cfg.space_args), sample, splits, cfg.batch_size)
         finally:
             exp.stop()
     else:
@@ -291,13 +310,15 @@ def run_search(cfg: SearchConfig) -> SearchResult:
         _experiment_config(exp, cfg, output / "nni-experiments")
         try:
             exp.run(port=cfg.port or _free_port())
-            models = list(exp.strategy.list_models(limit=1))
+            models = ranked_models(exp.strategy.list_models(sort=False))  # a NaN or inf metric is never best
         finally:
             exp.stop()
         if not models:
             raise RuntimeError("The search finished without any successful trial; "
                                f"see NNI's logs under {output / 'nni-experiments'}")
         sample, metric = models[0].sample, scalar_metric(models[0].metric)
+        write_json(output / "trials.json", [{"rank": rank, "sample": m.sample, "metric": scalar_metric(m.metric)}
+                                            for rank, m in enumerate(models, start=1)])
     seconds = time.time() - started
 
     payload = {"strategy": spec.name, "space": cfg.space, "dataset": cfg.dataset, "seed": cfg.seed,
@@ -305,5 +326,5 @@ def run_search(cfg: SearchConfig) -> SearchResult:
     arch = _arch_string(sample)
     if arch is not None:
         payload["nb201_arch"] = arch
-    _write_json(output / "best_architecture.json", payload)
+    write_json(output / "best_architecture.json", payload)
     return SearchResult(sample=sample, metric=metric, output=output, kind=spec.kind, seconds=seconds)
