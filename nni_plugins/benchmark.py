@@ -25,6 +25,16 @@ Rules (documented in ``docs/benchmarks.md``):
   NumPy's global RNG and torch are seeded with ``s`` before each run, since some strategies draw
   from the global generators.
 - **std** is the population standard deviation over seeds (``numpy.std``, ``ddof=0``).
+
+Protocol C (``concurrency=C``): the same, on :class:`~nni_plugins.simulated.SimulatedExecutionEngine`
+with ``C`` simulated workers instead of NNI's sequential engine. Trials last a seeded log-normal
+time (seed ``s``: the same durations for every strategy), finish out of order, and a query counts
+when its trial finishes, so the curves are best-so-far against *finished* queries and against the
+simulated clock (in median trial durations). A strategy with a ``wait_idle()`` method (GOAL and
+NASGEM, which refit in the background) is given it as the engine's ``before_advance``: its refit
+ends before the next trial does, as it would next to real trials of minutes. Each run also records
+the strategy's proposal latency (real seconds from a worker's release to the submission that fills
+it) and the process CPU time of the run.
 """
 from __future__ import annotations
 
@@ -51,10 +61,12 @@ from nni.nas.strategy.middleware import Chain, Deduplication
 from search_spaces.nasbench201 import sample_to_arch_str
 
 from .registry import make_strategy, strategy_spec
+from .simulated import SimulatedExecutionEngine
 from .table import DEFAULT_COLUMN, NasBench201Table
 from strategies.metrics import scalar_metric
 
-__all__ = ["run_benchmark", "run_one", "BenchmarkResult", "RunCurve", "DEDUP_PATIENCE", "DEFAULT_CHECKPOINTS"]
+__all__ = ["run_benchmark", "run_one", "BenchmarkResult", "RunCurve", "DEDUP_PATIENCE", "DEFAULT_CHECKPOINTS",
+           "default_time_checkpoints"]
 
 #: Consecutive proposals of already-queried architectures after which a run is stopped.
 DEDUP_PATIENCE = 50
@@ -62,14 +74,19 @@ DEDUP_PATIENCE = 50
 DEFAULT_CHECKPOINTS = (25, 50, 100, 150)
 #: Name of the CSV written in the output directory.
 CSV_NAME = "benchmark.csv"
+#: Submissions per window of :meth:`RunCurve.latency_p95_windows`.
+LATENCY_WINDOW = 100
 
 
 @dataclass
 class RunCurve:
     """One strategy run with one seed.
 
-    ``archs``/``values`` hold the distinct queries in the order the engine ran them;
-    ``best_so_far`` has one entry per query of the budget (flat after an early stop).
+    ``archs``/``values`` hold the distinct queries in the order their trials finished;
+    ``best_so_far`` has one entry per query of the budget (flat after an early stop). Under
+    Protocol C (``concurrency`` set), ``sim_times`` holds the simulated finish time of each query
+    and ``latencies`` the real seconds of each submission (see :mod:`nni_plugins.simulated`).
+    ``cpu_seconds`` is the process CPU time of the run (the strategy's threads, NNI, the table).
     """
 
     strategy: str
@@ -79,6 +96,10 @@ class RunCurve:
     values: list[float]
     best_so_far: list[float]
     seconds: float
+    cpu_seconds: float = 0.0
+    concurrency: int | None = None
+    sim_times: list[float] = field(default_factory=list)
+    latencies: list[float] = field(default_factory=list)
 
     @property
     def queries(self) -> int:
@@ -92,6 +113,16 @@ class RunCurve:
     @property
     def seconds_per_query(self) -> float:
         return self.seconds / max(1, self.queries)
+
+    def best_at_time(self, t: float) -> float:
+        """Best value among the queries finished by simulated time ``t`` (NaN before the first)."""
+        done = [v for v, finish in zip(self.values, self.sim_times) if finish <= t]
+        return max(done) if done else float("nan")
+
+    def latency_p95_windows(self, window: int = LATENCY_WINDOW) -> list[float]:
+        """95th percentile of the proposal latency (seconds) over each ``window`` consecutive submissions."""
+        lat = np.asarray(self.latencies, dtype=float)
+        return [float(np.percentile(lat[i:i + window], 95)) for i in range(0, len(lat), window)]
 
 
 @dataclass
@@ -111,6 +142,8 @@ class BenchmarkResult:
     tensorboard_dir: Path
     seconds: float = 0.0
     seeds: list[int] = field(default_factory=list)
+    concurrency: int | None = None
+    time_checkpoints: tuple[float, ...] = ()
 
     def curves(self, strategy: str) -> np.ndarray:
         """Best-so-far curves of ``strategy``, shape (seeds, budget)."""
@@ -123,29 +156,65 @@ class BenchmarkResult:
         column = self.curves(strategy)[:, queries - 1]
         return float(column.mean()), float(column.std())
 
+    def at_time(self, strategy: str, t: float) -> tuple[float, float]:
+        """Mean and std over seeds of the best value finished by simulated time ``t`` (Protocol C);
+        NaN when some run had no finished query by then."""
+        column = np.array([run.best_at_time(t) for run in self.runs[strategy]])
+        return float(column.mean()), float(column.std())
+
     def summary(self) -> str:
-        """Markdown table ``strategy | @25 | @50 | @100 | @150 | ms/query`` (mean ± std over seeds)."""
+        """Markdown table ``strategy | @25 | @50 | @100 | @150 | ms/query`` (mean ± std over seeds).
+
+        Under Protocol C the table adds the proposal latency (p95 over all submissions, and the
+        largest p95 of any window of :data:`LATENCY_WINDOW` submissions) and the CPU seconds per run,
+        and a second table gives the best value against the simulated clock."""
         heads = [f"@{k}" for k in self.checkpoints]
+        protocol = "A" if self.concurrency is None else f"C ({self.concurrency} simulated workers)"
+        extra = [] if self.concurrency is None else ["p95 ms", "worst p95 ms", "CPU s/run"]
         lines = [
-            f"Protocol A on {self.table_path} (column {self.column}, optimum {self.optimum:.2f}), "
+            f"Protocol {protocol} on {self.table_path} (column {self.column}, optimum {self.optimum:.2f}), "
             f"{len(self.seeds)} seeds, budget {self.budget}",
-            "| strategy | " + " | ".join(heads) + " | ms/query |",
-            "| --- |" + " --- |" * (len(heads) + 1),
-            "| optimum | " + " | ".join(f"{self.optimum:.2f}" for _ in heads) + " | |",
+            "| strategy | " + " | ".join(heads + ["ms/query"] + extra) + " |",
+            "| --- |" + " --- |" * (len(heads) + 1 + len(extra)),
+            "| optimum | " + " | ".join(f"{self.optimum:.2f}" for _ in heads) + " |" * (1 + len(extra)) + " |",
         ]
         notes = []
         for name, runs in self.runs.items():
-            cells = ["{:.2f}±{:.2f}".format(*self.at(name, k)) for k in self.checkpoints]
-            ms = 1000 * float(np.mean([run.seconds_per_query for run in runs]))
-            lines.append(f"| {name} | " + " | ".join(cells) + f" | {ms:.2f} |")
+            cells = [_cell(*self.at(name, k)) for k in self.checkpoints]
+            cells.append(f"{1000 * float(np.mean([run.seconds_per_query for run in runs])):.2f}")
+            if self.concurrency is not None:
+                latencies = np.concatenate([run.latencies for run in runs])
+                cells += [f"{1000 * np.percentile(latencies, 95):.2f}" if latencies.size else "",
+                          f"{1000 * max(max(run.latency_p95_windows(), default=0.0) for run in runs):.2f}",
+                          f"{np.mean([run.cpu_seconds for run in runs]):.1f}"]
+            lines.append(f"| {name} | " + " | ".join(cells) + " |")
             early = [run for run in runs if run.stopped_early]
             if early:
                 notes.append(f"{name}: {len(early)} of {len(runs)} runs stopped early after "
                              f"{DEDUP_PATIENCE} repeated proposals (queries: "
                              f"{', '.join(str(run.queries) for run in early)}); their curves stay flat")
+        if self.time_checkpoints:
+            heads = [f"t={t:g}" for t in self.time_checkpoints]
+            lines += ["", "Best value against the simulated clock (in median trial durations):",
+                      "| strategy | " + " | ".join(heads) + " |", "| --- |" + " --- |" * len(heads)]
+            for name in self.runs:
+                lines.append(f"| {name} | " + " | ".join(_cell(*self.at_time(name, t)) for t in self.time_checkpoints)
+                             + " |")
         lines.extend(notes)
         lines.append(f"CSV: {self.csv_path}  TensorBoard: {self.tensorboard_dir}  ({self.seconds:.1f} s)")
         return "\n".join(lines)
+
+
+def _cell(mean: float, std: float) -> str:
+    return "n/a" if np.isnan(mean) else f"{mean:.2f}±{std:.2f}"
+
+
+def default_time_checkpoints(budget: int, concurrency: int, sigma: float = 1.0) -> tuple[float, ...]:
+    """Up to four simulated times of the 1-2-5 series (1, 2, 5, 10, ...) that the budget should
+    reach: those at most ``budget`` mean trial durations spread over ``concurrency`` workers."""
+    horizon = budget * float(np.exp(sigma ** 2 / 2)) / concurrency
+    series = [m * 10 ** e for e in range(-1, 7) for m in (1, 2, 5)]
+    return tuple(t for t in series if t <= horizon)[-4:] or (series[0],)
 
 
 def _seed_everything(seed: int) -> None:
@@ -167,8 +236,9 @@ def _quiet_nni() -> Iterator[None]:
         logger.setLevel(level)
 
 
-def run_one(strategy: str | Strategy, seed: int, budget: int, table: NasBench201Table) -> RunCurve:
-    """Run one multi-trial strategy with one seed on ``table`` (Protocol A).
+def run_one(strategy: str | Strategy, seed: int, budget: int, table: NasBench201Table,
+            concurrency: int | None = None) -> RunCurve:
+    """Run one multi-trial strategy with one seed on ``table`` (Protocol A, or C with ``concurrency``).
 
     Parameters
     ----------
@@ -177,11 +247,15 @@ def run_one(strategy: str | Strategy, seed: int, budget: int, table: NasBench201
         ``make_strategy(name, seed=seed)``; or a fresh NNI ``Strategy`` object, used as it is
         (``seed`` then only seeds the global generators).
     seed
-        Seed of the strategy (when it takes one) and of ``random``, NumPy and torch.
+        Seed of the strategy (when it takes one), of ``random``, NumPy and torch, and of the
+        simulated trial durations.
     budget
-        ``max_model_count`` of NNI's ``SequentialExecutionEngine``: distinct architectures.
+        ``max_model_count`` of the engine: distinct architectures.
     table
         The benchmark evaluator.
+    concurrency
+        ``None``: NNI's ``SequentialExecutionEngine`` (Protocol A). An integer ``C``:
+        :class:`~nni_plugins.simulated.SimulatedExecutionEngine` with ``C`` workers (Protocol C).
     """
     _seed_everything(seed)
     if isinstance(strategy, Strategy):
@@ -195,9 +269,14 @@ def run_one(strategy: str | Strategy, seed: int, budget: int, table: NasBench201
             name, nas_strategy = spec.name, make_strategy(spec.name, seed=seed)
     with _quiet_nni():
         space = BenchmarkModelSpace(table)
-    engine = SequentialExecutionEngine(max_model_count=budget)
+    if concurrency is None:
+        engine = SequentialExecutionEngine(max_model_count=budget)
+    else:
+        engine = SimulatedExecutionEngine(concurrency, max_model_count=budget, seed=seed,
+                                          before_advance=getattr(nas_strategy, "wait_idle", None))
     archs: list[str] = []
     values: list[float] = []
+    times: list[float] = []
 
     def record(event: TrainingEndEvent) -> None:
         # A failed query (e.g. an arch missing from the table) re-raises its error from the engine.
@@ -205,19 +284,23 @@ def run_one(strategy: str | Strategy, seed: int, budget: int, table: NasBench201
         if event.status == ModelStatus.Trained and value is not None:
             archs.append(sample_to_arch_str(event.model.sample))
             values.append(value)
+            if concurrency is not None:
+                times.append(engine.now)
 
     engine.register_model_event_callback(ModelEventType.TrainingEnd, record)
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     with _quiet_nni():
         Chain(nas_strategy, Deduplication("replay", patience=DEDUP_PATIENCE))(space, engine)
-    seconds = time.perf_counter() - start
+        engine.wait_models()  # the trials still running when the strategy returns (NasExperiment waits too)
+    seconds, cpu = time.perf_counter() - start, time.process_time() - cpu
     if not values:
         raise RuntimeError(f"Strategy {name!r} (seed {seed}) submitted no architecture")
     if len(set(archs)) != len(archs):
         raise RuntimeError(f"Strategy {name!r} (seed {seed}) reached the engine with a repeated architecture")
     best = np.maximum.accumulate(np.array(values, dtype=float)).tolist()
     best += [best[-1]] * (budget - len(best))
-    return RunCurve(name, seed, budget, archs, values, best, seconds)
+    return RunCurve(name, seed, budget, archs, values, best, seconds, cpu, concurrency, times,
+                    list(getattr(engine, "latencies", [])))
 
 
 def _positive_int(name: str, value: object, minimum: int = 1) -> int:
@@ -229,28 +312,31 @@ def _positive_int(name: str, value: object, minimum: int = 1) -> int:
 def _write_csv(path: Path, runs: dict[str, list[RunCurve]]) -> None:
     with open(path, "w", newline="") as f:
         writer = csv.writer(f)
-        writer.writerow(["strategy", "seed", "query", "arch", "value", "best_so_far"])
+        writer.writerow(["strategy", "seed", "query", "arch", "value", "best_so_far", "sim_time"])
         for name, curves in runs.items():
             for run in curves:
                 for i, best in enumerate(run.best_so_far):
                     if i < run.queries:
-                        writer.writerow([name, run.seed, i + 1, run.archs[i], f"{run.values[i]:.6g}", f"{best:.6g}"])
+                        finish = f"{run.sim_times[i]:.6g}" if run.sim_times else ""
+                        writer.writerow([name, run.seed, i + 1, run.archs[i], f"{run.values[i]:.6g}", f"{best:.6g}",
+                                         finish])
                     else:  # after an early stop: no query, best value carried
-                        writer.writerow([name, run.seed, i + 1, "", "", f"{best:.6g}"])
+                        writer.writerow([name, run.seed, i + 1, "", "", f"{best:.6g}", ""])
 
 
 def _write_tensorboard(root: Path, result: BenchmarkResult) -> None:
     from torch.utils.tensorboard import SummaryWriter
 
+    protocol = "protocol_a" if result.concurrency is None else "protocol_c"
     for name in result.runs:
         curves = result.curves(name)
         mean, std = curves.mean(axis=0), curves.std(axis=0)
         writer = SummaryWriter(log_dir=str(root / name))
         try:
             for step in range(result.budget):
-                writer.add_scalar("protocol_a/best_so_far_mean", mean[step], step + 1)
-                writer.add_scalar("protocol_a/best_so_far_std", std[step], step + 1)
-                writer.add_scalar("protocol_a/regret_mean", result.optimum - mean[step], step + 1)
+                writer.add_scalar(f"{protocol}/best_so_far_mean", mean[step], step + 1)
+                writer.add_scalar(f"{protocol}/best_so_far_std", std[step], step + 1)
+                writer.add_scalar(f"{protocol}/regret_mean", result.optimum - mean[step], step + 1)
         finally:
             writer.close()
 
@@ -258,8 +344,9 @@ def _write_tensorboard(root: Path, result: BenchmarkResult) -> None:
 def run_benchmark(strategies: Sequence[str], seeds: int, budget: int, output: str | os.PathLike,
                   table: str | os.PathLike | None = None, column: str = DEFAULT_COLUMN,
                   checkpoints: Iterable[int] = DEFAULT_CHECKPOINTS, first_seed: int = 0,
-                  progress: Callable[[str], None] | None = print) -> BenchmarkResult:
-    """Compare multi-trial strategies on the NAS-Bench-201 table (Protocol A).
+                  progress: Callable[[str], None] | None = print, concurrency: int | None = None
+                  ) -> BenchmarkResult:
+    """Compare multi-trial strategies on the NAS-Bench-201 table (Protocol A, or C with ``concurrency``).
 
     Parameters
     ----------
@@ -272,8 +359,9 @@ def run_benchmark(strategies: Sequence[str], seeds: int, budget: int, output: st
         cells in the table.
     output
         Directory for ``benchmark.csv`` (one row per strategy, seed and query: arch, value,
-        best so far) and ``tensorboard/<strategy>`` (mean/std best-so-far and mean regret
-        against the query count). Created when missing.
+        best so far, simulated finish time under Protocol C) and ``tensorboard/<strategy>``
+        (mean/std best-so-far and mean regret against the query count, tagged ``protocol_a/`` or
+        ``protocol_c/``). Created when missing.
     table, column
         Table file and metric column (:class:`~nni_plugins.table.NasBench201Table`); default the
         packaged CIFAR-10 test accuracy.
@@ -285,6 +373,11 @@ def run_benchmark(strategies: Sequence[str], seeds: int, budget: int, output: st
     progress
         Called with one line per finished run (``None``: silent). The summary table is not
         printed; call :meth:`BenchmarkResult.summary`.
+    concurrency
+        ``None`` (default): Protocol A, NNI's sequential engine. ``C``: Protocol C, ``C`` simulated
+        workers (:class:`~nni_plugins.simulated.SimulatedExecutionEngine`); the summary then also
+        reports the best value at the simulated times of :func:`default_time_checkpoints`, the
+        proposal latency and the CPU time.
 
     Returns
     -------
@@ -304,6 +397,8 @@ def run_benchmark(strategies: Sequence[str], seeds: int, budget: int, output: st
     seeds = _positive_int("seeds", seeds)
     budget = _positive_int("budget", budget)
     first_seed = _positive_int("first_seed", first_seed, minimum=0)
+    if concurrency is not None:
+        concurrency = _positive_int("concurrency", concurrency)
     try:
         marks = sorted({_positive_int("checkpoint", k) for k in checkpoints})
     except TypeError:
@@ -321,14 +416,16 @@ def run_benchmark(strategies: Sequence[str], seeds: int, budget: int, output: st
     for name in names:
         runs[name] = []
         for seed in seed_list:
-            run = run_one(name, seed, budget, evaluator)
+            run = run_one(name, seed, budget, evaluator, concurrency)
             runs[name].append(run)
             if progress is not None:
                 progress(f"{name} seed {seed}: best {run.best_so_far[-1]:.2f} after {run.queries} queries "
-                         f"({run.seconds:.2f} s)")
+                         f"({run.seconds:.2f} s, CPU {run.cpu_seconds:.2f} s)")
     result = BenchmarkResult(runs=runs, budget=budget, checkpoints=tuple(marks), table_path=evaluator.table_path,
                              column=column, optimum=evaluator.optimum, csv_path=out / CSV_NAME,
-                             tensorboard_dir=out / "tensorboard", seeds=seed_list)
+                             tensorboard_dir=out / "tensorboard", seeds=seed_list, concurrency=concurrency,
+                             time_checkpoints=() if concurrency is None else
+                             default_time_checkpoints(budget, concurrency))
     _write_csv(result.csv_path, runs)
     _write_tensorboard(result.tensorboard_dir, result)
     result.seconds = time.perf_counter() - start

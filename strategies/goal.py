@@ -21,7 +21,7 @@ from nni.nas.space import ExecutableModelSpace
 from search_spaces.graph import ArchGraph, InvalidGraph
 
 from ._checks import check_choice
-from .multitrial import Candidate, ModelBasedStrategy, check_float, check_int
+from .multitrial import Candidate, ModelBasedStrategy, Round, check_float, check_int
 
 #: Default initial design size by graph view (10 on any other view).
 _DEFAULT_N_INIT = {"nb201": 10, "nb101": 20, "darts": 20}
@@ -141,6 +141,23 @@ class GOAL(ModelBasedStrategy):
     valid new graphs met on the way are ranked by the surrogate, and the best ``batch_size`` are
     trained next; the surrogate is refitted whenever new results have arrived.
 
+    **Many trials at once** (kriging believer, one start after another). While trials run without
+    results, GOAL treats each as known at the metric its surrogate score believes: the metric found
+    at the same rank among the evaluated architectures (quantile matching of scores to metrics, as
+    the surrogate only ranks). Running architectures so compete with the evaluated ones for the
+    ``top_k`` start points, so the next ascents go on from where the pending ones are instead of
+    circling the incumbent again; they are never proposed again themselves. The ranked candidates
+    take the best of each start's path in turn (starts ordered by their best candidate's score),
+    then every start's second best, and so on, so that proposals made without new results come from
+    different starts. With no trial running (one at a time) this is the plain rule above, and the
+    first candidate is the overall best either way.
+
+    **Long searches.** Up to ``fit_size`` results, every fit trains on all of them. Beyond, each
+    training step takes the ``fit_size // 4`` best results and a fresh random draw of the others, up
+    to ``fit_size`` in all, so a fit costs the same with 1,000 results as with ``fit_size``; and a
+    round serves ``ceil(refit_fraction * n)`` proposals (at least ``batch_size``), so that refits
+    grow rarer as the history grows. The surrogate is warm-started (``reinit_every``).
+
     Follows `Differentiable Graph Optimization for Neural Architecture Search
     <https://openreview.net/forum?id=NqWY3s0SILo>`__ (Huang, Wu, Ding, Tang, Xu, Zong, Tan, Zhuang,
     ICLR 2021 submission). Only the paper's abstract was available, so the details (update rules,
@@ -194,6 +211,14 @@ class GOAL(ModelBasedStrategy):
         Margin of the hinge loss.
     reinit_every
         The surrogate is warm-started from its previous fit, and re-initialised every this many fits.
+    fit_size
+        Largest number of evaluated architectures in one training step (see "Long searches").
+    refit_fraction
+        Beyond ``fit_size`` results, the proposals one fit serves, as a fraction of the results.
+    background_fit
+        Where fits and ascents run: ``"auto"``, ``True`` or ``False`` (see
+        :class:`strategies.multitrial.ModelBasedStrategy`). The default proposes as a synchronous
+        strategy when one trial runs at a time, and answers at once from the last round otherwise.
     num_threads
         Torch intra-op threads while the strategy fits and ascends (restored afterwards). ``None``
         leaves torch's setting alone.
@@ -212,8 +237,9 @@ class GOAL(ModelBasedStrategy):
                  ascent_steps: int = 30, step_size: float = 0.2, epsilon: float = 0.1, hidden: int = 32,
                  num_layers: int = 3, ensemble: int = 3, epochs: int = 100, lr: float = 1e-3,
                  weight_decay: float = 0.0, loss: str = "bpr", margin: float = 0.05, reinit_every: int = 5,
+                 fit_size: int = 100, refit_fraction: float = 0.03, background_fit: bool | str = "auto",
                  num_threads: int | None = 1, seed: int | None = None):
-        super().__init__(num_threads=num_threads, seed=seed)
+        super().__init__(background_fit=background_fit, num_threads=num_threads, seed=seed)
         owner = type(self).__name__
         self.n_init = check_int(owner, "n_init", n_init, minimum=1, optional=True)
         self.batch_size = check_int(owner, "batch_size", batch_size, minimum=1)
@@ -235,6 +261,8 @@ class GOAL(ModelBasedStrategy):
         self.loss = loss
         self.margin = check_float(owner, "margin", margin, strict=True)
         self.reinit_every = check_int(owner, "reinit_every", reinit_every, minimum=1)
+        self.fit_size = check_int(owner, "fit_size", fit_size, minimum=4)
+        self.refit_fraction = check_float(owner, "refit_fraction", refit_fraction, maximum=1)
 
         self._model: DirectedGNN | None = None
         self._fitted_on = 0             # history entries the surrogate was last fitted on
@@ -263,25 +291,32 @@ class GOAL(ModelBasedStrategy):
         """Random until ``n_init`` architectures have a metric."""
         return len(self._history) < self._num_init
 
-    def _random_candidate(self) -> ArchGraph | None:
+    def _random_candidate(self, rng: np.random.RandomState | None = None,
+                          seen: frozenset[str] | set[str] | None = None) -> ArchGraph | None:
         """GOAL proposes graphs, so a random proposal is submitted as the graph's own sample."""
-        sample = self._random_unseen()
+        sample = self._random_unseen(rng, seen)
         return None if sample is None else self.view.to_graph(sample)
 
-    def _propose(self, history: list[tuple[ArchGraph, dict, float]]) -> list[Candidate]:
-        """The ``batch_size`` best ascent candidates, each slot random with probability ``epsilon``;
+    def _round_size(self, num_results: int) -> int:
+        """``batch_size``; beyond ``fit_size`` results, at least ``ceil(refit_fraction * num_results)``."""
+        if num_results <= self.fit_size:
+            return self.batch_size
+        return max(self.batch_size, math.ceil(self.refit_fraction * num_results))
+
+    def _propose(self, job: Round) -> list[Candidate]:
+        """The ``job.count`` first ascent candidates, each slot random with probability ``epsilon``;
         random architectures fill in when the ascent finds too few."""
         batch: dict[str, ArchGraph] = {}      # by graph key, in the order taken
-        for graph in self._ascent(history):
-            if len(batch) >= self.batch_size:
+        for graph, _ in self._ascent(job):
+            if len(batch) >= job.count:
                 break
-            if self._rng.uniform() < self.epsilon:
-                graph = self._random_candidate()
+            if job.rng.uniform() < self.epsilon:
+                graph = self._random_candidate(job.rng, job.seen)
                 if graph is None:
                     continue
             batch.setdefault(graph.key(), graph)
-        while len(batch) < self.batch_size:
-            graph = self._random_candidate()
+        while len(batch) < job.count:
+            graph = self._random_candidate(job.rng, job.seen)
             if graph is None:
                 break
             batch.setdefault(graph.key(), graph)
@@ -290,8 +325,8 @@ class GOAL(ModelBasedStrategy):
     # ------------------------------------------------------------------------------------------------
     # Surrogate
     # ------------------------------------------------------------------------------------------------
-    def _new_model(self, seed: int | None = None) -> DirectedGNN:
-        generator = torch.Generator().manual_seed(int(self._rng.randint(2 ** 31 - 1)) if seed is None else seed)
+    def _new_model(self, seed: int) -> DirectedGNN:
+        generator = torch.Generator().manual_seed(seed)
         return DirectedGNN(len(self.view.op_vocab), self.hidden, self.num_layers, self.ensemble, generator)
 
     def _encode(self, graphs: list[ArchGraph], positions: list[list[int]] | None = None
@@ -308,8 +343,10 @@ class GOAL(ModelBasedStrategy):
         with torch.no_grad():
             return self._model(A, X).mean(0).numpy()
 
-    def _fit(self, history: list[tuple[ArchGraph, dict, float]]) -> None:
-        """Train the surrogate on every finished trial, unless nothing has finished since the last fit."""
+    def _fit(self, job: Round) -> None:
+        """Train the surrogate on the finished trials, unless nothing has finished since the last fit
+        (every step on all of them, or on ``fit_size`` of them beyond; see "Long searches")."""
+        history = job.history
         if self._model is not None and len(history) <= self._fitted_on:
             return
         start = time.perf_counter()
@@ -324,16 +361,23 @@ class GOAL(ModelBasedStrategy):
             record["kendall_tau_all"] = _tau(np.array(self._heldout_pred), np.array(self._heldout_true))
             record["num_heldout"] = len(graphs) - self._fitted_on
         if self._model is None or self._round % self.reinit_every == 0:
-            self._model = self._new_model()
+            self._model = self._new_model(int(job.rng.randint(2 ** 31 - 1)))
         A, X = self._encode(graphs)
         y = torch.from_numpy(y_np)
         better = (y[:, None] > y[None, :]).to(torch.float32)
         params = list(self._model.parameters())
         adam = _Adam(params, self.lr, self.weight_decay)
+        best = np.argsort(-y_np, kind="stable")
         for _ in range(self.epochs):
-            scores = self._model(A, X)
+            if len(graphs) <= self.fit_size:
+                scores, pairs = self._model(A, X), better
+            else:   # the fit_size // 4 best and a fresh draw of the others
+                top = self.fit_size // 4
+                rest = job.rng.choice(best[top:], self.fit_size - top, replace=False)
+                index = torch.from_numpy(np.concatenate([best[:top], rest]))
+                scores, pairs = self._model(A[index], X[index]), better[index][:, index]
             # members are independent: summing their losses trains each on its own loss
-            loss = _pairwise_loss(scores, better, self.loss, self.margin).sum()
+            loss = _pairwise_loss(scores, pairs, self.loss, self.margin).sum()
             grads = torch.autograd.grad(loss, params)
             adam.step(grads)
         self._fitted_on = len(graphs)
@@ -348,18 +392,38 @@ class GOAL(ModelBasedStrategy):
     # ------------------------------------------------------------------------------------------------
     # Proximal gradient ascent
     # ------------------------------------------------------------------------------------------------
-    def _ascent(self, history: list[tuple[ArchGraph, dict, float]]) -> list[ArchGraph]:
-        """Candidates (valid, never proposed) visited by proximal ascent, best predicted first."""
-        order = sorted(range(len(history)), key=lambda i: -history[i][2])
-        starts = [history[i][0] for i in order[:self.top_k]]
+    def _starts(self, job: Round) -> list[ArchGraph]:
+        """Start points of the ascent: the ``top_k`` best architectures, running ones counted at
+        their believed metric (:meth:`_believed`; an evaluated one first on a tie), then
+        ``random_starts`` random ones."""
+        ranked = [(metric, graph) for graph, _, metric in job.history]
+        if job.pending and self.top_k:
+            ranked += zip(self._believed(job).tolist(), job.pending)
+        order = sorted(range(len(ranked)), key=lambda i: -ranked[i][0])
+        starts = [ranked[i][1] for i in order[:self.top_k]]
         for _ in range(self.random_starts):
-            starts.append(self.view.to_graph(self.view.random_sample(self._rng)))
+            starts.append(self.view.to_graph(self.view.random_sample(job.rng)))
+        return starts
+
+    def _believed(self, job: Round) -> np.ndarray:
+        """Kriging believer for a ranking surrogate: each running architecture's metric is believed
+        to be the one at its predicted score's rank among the evaluated architectures."""
+        scores = np.sort(self.predict([graph for graph, _, _ in job.history]))
+        metrics = np.sort([metric for _, _, metric in job.history])
+        return np.interp(self.predict(job.pending), scores, metrics)
+
+    def _ascent(self, job: Round) -> list[tuple[ArchGraph, int]]:
+        """Candidates (valid, never proposed) visited by proximal ascent, each with the index (in
+        :meth:`_starts`) of the start it is taken for, in turns over the starts: each start's best
+        predicted, starts ordered by it, then each one's second best, and so on."""
+        starts = self._starts(job)
         A0, X0 = self._encode(starts)
         ZA, ZX = A0.numpy().astype(np.float64), X0.numpy().astype(np.float64)
         layout = [self.view.default_positions(g.num_nodes) for g in starts]
         edge_mask = torch.from_numpy(self.view.edge_mask()).to(torch.float32)
         op_mask = torch.from_numpy(self.view.op_mask()).to(torch.float32)
         candidates: dict[str, ArchGraph] = {}
+        paths: list[list[str]] = [[] for _ in starts]       # per start, the candidates it met, in order
         for step in range(self.ascent_steps + 1):
             projected, positions = [], []
             for s in range(len(starts)):
@@ -370,8 +434,9 @@ class GOAL(ModelBasedStrategy):
                 projected.append(graph)
                 positions.append(where)
                 key = graph.key()
-                if key not in self._seen and key not in candidates:
-                    candidates[key] = graph
+                if key not in job.seen and key not in paths[s]:
+                    candidates.setdefault(key, graph)
+                    paths[s].append(key)
             if step == self.ascent_steps:
                 break
             A, X = self._encode(projected, positions)     # the gradient lands on the rows Z's nodes hold
@@ -385,9 +450,17 @@ class GOAL(ModelBasedStrategy):
             ZX = np.clip(ZX + self.step_size * (gX / scale[:, None, None]).numpy(), 0.0, 1.0)
         if not candidates:
             return []
-        graphs = list(candidates.values())
-        scores = self.predict(graphs)
-        return [graphs[i] for i in np.argsort(-scores, kind="stable")]
+        keys = list(candidates)
+        score = dict(zip(keys, self.predict([candidates[k] for k in keys]).tolist()))
+        ranks = {k: i for i, k in enumerate(sorted(keys, key=lambda k: -score[k]))}   # stable: met first wins
+        turns = sorted(((sorted(path, key=ranks.__getitem__), s) for s, path in enumerate(paths) if path),
+                       key=lambda entry: ranks[entry[0][0]])
+        order: dict[str, int] = {}
+        for turn in range(max(len(path) for path, _ in turns)):
+            for path, s in turns:
+                if turn < len(path):
+                    order.setdefault(path[turn], s)
+        return [(candidates[k], s) for k, s in order.items()]
 
     # ------------------------------------------------------------------------------------------------
     # Checkpointing
@@ -405,7 +478,7 @@ class GOAL(ModelBasedStrategy):
         if state["surrogate"] is None:
             self._model = None
         else:
-            self._model = self._new_model(seed=0)
+            self._model = self._new_model(0)
             self._model.load_state_dict(state["surrogate"])
         self._fitted_on = int(state["fitted_on"])
         self._round = int(state["round"])

@@ -2,8 +2,9 @@
 
 :class:`ModelBasedStrategy` keeps everything such a strategy needs besides its model: the
 submission loop, the bookkeeping of trials (running, finished, failed, proposed again after a
-resume), deduplication by graph, checkpoints and imported results. A subclass supplies the model
-(how it is fitted on finished trials) and the proposals (what it suggests from the fitted model).
+resume), deduplication by graph, checkpoints and imported results, and where the model's rounds
+run (on the thread that answers NNI, or in the background). A subclass supplies the model (how it is
+fitted on finished trials) and the proposals (what it suggests from the fitted model).
 """
 from __future__ import annotations
 
@@ -13,7 +14,8 @@ import itertools
 import logging
 import threading
 import time
-from typing import Any, Iterable, Iterator, Mapping, Union
+from dataclasses import dataclass
+from typing import Any, Callable, Iterable, Iterator, Mapping, Union
 
 import numpy as np
 import torch
@@ -31,7 +33,7 @@ from search_spaces.graph import ArchGraph, GraphView, InvalidGraph, graph_view
 from ._checks import check_number, unexpected_keyword
 from .metrics import ranked_models, scalar_metric
 
-__all__ = ["ModelBasedStrategy", "Candidate", "check_int", "check_float", "trial_budget"]
+__all__ = ["ModelBasedStrategy", "Candidate", "Round", "check_int", "check_float", "trial_budget"]
 
 _logger = logging.getLogger(__name__)
 
@@ -44,6 +46,36 @@ MAX_TRIES = 1000
 
 #: Largest seed (``numpy.random.RandomState`` takes 32-bit seeds).
 MAX_SEED = 2 ** 32 - 1
+
+#: Seconds between two looks at the engine while no worker is free (NNI's own loop waits 1 s).
+POLL_SECONDS = 0.01
+
+
+@dataclass(frozen=True)
+class Round:
+    """What one round of the model works on, taken under the lock when the round is asked for.
+
+    Attributes
+    ----------
+    history
+        The finished trials with a metric, as ``(graph, sample, metric)``, in arrival order.
+    pending
+        Graphs of the trials submitted and not finished: proposals made without their results, which
+        a pending-aware subclass treats as known (see GOAL's and NASGEM's batch rules).
+    seen
+        Keys of every graph proposed or imported: no candidate may be one of them.
+    count
+        Number of candidates wanted.
+    rng
+        The random stream of the round: the strategy's own in a round on the proposing thread, the
+        background thread's own otherwise, so that neither draws from the other's.
+    """
+
+    history: list[tuple[ArchGraph, dict, float]]
+    pending: list[ArchGraph]
+    seen: frozenset[str]
+    count: int
+    rng: np.random.RandomState
 
 
 def check_int(owner: str, name: str, value: Any, **spec: Any) -> int | None:
@@ -117,8 +149,20 @@ class ModelBasedStrategy(Strategy):
       checkpoint time are proposed again first; on NNI's training services such a proposal joins the
       trial the resumed manager re-runs (or receives its result if that trial has ended).
     - **Imported results.** :meth:`import_results` adds trials the strategy did not submit.
-    - **Determinism.** One ``numpy.random.RandomState(seed)`` drives every random choice, so a seed
-      gives the same proposals for the same results.
+    - **Rounds of the model.** A round fits the model on the finished trials (when the subclass finds
+      it due) and ranks candidates; proposals take the ranked candidates in order (the *queue*). With
+      ``background_fit`` (below) rounds run on a background thread and a proposal is answered from the
+      queue at once: results that arrive during a round wait for the next one. A free worker is
+      noticed within :data:`POLL_SECONDS` (NNI's own loop looks once a second).
+    - **Many trials at once.** Every round sees the trials still running (:class:`Round`'s
+      ``pending``), so that proposals made before their results come back differ usefully (each
+      subclass documents its batch rule), and a background round ranks enough candidates for every
+      running trial's worker.
+    - **Determinism.** One ``numpy.random.RandomState(seed)`` drives every random choice of the
+      proposing thread and of its rounds, so a seed gives the same proposals for the same results;
+      background rounds draw from a second stream seeded from ``seed``. Background rounds are
+      deterministic too when nothing can happen while they run (:meth:`wait_idle`, which Protocol C
+      of the benchmark calls before its simulated clock moves).
     - **Checked arguments.** The constructor checks every argument's type and range; the error names
       the strategy, the argument, the value and what is accepted (``GOAL: top_k must be >= 0, got
       -1``). An unknown keyword raises ``TypeError: GOAL() got an unexpected keyword
@@ -130,17 +174,30 @@ class ModelBasedStrategy(Strategy):
       :attr:`init_argument` of the subclass is ``None``);
     - :meth:`_initial_design`: whether the next proposal is random (before the model is used; the
       initial design size in force is :attr:`_num_init`);
-    - :meth:`_fit`: refit the model on the finished trials;
-    - :meth:`_propose`: the next batch of candidates from the current model;
+    - :meth:`_round_size`: how many proposals one round serves, given the number of results;
+    - :meth:`_fit`: refit the model on a :class:`Round`'s finished trials (or decide that it is not due);
+    - :meth:`_propose`: the round's ranked candidates from the current model;
     - :meth:`_model_state` / :meth:`_load_model_state`: the model's part of a checkpoint;
 
     and may override :meth:`_prepare` (work before the first proposal) and :meth:`_random_candidate`.
-    The model hooks run outside the lock, on a snapshot of the finished trials, so results keep
-    arriving while the model works; ``_fit`` changes only the model and ``_propose`` only reads it.
-    The strategy's torch work (``_prepare``, ``_fit``, ``_propose``) runs on ``num_threads`` threads.
+    The model hooks run outside the lock, on a :class:`Round` (a snapshot), so results keep arriving
+    while the model works; ``_fit`` changes only the model and ``_propose`` only reads it, and only one
+    round runs at a time. The strategy's torch work (``_prepare``, ``_fit``, ``_propose``) runs on
+    ``num_threads`` threads.
 
     Parameters
     ----------
+    background_fit
+        Where rounds run. ``"auto"`` (default): a proposal takes the next queued candidate; a round
+        runs on the proposing thread when nothing is queued or no other trial is running, and
+        otherwise in the background after each proposal (when due). One trial at a time (NNI's
+        ``SequentialExecutionEngine``, ``trial_concurrency`` 1) therefore proposes exactly as a
+        synchronous strategy: every proposal sees every result, as waiting costs nothing when no
+        other trial runs. With several trials running, a free worker is answered in milliseconds
+        from the last round, which misses only the results that arrived since. ``True``: rounds
+        always run in the background and a proposal never waits: with nothing queued it is a
+        random architecture. ``False``: rounds always run on the proposing thread (deterministic
+        whatever the engine's timing).
     num_threads
         Torch intra-op threads while the strategy fits its model and proposes (restored afterwards).
         The models are small: on a shared CPU, more threads cost more time than they save. ``None``
@@ -160,16 +217,23 @@ class ModelBasedStrategy(Strategy):
                 raise unexpected_keyword(cls.__name__, name, accepted)
         return super().__new__(cls)
 
-    def __init__(self, *, num_threads: int | None = 1, seed: int | None = None):
+    def __init__(self, *, background_fit: bool | str = "auto", num_threads: int | None = 1, seed: int | None = None):
         super().__init__()
         owner = type(self).__name__
+        if not (isinstance(background_fit, bool) or background_fit == "auto"):
+            raise ValueError(f"{owner}: background_fit must be True, False or 'auto', got {background_fit!r}")
+        self.background_fit = background_fit
         self.num_threads = check_int(owner, "num_threads", num_threads, minimum=1, optional=True)
         self.seed = check_int(owner, "seed", seed, maximum=MAX_SEED, optional=True)
         self.view: GraphView | None = None
         self.budget: int | None = None                         # trials in all, when the engine tells
         self._num_init = 0                                     # initial design size in force
         self._rng = np.random.RandomState(seed)
+        self._background_rng = np.random.RandomState(None if seed is None else [seed, 1])
         self._lock = threading.RLock()
+        self._model_lock = threading.Lock()                    # one round at a time
+        self._planner = _Planner(self._background_round)       # the background thread, started on demand
+        self._round_at = 0                                     # results when the last round was asked for
         # Finished trials with a metric, in arrival order: (graph, sample, metric).
         self._history: list[tuple[ArchGraph, dict, float]] = []
         self._failed: list[dict] = []                          # samples of trials without a metric
@@ -183,9 +247,12 @@ class ModelBasedStrategy(Strategy):
         #: One dict per refit of the model, describing its quality (``num_evaluated`` architectures
         #: fitted on, Kendall's tau on architectures it was not fitted on, ...; see the subclass).
         self.model_history: list[dict] = []
-        #: Wall-clock seconds in the strategy: ``proposals`` (all proposal work), ``rounds`` (fits and
-        #: model proposals).
-        self.timing: dict[str, float] = {"proposals": 0.0, "rounds": 0.0}
+        #: Wall-clock seconds in the strategy: ``proposals`` (all proposal work on the proposing
+        #: thread), ``rounds`` (fits and model proposals, on either thread), ``background`` (the part
+        #: of ``rounds`` run in the background).
+        self.timing: dict[str, float] = {"proposals": 0.0, "rounds": 0.0, "background": 0.0}
+        #: Proposals that were random because nothing was queued (``background_fit=True`` only).
+        self.random_fallbacks = 0
 
     # ------------------------------------------------------------------------------------------------
     # Hooks of a subclass
@@ -201,15 +268,21 @@ class ModelBasedStrategy(Strategy):
         """Whether the next proposal is a random architecture rather than the model's (called under the lock)."""
         raise NotImplementedError
 
-    def _fit(self, history: list[tuple[ArchGraph, dict, float]]) -> None:
-        """Refit the model on ``history``, the finished trials as ``(graph, sample, metric)``.
-
-        It touches only the model, so that it could run apart from the proposals."""
+    def _round_size(self, num_results: int) -> int:
+        """Proposals one round serves when ``num_results`` trials have finished: a synchronous round
+        ranks this many candidates, and a background round is due once this many new results have
+        arrived (it ranks this many plus one per running trial)."""
         raise NotImplementedError
 
-    def _propose(self, history: list[tuple[ArchGraph, dict, float]]) -> list[Candidate]:
-        """The next candidates, best first, from the current model; an empty list ends the search.
-        Candidates already proposed are skipped when submitted."""
+    def _fit(self, job: Round) -> None:
+        """Refit the model on ``job.history``, the finished trials as ``(graph, sample, metric)``.
+
+        It touches only the model, and draws only from ``job.rng``."""
+        raise NotImplementedError
+
+    def _propose(self, job: Round) -> list[Candidate]:
+        """Up to ``job.count`` candidates, best first, none in ``job.seen``, from the current model;
+        an empty list ends the search. Draws only from ``job.rng``."""
         raise NotImplementedError
 
     def _model_state(self) -> dict:
@@ -220,9 +293,11 @@ class ModelBasedStrategy(Strategy):
         """Restore what :meth:`_model_state` returned."""
         raise NotImplementedError
 
-    def _random_candidate(self) -> Candidate | None:
-        """A random architecture never proposed (``None`` when none is found)."""
-        return self._random_unseen()
+    def _random_candidate(self, rng: np.random.RandomState | None = None,
+                          seen: frozenset[str] | set[str] | None = None) -> Candidate | None:
+        """A random architecture not in ``seen`` (default: never proposed), drawn from ``rng`` (default:
+        the strategy's own); ``None`` when none is found."""
+        return self._random_unseen(rng, seen)
 
     # ------------------------------------------------------------------------------------------------
     # NNI strategy hooks
@@ -254,7 +329,24 @@ class ModelBasedStrategy(Strategy):
         return cap
 
     def _cleanup(self) -> None:
+        self._planner.stop()
         self.engine.unregister_model_event_callback(ModelEventType.TrainingEnd, self._training_end_callback)
+
+    def wait_for_resource(self) -> bool:
+        """NNI's wait for a free worker (``False`` once the budget is spent), looking every
+        :data:`POLL_SECONDS` instead of every second, so that a free worker gets its proposal at once."""
+        while not self.engine.idle_worker_available():
+            if not self.engine.budget_available():
+                return False
+            time.sleep(POLL_SECONDS)
+        return self.engine.budget_available()
+
+    def wait_idle(self) -> None:
+        """Return once no background round is running or asked for (at once without ``background_fit``).
+
+        A simulation of long trials calls it before moving its clock
+        (:class:`nni_plugins.simulated.SimulatedExecutionEngine`'s ``before_advance``)."""
+        self._planner.wait_idle()
 
     def _run(self) -> None:
         with self._torch_threads():
@@ -300,7 +392,8 @@ class ModelBasedStrategy(Strategy):
     # Proposals
     # ------------------------------------------------------------------------------------------------
     def _next_model(self) -> ExecutableModelSpace | None:
-        """The next architecture, frozen and recorded as running; ``None`` when none can be found."""
+        """The next architecture, frozen and recorded as running; ``None`` when none can be found.
+        Asks for a background round afterwards when one is due (see ``background_fit``)."""
         for _ in range(MAX_TRIES):
             candidate = self._next_candidate()
             if candidate is None:
@@ -319,33 +412,77 @@ class ModelBasedStrategy(Strategy):
             with self._lock:
                 self._running[key] = model
                 self._num_submitted += 1
+                job = self._background_job()
+            if job is not None:
+                self._planner.submit(job)
             return model
         return None
 
     def _next_candidate(self) -> Candidate | None:
-        """Trials to propose again first, then the initial design, then the model's batches."""
+        """Trials to propose again first, then the initial design, then the queue, then a new round
+        (or, with ``background_fit=True``, a random architecture)."""
         with self._lock:
+            self._planner.raise_error(type(self).__name__)
             if self._resubmit:
                 return self._resubmit.pop(0)
             initial = self._initial_design()
             if not initial and self._queue:
                 return self._queue.pop(0)
+            if not initial and self.background_fit is True:
+                self.random_fallbacks += 1
+                initial = True
         if initial:
             return self._random_candidate()
-        start = time.perf_counter()
-        batch = self._next_batch()
-        self.timing["rounds"] += time.perf_counter() - start
+        self._planner.wait_idle()
+        with self._model_lock:
+            with self._lock:
+                if self._queue:         # filled by the background round just waited for
+                    return self._queue.pop(0)
+                job = self._snapshot(self._round_size(len(self._history)), self._rng)
+            batch = self._run_round(job)
         with self._lock:
             self._queue = batch
             return self._queue.pop(0) if self._queue else None
 
-    def _next_batch(self) -> list[Candidate]:
-        """One round of the model: fit on the finished trials, then propose."""
-        with self._lock:
-            history = list(self._history)
+    def _snapshot(self, count: int, rng: np.random.RandomState) -> Round:
+        """A :class:`Round` of the current trials (called under the lock)."""
+        self._round_at = len(self._history)
+        pending = [self.view.to_graph(model.sample) for model in self._running.values()]
+        return Round(list(self._history), pending, frozenset(self._seen), count, rng)
+
+    def _run_round(self, job: Round) -> list[Candidate]:
+        """Fit, then propose (called holding the model lock)."""
+        start = time.perf_counter()
         with self._torch_threads():
-            self._fit(history)
-            return self._propose(history)
+            self._fit(job)
+            batch = self._propose(job)
+        self.timing["rounds"] += time.perf_counter() - start
+        return batch
+
+    def _background_job(self) -> Round | None:
+        """After a proposal (under the lock): the round to run in the background, if one is due.
+
+        Only in the background mode in force (``True``, or ``"auto"`` with other trials running), after
+        the initial design, when ``_round_size`` new results have arrived since the last round or the
+        queue holds fewer candidates than there are running trials."""
+        others = len(self._running) > 1
+        if not (self.background_fit is True or (self.background_fit == "auto" and others)) or self._initial_design():
+            return None
+        num_results = len(self._history)
+        size = self._round_size(num_results)
+        queued = sum(self._key(c) not in self._seen for c in self._queue)
+        if num_results - self._round_at < size and queued >= len(self._running):
+            return None
+        return self._snapshot(size + len(self._running), self._background_rng)
+
+    def _background_round(self, job: Round) -> None:
+        """Run ``job`` on the background thread and make its candidates the queue."""
+        start = time.perf_counter()
+        with self._model_lock:
+            batch = self._run_round(job)
+            with self._lock:
+                self._queue = [c for c in batch if self._key(c) not in self._seen]
+        self.timing["background"] += time.perf_counter() - start
 
     @contextlib.contextmanager
     def _torch_threads(self) -> Iterator[None]:
@@ -360,11 +497,15 @@ class ModelBasedStrategy(Strategy):
         finally:
             torch.set_num_threads(previous)
 
-    def _random_unseen(self) -> dict | None:
-        """A random sample whose graph was never proposed (``None`` after :data:`MAX_TRIES` draws)."""
+    def _random_unseen(self, rng: np.random.RandomState | None = None,
+                       seen: frozenset[str] | set[str] | None = None) -> dict | None:
+        """A random sample (from ``rng``, default the strategy's own) whose graph is not in ``seen``
+        (default: never proposed); ``None`` after :data:`MAX_TRIES` draws."""
+        rng = self._rng if rng is None else rng
+        seen = self._seen if seen is None else seen
         for _ in range(MAX_TRIES):
-            sample = self.view.random_sample(self._rng)
-            if self.view.to_graph(sample).key() not in self._seen:
+            sample = self.view.random_sample(rng)
+            if self.view.to_graph(sample).key() not in seen:
                 return sample
         return None
 
@@ -431,7 +572,7 @@ class ModelBasedStrategy(Strategy):
         yield from itertools.islice(ranked_models(models) if sort else models, limit)
 
     def state_dict(self) -> dict:
-        with self._lock:
+        with self._model_lock, self._lock:
             return {
                 "history": [(dict(s), m) for _, s, m in self._history],
                 "failed": [dict(s) for s in self._failed],
@@ -449,7 +590,7 @@ class ModelBasedStrategy(Strategy):
         name = type(self).__name__
         if self.view is None:
             raise RuntimeError(f"{name}.load_state_dict must be called after initialize() (NasExperiment does this)")
-        with self._lock:
+        with self._model_lock, self._lock:
             self._history = [(self.view.to_graph(s), dict(s), float(m)) for s, m in state_dict["history"]]
             self._failed = [dict(s) for s in state_dict["failed"]]
             running = [dict(s) for s in state_dict["running"]]
@@ -466,3 +607,60 @@ class ModelBasedStrategy(Strategy):
             self._rng.set_state(state_dict["random_state"])
             self.model_history = [dict(r) for r in state_dict["model_history"]]
             self._load_model_state(state_dict["model"])
+
+
+class _Planner:
+    """The background thread of a strategy's rounds: runs the latest round asked for (a newer request
+    replaces one not yet started), one at a time; an error is kept and raised on the proposing thread."""
+
+    def __init__(self, work: Callable[[Round], None]):
+        self._work = work
+        self._cv = threading.Condition()
+        self._job: Round | None = None
+        self._busy = False
+        self._stopped = False
+        self._error: BaseException | None = None
+        self._thread: threading.Thread | None = None
+
+    def submit(self, job: Round) -> None:
+        with self._cv:
+            if self._stopped:
+                return
+            self._job = job
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._loop, name="model-rounds", daemon=True)
+                self._thread.start()
+            self._cv.notify_all()
+
+    def wait_idle(self) -> None:
+        with self._cv:
+            self._cv.wait_for(lambda: not self._busy and self._job is None)
+
+    def raise_error(self, owner: str) -> None:
+        if self._error is not None:
+            raise RuntimeError(f"{owner}: a background round of the model failed: {self._error!r}") from self._error
+
+    def stop(self) -> None:
+        with self._cv:
+            self._stopped = True
+            self._job = None
+            self._cv.notify_all()
+        if self._thread is not None:
+            self._thread.join()
+
+    def _loop(self) -> None:
+        while True:
+            with self._cv:
+                self._cv.wait_for(lambda: self._job is not None or self._stopped)
+                if self._stopped:
+                    return
+                job, self._job, self._busy = self._job, None, True
+            try:
+                self._work(job)
+            except Exception as err:   # surfaced by the next proposal
+                _logger.exception("A background round of the model failed")
+                self._error = err
+            finally:
+                with self._cv:
+                    self._busy = False
+                    self._cv.notify_all()

@@ -61,7 +61,8 @@ def test_csv_and_tensorboard_files(result):
     with open(res.csv_path) as f:
         rows = list(csv.DictReader(f))
     assert len(rows) == 2 * SEEDS * BUDGET
-    assert set(rows[0]) == {"strategy", "seed", "query", "arch", "value", "best_so_far"}
+    assert set(rows[0]) == {"strategy", "seed", "query", "arch", "value", "best_so_far", "sim_time"}
+    assert {r["sim_time"] for r in rows} == {""}  # Protocol A: no simulated clock
     run = res.runs["rea"][1]
     mine = [r for r in rows if r["strategy"] == "rea" and r["seed"] == "1"]
     assert [r["arch"] for r in mine] == run.archs

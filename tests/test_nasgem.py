@@ -73,12 +73,16 @@ def test_selection_takes_top_scores_and_filters_near_duplicates():
     strategy = NASGEM(seed=0, batch_size=3, epsilon=0.0, diversity_threshold=0.9)
     scores = np.array([0.9, 0.8, 0.7, 0.1, 0.5])
     z = np.array([[1, 0], [1, 0.01], [0, 1], [1, 1], [-1, 0]], dtype=float)
+    rng = np.random.RandomState(0)
     # 1 is a near-copy of 0 (cosine > 0.9) and is skipped; then 2 and 4.
-    assert strategy._select(scores, z) == [0, 2, 4]
+    assert strategy._select(scores, z, 3, rng) == [0, 2, 4]
+    # a running cell counts as taken: 0 and 1 are near-copies of it, 3 is not
+    assert strategy._select(scores, z, 3, rng, z_running=np.array([[2.0, 0.0]])) == [2, 4, 3]
     strategy.diversity_threshold = 1.0
-    assert strategy._select(scores, z) == [0, 1, 2]
+    assert strategy._select(scores, z, 3, rng) == [0, 1, 2]
+    assert strategy._select(scores, z, 2, rng) == [0, 1]
     strategy.epsilon = 1.0                      # every slot random, still distinct
-    picks = strategy._select(scores, z)
+    picks = strategy._select(scores, z, 3, rng)
     assert len(set(picks)) == 3
 
 
