@@ -191,7 +191,8 @@ class SimulatedExecutionEngine(ExecutionEngine):
     def _evaluate(self, model: ExecutableModelSpace) -> None:
         """Run the model's evaluator as NNI's sequential engine does, then dispatch ``TrainingEnd``."""
         previous = get_default_trial_command_channel()
-        status = ModelStatus.Failed
+        params, seq = nni.trial._params, nni.trial._intermediate_seq  # restored after, as NNI's sequential engine
+        status = ModelStatus.Failed                                    # does with nni_compat's fix
         try:
             set_default_trial_command_channel(SequentialTrialCommandChannel(self, model))
             nni.get_next_parameter()
@@ -207,4 +208,5 @@ class SimulatedExecutionEngine(ExecutionEngine):
                 raise
         finally:
             set_default_trial_command_channel(previous)
+            nni.trial._params, nni.trial._intermediate_seq = params, seq
             self.dispatch_model_event(TrainingEndEvent(model, status))
