@@ -277,3 +277,227 @@ def test_keyboard_interrupt_exits_130_with_one_line(monkeypatch, capsys):
     monkeypatch.setattr(cli, "_cmd_strategies", interrupted)
     assert main(["strategies"]) == 130
     assert _error(capsys) == "error: interrupted"
+
+
+# ------------------------------------------------------------------------------------------- audit: more kinds
+# Kinds found CLEAR by the bad-input audit (/tmp/audit/run_audit.py) and not tested above or elsewhere.
+
+def _yaml(tmp_path, text: str) -> list[str]:
+    """A config file holding exactly ``text`` (no output appended)."""
+    path = tmp_path / "exact.yml"
+    path.write_text(text)
+    return ["search", "--config", str(path)]
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["search", "--epochs", "abc", "--output", "x"], "error: nni-plugins search: argument --epochs: invalid int value: 'abc'"),
+    (["search", "--strategy", "rea", "--trials", "2.5", "--output", "x"],
+     "error: nni-plugins search: argument --trials: invalid int value: '2.5'"),
+    (["search", "--batch-size", "abc", "--output", "x"], "error: nni-plugins search: argument --batch-size: invalid int value: 'abc'"),
+    (["search", "--seed", "abc", "--output", "x"], "error: nni-plugins search: argument --seed: invalid int value: 'abc'"),
+    (["search", "--port", "abc", "--output", "x"], "error: nni-plugins search: argument --port: invalid int value: 'abc'"),
+    (["benchmark", "--checkpoints", "a,b", "--output", "x"],
+     "error: nni-plugins benchmark: argument --checkpoints: expected comma-separated integers, got 'a,b'"),
+    ([], "error: nni-plugins: the following arguments are required: command"),
+])
+def test_flag_values_of_the_wrong_type_name_the_flag_and_value(argv, message, capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert main(argv) == 2
+    assert _error(capsys) == message
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--strategy", "drnas", "--epochs", "-1"], "error: 'epochs' must be a positive integer, got -1"),
+    (["--strategy", "rea", "--trials", "0"], "error: 'trials' must be a positive integer, got 0"),
+    (["--strategy", "rea", "--trials", "-3"], "error: 'trials' must be a positive integer, got -3"),
+    (["--strategy", "drnas", "--batch-size", "0"], "error: 'batch_size' must be a positive integer, got 0"),
+    (["--strategy", "drnas", "--limit", "1"], "error: 'limit' must be an integer >= 2, got 1"),
+    (["--strategy", "drnas", "--limit", "-5"], "error: 'limit' must be an integer >= 2, got -5"),
+])
+def test_search_numbers_out_of_range_are_refused_before_anything_is_written(tmp_path, capsys, flags, message):
+    assert main(["search", *flags, "--output", str(tmp_path / "run")]) == 2
+    assert _error(capsys) == message
+    assert not (tmp_path / "run").exists()
+
+
+def test_empty_output_flag_is_refused(capsys):
+    assert main(["search", "--strategy", "drnas", "--output", ""]) == 2
+    assert _error(capsys) == "error: --output DIR is required (or give it in --config)"
+
+
+def test_output_that_is_a_device_file(capsys):
+    assert main(["search", "--strategy", "drnas", "--output", "/dev/null"]) == 2
+    assert _error(capsys) == "error: 'output' '/dev/null' is a file; give a directory path for the run"
+
+
+@pytest.mark.parametrize("text, message", [
+    ("strategy: 5\n", "error: Unknown strategy 5; choose one of: random, rea"),
+    ("strategy: drnas\nstrategy_args: [1, 2]\n", "error: 'strategy_args' must be a mapping, got [1, 2]"),
+    ("strategy: drnas\nspace_args: C=16\n", "error: 'space_args' must be a mapping, got 'C=16'"),
+    ("strategy: rea\nexperiment: [1, 2]\n", "error: 'experiment' must be a mapping, got [1, 2]"),
+    ("strategy: drnas\nlimit: '64'\n", "error: 'limit' must be an integer >= 2, got '64'"),
+    ("strategy: drnas\nlimit: 2.5\n", "error: 'limit' must be an integer >= 2, got 2.5"),
+    ("strategy: drnas\nepochs: '3'\n", "error: 'epochs' must be a positive integer, got '3'"),
+    ("strategy: rea\ntrials: 2.5\n", "error: 'trials' must be a positive integer, got 2.5"),
+    ("strategy: drnas\nbatch_size: true\n", "error: 'batch_size' must be a positive integer, got True"),
+    ("strategy: drnas\nseed: '0'\n", "error: 'seed' must be an integer, got '0'"),
+    ("strategy: drnas\noutput: 5\n", "error: 'output' must be a directory path, got 5"),
+    ("strategy: drnas\noutput: [a, b]\n", "error: 'output' must be a directory path, got ['a', 'b']"),
+    ("strategy: drnas\nEpochs: 1\noutput: x\n", "error: Unknown key(s) ['Epochs'] in "),
+])
+def test_yaml_values_of_the_wrong_type_name_the_key_and_value(tmp_path, capsys, monkeypatch, text, message):
+    monkeypatch.chdir(tmp_path)
+    assert main(_yaml(tmp_path, text)) == 2
+    assert _error(capsys).startswith(message)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["exact.yml"]  # nothing written
+
+
+def test_config_that_is_a_directory(tmp_path, capsys):
+    assert main(["search", "--config", str(tmp_path)]) == 2
+    assert _error(capsys) == f"error: Config file '{tmp_path}' is a directory"
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--seed", "-1"], "error: seed must be a non-negative integer, got -1"),
+    (["--data-path", "x.npz"], "error: path is only used by the 'npz' and 'imagefolder' data sets, not by 'digits'"),
+    (["--data-root", "."], "error: root is only used by the 'cifar10' and 'cifar100' data sets, not by 'digits'"),
+    (["--download"], "error: download is only possible for 'cifar10' and 'cifar100', not for 'digits'"),
+    (["--dataset", "npz"], "error: data set 'npz' needs path to an .npz file (path= in Python, --data-path on the "
+                           "command line, data_path in a YAML config)"),
+    (["--dataset", "imagefolder"], "error: data set 'imagefolder' needs path to a directory"),
+    (["--space", "nasbench201-hub"], "error: Model space 'nasbench201-hub' is built for 3x32x32 images, but the data "
+                                     "set gives 1x8x8; pick a 32x32 RGB data set"),
+])
+def test_data_set_and_space_flags_that_do_not_fit(tmp_path, capsys, flags, message):
+    assert main(["search", "--strategy", "drnas", "--epochs", "1", "--limit", "64", *flags,
+                 "--output", str(tmp_path / "run")]) == 2
+    assert _error(capsys).startswith(message)
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("text, message", [
+    ("dataset: [npz]\n", "error: unknown data set ['npz']; choose one of digits, cifar10, cifar100, imagefolder, npz"),
+    ("space_args: {bogus: 1}\n", "error: Model space 'digits' does not take these options ['bogus']"),
+    ("space: nasbench201\nspace_args: {C: -4, N: 1}\n", "error: NasBench201Space: C must be >= 1, got -4"),
+    ("evaluator: 3\n", "error: unknown evaluator kind 3; choose one of search, classification"),
+])
+def test_yaml_data_space_and_evaluator_settings(tmp_path, capsys, text, message):
+    assert main(_config(tmp_path, "strategy: drnas\nepochs: 1\nlimit: 64\n" + text)) == 2
+    assert _error(capsys).startswith(message)
+
+
+@pytest.mark.parametrize("arrays, message", [
+    (dict(x_train=np.array(["a"] * 20)), "'x_train' must hold uint8 or float images, got dtype <U1"),
+    (dict(x_train=np.zeros((1, 1, 8, 8), np.float32), y_train=np.array([0])), "'x_train' needs at least 2 images, got 1"),
+    (dict(x_train=np.zeros((0, 1, 8, 8), np.float32), y_train=np.zeros(0, int)), "'x_train' needs at least 2 images, got 0"),
+    (dict(x_test=np.zeros((4, 3, 8, 8), np.float32), y_test=np.arange(4)),
+     "test images have shape (3, 8, 8) (C, H, W) but training images (1, 8, 8)"),
+])
+def test_npz_contents_refused_at_the_cli_name_the_file(tmp_path, capsys, arrays, message):
+    x, y = _images()
+    path = _npz(tmp_path / "d.npz", **{"x_train": x, "y_train": y, **arrays})
+    assert main(_search(tmp_path, "--dataset", "npz", "--data-path", path)) == 2
+    assert _error(capsys) == f"error: {path}: {message}"
+    assert not (tmp_path / "run").exists()
+
+
+def test_imagefolder_path_that_is_a_file(tmp_path, capsys):
+    (tmp_path / "imgs").write_text("x")
+    assert main(_search(tmp_path, "--dataset", "imagefolder", "--data-path", str(tmp_path / "imgs"))) == 2
+    assert _error(capsys) == f"error: image folder '{tmp_path / 'imgs'}' does not exist or is not a directory"
+
+
+@pytest.mark.parametrize("strategy, args, message", [
+    ("drnas", "{reg_scal: 1}", "error: Invalid arguments for strategy 'drnas': ['reg_scal']; it accepts ["),
+    ("drnas", "{warmup_epochs: -1}", "error: DrNAS: warmup_epochs must be >= 0, got -1"),
+    ("drnas", "{arc_learning_rate: '1e-3'}",
+     "error: Invalid arguments for strategy 'drnas': DrNAS: arc_learning_rate must be a finite number > 0, got '1e-3'"),
+    ("gaea", "{sparsity_thresh: 0.1}", "error: Invalid arguments for strategy 'gaea': ['sparsity_thresh']; it accepts ["),
+    ("gaea", "{sparsity_threshold: 1.0}", "error: GAEA: sparsity_threshold must be in [0, 1), got 1.0"),
+    ("tetlo", "{taux: 1}", "error: Invalid arguments for strategy 'tetlo': ['taux']; it accepts ["),
+    ("tetlo", "{tau: 0}", "error: TETLO: tau must be > 0, got 0"),
+    ("goal", "{n_inti: 3}", "error: Invalid arguments for strategy 'goal': ['n_inti']; it accepts ["),
+    ("goal", "{top_k: -1}", "error: GOAL: top_k must be >= 0, got -1"),
+    ("nasgem", "{n_init: 3}", "error: Invalid arguments for strategy 'nasgem': ['n_init']; it accepts ["),
+    ("nasgem", "{holdout_fraction: 0.6}", "error: NASGEM: holdout_fraction must be in [0, 0.5], got 0.6"),
+    ("rea", "{popsize: 4}", "error: Invalid arguments for strategy 'rea': ['popsize']; it accepts ["),
+    ("tpe", "{bogus: 1}", "error: Invalid arguments for strategy 'tpe': ['bogus']; it accepts ["),
+])
+def test_strategy_args_through_the_cli_are_one_line_before_anything_is_written(tmp_path, capsys, strategy, args, message):
+    assert main(_config(tmp_path, f"strategy: {strategy}\nepochs: 1\nlimit: 64\nstrategy_args: {args}")) == 2
+    assert _error(capsys).startswith(message)
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("experiment, message", [
+    ("{training_service: {platform: foo}}", "error: Unknown training service platform 'foo'"),
+    ("{training_service: local}", "error: 'experiment.training_service' must be a mapping with a 'platform' key"),
+    ("{training_service: {platform: remote}}", "error: RemoteConfig: machine_list is not set"),
+    ("{bogus_setting: 1}", "error: Unknown NNI experiment setting 'bogus_setting' under 'experiment'"),
+    ("{trial_concurrency: '2'}", "error: 'experiment.trial_concurrency' (trials run at once) must be a positive integer, got '2'"),
+    ("{max_trial_number: 0}", "error: NNI refused the experiment settings: assert self.max_trial_number is None or "
+                              "self.max_trial_number > 0 (experiment_config.py)"),
+    ("{log_level: chatty}", "error: NNI refused the experiment settings: assert self.log_level in ["),
+])
+def test_nni_experiment_settings_through_the_cli(tmp_path, capsys, experiment, message):
+    text = f"strategy: rea\nepochs: 1\ntrials: 2\nlimit: 64\nexperiment: {experiment}"
+    assert main(_config(tmp_path, text)) == 2
+    assert _error(capsys).startswith(message)
+    assert not (tmp_path / "run" / "best_architecture.json").exists()
+
+
+@pytest.mark.parametrize("content, message", [
+    (None, "is not a finished `nni-plugins search` run: {run}/best_architecture.json is missing"),
+    ('{"sample": ', "{run}/best_architecture.json is not valid JSON: Expecting value: line 1 column 12 (char 11)"),
+    ("", "{run}/best_architecture.json is not valid JSON: Expecting value: line 1 column 1 (char 0)"),
+])
+def test_export_of_a_directory_that_is_not_a_finished_run(tmp_path, capsys, content, message):
+    if content is not None:
+        (tmp_path / "best_architecture.json").write_text(content)
+    assert main(["export", str(tmp_path)]) == 2
+    assert message.format(run=tmp_path) in _error(capsys)
+    assert capsys.readouterr().out == ""
+
+
+def test_export_output_into_a_missing_directory_names_it(tmp_path, capsys):
+    (tmp_path / "best_architecture.json").write_text('{"sample": {}}')
+    target = tmp_path / "no" / "such" / "a.json"
+    assert main(["export", str(tmp_path), "--output", str(target)]) == 2
+    assert _error(capsys) == f"error: '{target}': No such file or directory"
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--strategies", "nope"], "error: Unknown strategy 'nope'; choose one of"),
+    (["--strategies", "drnas"], "error: Strategy 'drnas' is one-shot; the table benchmark runs multi-trial strategies only"),
+    (["--strategies", "random,random"], "error: strategies lists a name twice: ['random', 'random']"),
+    (["--seeds", "-1"], "error: seeds must be an integer >= 1, got -1"),
+    (["--budget", "0"], "error: budget must be an integer >= 1, got 0"),
+    (["--budget", "100000"], "error: budget 100000 exceeds the 15625 cells of table"),
+    (["--column", "nope"], "error: Unknown column 'nope' in NAS-Bench-201 table"),
+    (["--checkpoints=-5"], "error: checkpoint must be an integer >= 1, got -5"),
+    (["--concurrency", "0"], "error: concurrency must be an integer >= 1, got 0"),
+    (["--table", "TMP/none.csv"], "error: Cannot read NAS-Bench-201 table 'TMP/none.csv': [Errno 2] No such file"),
+    (["--table", "TMP"], "error: Cannot read NAS-Bench-201 table 'TMP': [Errno 21] Is a directory"),
+])
+def test_benchmark_flags_through_the_cli(tmp_path, capsys, flags, message):
+    flags = [f.replace("TMP", str(tmp_path)) for f in flags]
+    argv = ["benchmark", "--strategies", "random", "--seeds", "1", "--budget", "5", "--checkpoints", "5",
+            "--output", str(tmp_path / "out"), *flags]
+    assert main(argv) == 2
+    assert _error(capsys).startswith(message.replace("TMP", str(tmp_path)))
+    assert not (tmp_path / "out" / "benchmark.csv").exists()
+
+
+def test_register_and_unregister_twice_succeed_and_a_corrupt_registry_is_named(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("NNI_CONFIG_DIR", str(tmp_path))
+    for _ in range(2):
+        assert main(["register"]) == 0
+        assert capsys.readouterr().out.startswith("registered tuners GOAL, NASGEM in ")
+    assert main(["unregister"]) == 0
+    assert capsys.readouterr().out.startswith("unregistered GOAL, NASGEM from ")
+    assert main(["unregister"]) == 0
+    assert capsys.readouterr().out == "nothing to unregister\n"
+    (tmp_path / "registered_algorithms.yml").write_text("tuners: [\n")
+    assert main(["register"]) == 2
+    assert f"{tmp_path / 'registered_algorithms.yml'}\", line 2, column 1" in _error(capsys)
