@@ -149,8 +149,8 @@ class GOAL(ModelBasedStrategy):
     circling the incumbent again; they are never proposed again themselves. The ranked candidates
     take the best of each start's path in turn (starts ordered by their best candidate's score),
     then every start's second best, and so on, so that proposals made without new results come from
-    different starts. With no trial running (one at a time) this is the plain rule above, and the
-    first candidate is the overall best either way.
+    different starts. With no trial running (one at a time) this is the plain best-first rule above,
+    and the first candidate is the overall best either way.
 
     **Long searches.** Up to ``fit_size`` results, every fit trains on all of them. Beyond, each
     training step takes the ``fit_size // 4`` best results and a fresh random draw of the others, up
@@ -414,8 +414,9 @@ class GOAL(ModelBasedStrategy):
 
     def _ascent(self, job: Round) -> list[tuple[ArchGraph, int]]:
         """Candidates (valid, never proposed) visited by proximal ascent, each with the index (in
-        :meth:`_starts`) of the start it is taken for, in turns over the starts: each start's best
-        predicted, starts ordered by it, then each one's second best, and so on."""
+        :meth:`_starts`) of the start it is taken for. Best predicted first when no trial is running;
+        otherwise in turns over the starts: each start's best predicted, starts ordered by it, then
+        each one's second best, and so on."""
         starts = self._starts(job)
         A0, X0 = self._encode(starts)
         ZA, ZX = A0.numpy().astype(np.float64), X0.numpy().astype(np.float64)
@@ -456,6 +457,11 @@ class GOAL(ModelBasedStrategy):
         turns = sorted(((sorted(path, key=ranks.__getitem__), s) for s, path in enumerate(paths) if path),
                        key=lambda entry: ranks[entry[0][0]])
         order: dict[str, int] = {}
+        if not job.pending:
+            for path, s in turns:
+                for key in path:
+                    order.setdefault(key, s)
+            return [(candidates[k], order[k]) for k in sorted(order, key=ranks.__getitem__)]
         for turn in range(max(len(path) for path, _ in turns)):
             for path, s in turns:
                 if turn < len(path):

@@ -124,6 +124,7 @@ def test_stalled_strategy_ends_with_a_flat_curve(table):
     (dict(budget=20_000), "exceeds the 15625 cells"),
     (dict(checkpoints=[0]), "checkpoint must be an integer >= 1"),
     (dict(column="top1"), "Unknown column 'top1'"),
+    (dict(concurrency=0), "concurrency must be an integer >= 1"),
 ])
 def test_invalid_arguments(tmp_path, kwargs, message):
     args = dict(strategies=["random"], seeds=1, budget=5, output=str(tmp_path), progress=None) | kwargs

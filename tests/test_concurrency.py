@@ -190,15 +190,19 @@ def test_goal_pending_trials_are_believed_and_spread_over_starts(table):
     with strategy._lock:
         alone = strategy._snapshot(8, np.random.RandomState(0))
     strategy._fit(alone)
-    ascent = strategy._ascent(alone)
+    ascent = strategy._ascent(alone)                     # nothing running: best predicted first
+    scores = strategy.predict([graph for graph, _ in ascent])
+    assert list(scores) == sorted(scores, reverse=True)
     first = [graph for graph, _ in ascent[:8]]
-    starts = [start for _, start in ascent[:len(strategy._starts(alone))]]
-    assert len(set(starts)) == len(starts) > 1           # one candidate per start before any second one
     pending = dataclasses.replace(alone, pending=first, seen=alone.seen | {g.key() for g in first},
                                   rng=np.random.RandomState(0))
     keys = {g.key() for g in first}
     assert keys & {g.key() for g in strategy._starts(pending)}      # running ones are start points
-    assert keys.isdisjoint(g.key() for g, _ in strategy._ascent(pending))
+    ascent = strategy._ascent(pending)
+    assert keys.isdisjoint(g.key() for g, _ in ascent)
+    starts = [start for _, start in ascent]
+    turn = len(set(starts))
+    assert turn > 1 and len(set(starts[:turn])) == turn   # one candidate per start before any second one
     believed = strategy._believed(pending)
     metrics = [m for _, _, m in alone.history]
     assert believed.shape == (8,) and min(metrics) <= believed.min() and believed.max() <= max(metrics)
