@@ -2,26 +2,34 @@
 
 Multi-trial: :class:`TrialMetricsLogger` sits between a strategy and NNI's execution engine
 (``nni.nas.strategy.Chain(strategy, TrialMetricsLogger(log_dir, strategy))``) and writes, as results
-arrive (in whatever order the training service delivers them):
+arrive (in whatever order the training service delivers them), at step = the number of finished
+trials (successful or failed):
 
-- ``trial/metric``: each finished trial's final metric, at step = its arrival index;
-- ``search/best_so_far``: the best metric so far;
+- ``trial/metric``: each successful trial's final metric;
+- ``search/best_so_far``: the best metric so far, one point per finished trial;
 - ``search/failed_trials``: the count of trials that ended without a metric;
-- ``surrogate/<name>``: the strategy's surrogate/predictor quality (Kendall tau on evaluated
-  architectures it was not trained on, ...), one point per refit, read from the strategy's
-  ``model_history`` (:class:`strategies.multitrial.ModelBasedStrategy`);
-- ``trial/architecture``: each trial's sample as text, with its metric.
+- ``search/proposals`` (image) and ``search/proposal_counts`` (text): how often the strategy has
+  proposed each candidate of each choice, every ``image_every`` finished trials and at the end
+  (key to the image: ``search/proposals_legend``);
+- ``surrogate/<name>``: the strategy's surrogate/predictor figures from its ``model_history``
+  (:class:`strategies.multitrial.ModelBasedStrategy`), one point per refit; a Kendall tau only
+  when at least :data:`MIN_HELDOUT` held-out architectures back it, with their count beside it;
+- ``trial/architecture``: each trial's sample as text, with its metric;
+- the HParams tab (in ``<log_dir>/hparams``): the strategy's arguments and the final metric, when
+  given ``hparams``.
 
-One-shot: :class:`ArchDistributionLogger`, a Lightning callback, writes at the end of every
-training epoch the architecture distribution of the supernet (``export_probs()`` of NNI's one-shot
-Lightning module): ``arch/<label>/<choice>`` scalars, ``arch_entropy/<label>``, the current argmax
-architecture as text, and an ``arch/distribution`` heat-map image (one row per choice label, one
-column per candidate, darker = more probable).
+One-shot: DrNAS, GAEA and TETLO write their distribution themselves
+(:class:`strategies.oneshot_common.ArchDistributionModule`); :class:`ArchDistributionLogger` is a
+Lightning callback that writes the same views for any NNI one-shot module (NNI's DARTS included).
+
+Every run: :func:`log_run_hparams` records a run's arguments and final metrics for the HParams tab.
 """
 from __future__ import annotations
 
 import json
 import math
+import os
+from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping
 
 import numpy as np
@@ -30,14 +38,28 @@ from nni.nas.execution.event import ModelEventType, TrainingEndEvent
 from nni.nas.space import ExecutableModelSpace, ModelStatus
 from nni.nas.strategy.middleware import StrategyMiddleware
 
+from strategies.arch_summary import (
+    chosen_table, custom_scalar_layout, distribution_image, distribution_legend, summary_writer,
+)
 from strategies.metrics import scalar_metric
 
-__all__ = ["TrialMetricsLogger", "ArchDistributionLogger", "distribution_image"]
+__all__ = ["TrialMetricsLogger", "ArchDistributionLogger", "distribution_image", "log_run_hparams",
+           "flatten_hparams", "MIN_HELDOUT"]
 
+#: Fewest held-out architectures a logged Kendall tau must rest on (below, a tau over 2-4 architectures
+#: jumps between -1, -0.33, 0.33 and 1 and says nothing about the surrogate).
+MIN_HELDOUT = 10
+
+
+def _writer_factory(factory: Callable[[str], Any] | None) -> Callable[[str], Any]:
+    if factory is None:
+        from torch.utils.tensorboard import SummaryWriter
+        factory = SummaryWriter
+    return factory
 
 
 class TrialMetricsLogger(StrategyMiddleware):
-    """Write each trial's metric, best-so-far and surrogate quality to TensorBoard.
+    """Write each trial's metric, best-so-far, proposal counts and surrogate quality to TensorBoard.
 
     Parameters
     ----------
@@ -45,31 +67,50 @@ class TrialMetricsLogger(StrategyMiddleware):
         Directory of the event files (created when missing).
     strategy
         The main strategy, read for its ``model_history`` after each trial (a list of dicts of
-        scalars, one per refit of its model, at step ``num_evaluated``); optional.
+        scalars, one per refit of its model, at step ``num_evaluated``); optional. A figure named
+        ``kendall_tau<suffix>`` is logged only with ``num_heldout<suffix>`` >= :data:`MIN_HELDOUT` in
+        the same entry, and that count with it.
     writer_factory
         Builds the summary writer from ``log_dir`` (default: ``torch.utils.tensorboard.SummaryWriter``).
+    image_every
+        Finished trials between two images of the proposal counts (one more at the end).
+    hparams
+        The strategy's arguments (nested dicts are flattened, see :func:`flatten_hparams`): written at
+        the end of the search into ``<log_dir>/hparams`` (:func:`log_run_hparams`), with the
+        strategy's class name and the metrics ``final_metric`` (the best), ``trials_succeeded`` and
+        ``trials_failed``, for TensorBoard's HParams tab. ``None``: no HParams entry.
     """
 
-    def __init__(self, log_dir: str, strategy: Any = None,
-                 writer_factory: Callable[[str], Any] | None = None) -> None:
+    def __init__(self, log_dir: str, strategy: Any = None, writer_factory: Callable[[str], Any] | None = None,
+                 image_every: int = 10, hparams: Mapping[str, Any] | None = None) -> None:
         super().__init__()
+        if isinstance(image_every, bool) or not isinstance(image_every, int) or image_every < 1:
+            raise ValueError(f"TrialMetricsLogger: image_every must be a positive integer, got {image_every!r}")
         self.log_dir = str(log_dir)
         self._strategy = strategy
-        if writer_factory is None:
-            from torch.utils.tensorboard import SummaryWriter
-            writer_factory = SummaryWriter
-        self._writer = writer_factory(self.log_dir)
+        self._writer = _writer_factory(writer_factory)(self.log_dir)
+        self._image_every = image_every
+        self._hparams = None if hparams is None else dict(hparams)
         self._finished = 0
         self._failed = 0
         self._best: float | None = None
         self._quality_logged = 0
+        self._proposed: dict[str, dict[str, int]] = {}
+        self._image_step = 0
+        self._legend_written = False
 
     # --- pass-through engine interface -------------------------------------------------------
     def submit_models(self, *models: ExecutableModelSpace) -> None:
+        self._count_proposals(models)
         self.engine.submit_models(*models)
 
     def list_models(self, status: ModelStatus | None = None) -> Iterable[ExecutableModelSpace]:
         return self.engine.list_models(status)
+
+    def wait_models(self, *models: ExecutableModelSpace) -> None:
+        # The engine's own wait: ExecutionEngine's generic one iterates list_models() only once, so
+        # it returned before the last trials ended and their results never reached the strategy.
+        self.engine.wait_models(*models)
 
     def register_model_event_callback(self, event_type: ModelEventType, callback: Callable[..., None]) -> None:
         self.engine.register_model_event_callback(event_type, callback)
@@ -80,7 +121,8 @@ class TrialMetricsLogger(StrategyMiddleware):
     # --- checkpointing (NNI's Chain saves every middleware's state with the strategy's) -------
     def state_dict(self) -> dict:
         return {"finished": self._finished, "failed": self._failed, "best": self._best,
-                "quality_logged": self._quality_logged}
+                "quality_logged": self._quality_logged, "image_step": self._image_step,
+                "proposed": {label: dict(counts) for label, counts in self._proposed.items()}}
 
     def load_state_dict(self, state_dict: dict) -> None:
         """Go on counting where the checkpoint stopped, so a resumed run appends to the same curves."""
@@ -88,6 +130,9 @@ class TrialMetricsLogger(StrategyMiddleware):
         self._failed = int(state_dict["failed"])
         self._best = state_dict["best"]
         self._quality_logged = int(state_dict["quality_logged"])
+        self._image_step = int(state_dict["image_step"])
+        self._proposed = {label: {name: int(n) for name, n in counts.items()}
+                          for label, counts in state_dict["proposed"].items()}
 
     # --- logging ----------------------------------------------------------------------------
     def _initialize_engine(self, engine) -> None:
@@ -96,6 +141,17 @@ class TrialMetricsLogger(StrategyMiddleware):
     def _cleanup(self) -> None:
         self.engine.unregister_model_event_callback(ModelEventType.TrainingEnd, self._on_training_end)
         self._log_quality()
+        step = self._finished + self._failed
+        if self._image_step != step:
+            self._log_proposals(step)
+        if self._hparams is not None:
+            hparams = dict(self._hparams)
+            if self._strategy is not None:
+                hparams.setdefault("strategy", type(self._strategy).__name__)
+            metrics = {"trials_succeeded": self._finished, "trials_failed": self._failed}
+            if self._best is not None:
+                metrics["final_metric"] = self._best
+            log_run_hparams(os.path.join(self.log_dir, "hparams"), hparams, metrics, step)
         self._writer.flush()
         self._writer.close()
 
@@ -103,17 +159,53 @@ class TrialMetricsLogger(StrategyMiddleware):
         value = scalar_metric(event.model.metric) if event.status == ModelStatus.Trained else None
         if value is None:
             self._failed += 1
-            self._writer.add_scalar("search/failed_trials", self._failed, self._finished + self._failed)
         else:
             self._finished += 1
-            step = self._finished
+        step = self._finished + self._failed
+        if value is None:
+            self._writer.add_scalar("search/failed_trials", self._failed, step)
+        else:
             self._best = value if self._best is None else max(self._best, value)
             self._writer.add_scalar("trial/metric", value, step)
-            self._writer.add_scalar("search/best_so_far", self._best, step)
             sample = json.dumps(event.model.sample, sort_keys=True, default=str)
             self._writer.add_text("trial/architecture", f"metric {value:.6g}: `{sample}`", step)
+        if self._best is not None:
+            self._writer.add_scalar("search/best_so_far", self._best, step)
+        if step % self._image_every == 0:
+            self._log_proposals(step)
         self._log_quality()
         self._writer.flush()
+
+    def _count_proposals(self, models: Iterable[ExecutableModelSpace]) -> None:
+        if not self._proposed and self._model_space is not None:  # every candidate of the space, in order
+            for label, mutable in self._model_space.simplify().items():
+                values = getattr(mutable, "values", None)
+                if values is not None:
+                    self._proposed[label] = {str(v): 0 for v in values}
+        for model in models:
+            for label, value in (model.sample or {}).items():
+                counts = self._proposed.setdefault(label, {})
+                for chosen in value if isinstance(value, (list, tuple)) else [value]:
+                    counts[str(chosen)] = counts.get(str(chosen), 0) + 1
+
+    def _log_proposals(self, step: int) -> None:
+        """The image ``search/proposals``: for each choice (row), the fraction of its proposals that
+        took each candidate (column); the counts as the text ``search/proposal_counts``."""
+        rows = {label: counts for label, counts in self._proposed.items() if sum(counts.values())}
+        if not rows:
+            return
+        fractions = {label: {name: n / sum(counts.values()) for name, n in counts.items()}
+                     for label, counts in rows.items()}
+        if not self._legend_written:
+            self._writer.add_text("search/proposals_legend", distribution_legend(fractions, "share of proposals"),
+                                  step)
+            self._legend_written = True
+        self._writer.add_image("search/proposals", distribution_image(fractions), step, dataformats="CHW")
+        lines = ["| choice | proposals per candidate |", "|---|---|"]
+        lines += [f"| `{label}` | {', '.join(f'`{name}` {n}' for name, n in counts.items())} |"
+                  for label, counts in rows.items()]
+        self._writer.add_text("search/proposal_counts", "\n".join(lines), step)
+        self._image_step = step
 
     def _log_quality(self) -> None:
         history = getattr(self._strategy, "model_history", None) or []
@@ -121,30 +213,20 @@ class TrialMetricsLogger(StrategyMiddleware):
             entry = history[index]
             step = int(entry.get("num_evaluated", index))
             for name, value in entry.items():
-                if (name != "num_evaluated" and isinstance(value, (int, float)) and not isinstance(value, bool)
-                        and not math.isnan(value)):
-                    self._writer.add_scalar(f"surrogate/{name}", value, step)
+                if name in ("num_evaluated", "round") or name.startswith("num_heldout") or not _number(value):
+                    continue
+                if name.startswith("kendall_tau"):
+                    count_name = "num_heldout" + name[len("kendall_tau"):]
+                    count = entry.get(count_name)
+                    if not _number(count) or count < MIN_HELDOUT:
+                        continue
+                    self._writer.add_scalar(f"surrogate/{count_name}", count, step)
+                self._writer.add_scalar(f"surrogate/{name}", value, step)
         self._quality_logged = len(history)
 
 
-def distribution_image(probs: Mapping[str, Mapping[Any, float]], cell: int = 12) -> np.ndarray:
-    """Heat map of an architecture distribution as a ``(3, H, W)`` uint8 image (CHW, RGB).
-
-    One row per label (in ``probs`` order), one column per candidate (rows with fewer candidates
-    are padded with a neutral grey); each probability ``p`` is a ``cell`` x ``cell`` block coloured
-    from white (0) to dark blue (1).
-    """
-    if not probs:
-        raise ValueError("distribution_image: empty distribution")
-    width = max(len(dist) for dist in probs.values())
-    grid = np.full((len(probs), width), np.nan)
-    for row, dist in enumerate(probs.values()):
-        grid[row, :len(dist)] = np.clip(np.asarray([float(v) for v in dist.values()], dtype=np.float64), 0.0, 1.0)
-    white, blue = np.array([255.0, 255.0, 255.0]), np.array([8.0, 48.0, 107.0])
-    rgb = white + grid[..., None] * (blue - white)
-    rgb[np.isnan(grid)] = 200.0
-    rgb = np.repeat(np.repeat(rgb, cell, axis=0), cell, axis=1)
-    return rgb.round().astype(np.uint8).transpose(2, 0, 1)
+def _number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and not math.isnan(value)
 
 
 class ArchDistributionLogger(Callback):
@@ -155,8 +237,10 @@ class ArchDistributionLogger(Callback):
     evaluator's trainer, e.g. ``Classification(..., callbacks=[ArchDistributionLogger(log_dir)])``.
 
     Writes, at step = epoch: ``arch/<label>/<choice>`` (probability), ``arch_entropy/<label>``
-    (natural-log entropy), ``arch/argmax`` (the most probable choice of every label, as JSON text)
-    and the image ``arch/distribution`` (:func:`distribution_image`).
+    (natural-log entropy), ``arch/chosen`` (the most probable candidate of every label by name, as a
+    table) and the image ``arch/distribution`` (rows: labels, columns: candidates; see
+    :func:`distribution_image`); once, the key ``arch/legend`` to the image and a Custom Scalars
+    layout with one chart per label whose named lines are its candidates' ``arch/`` scalars.
 
     Parameters
     ----------
@@ -173,21 +257,17 @@ class ArchDistributionLogger(Callback):
         self._writer_factory = writer_factory
         self._writer: Any = None
         self._own_writer = False
+        self._layout_written = False
 
     def _get_writer(self, trainer: Any) -> Any:
         if self._writer is None:
             if self.log_dir is not None:
-                factory = self._writer_factory
-                if factory is None:
-                    from torch.utils.tensorboard import SummaryWriter
-                    factory = SummaryWriter
-                self._writer, self._own_writer = factory(self.log_dir), True
+                self._writer, self._own_writer = _writer_factory(self._writer_factory)(self.log_dir), True
             else:
-                experiment = getattr(getattr(trainer, "logger", None), "experiment", None)
-                if not (hasattr(experiment, "add_scalar") and hasattr(experiment, "add_image")):
+                self._writer = summary_writer(trainer)
+                if self._writer is None:
                     raise ValueError("ArchDistributionLogger: the trainer has no TensorBoard logger; "
                                      "give the callback a log_dir")
-                self._writer = experiment
         return self._writer
 
     def on_train_epoch_end(self, trainer: Any, pl_module: Any) -> None:
@@ -201,15 +281,17 @@ class ArchDistributionLogger(Callback):
         if not probs:
             return
         writer, epoch = self._get_writer(trainer), int(trainer.current_epoch)
-        argmax = {}
+        if not self._layout_written:
+            writer.add_custom_scalars(custom_scalar_layout(probs, lambda label, choice: f"arch/{label}/{choice}"))
+            writer.add_text("arch/legend", distribution_legend(probs), epoch)
+            self._layout_written = True
         for label, dist in probs.items():
             values = np.asarray([float(v) for v in dist.values()], dtype=np.float64)
             for choice, p in zip(dist, values):
                 writer.add_scalar(f"arch/{label}/{choice}", p, epoch)
             nonzero = values[values > 0]
             writer.add_scalar(f"arch_entropy/{label}", float(-(nonzero * np.log(nonzero)).sum()), epoch)
-            argmax[label] = list(dist)[int(values.argmax())]
-        writer.add_text("arch/argmax", json.dumps(argmax, default=str), epoch)
+        writer.add_text("arch/chosen", chosen_table(probs), epoch)
         writer.add_image("arch/distribution", distribution_image(probs), epoch, dataformats="CHW")
         writer.flush()
 
@@ -217,3 +299,51 @@ class ArchDistributionLogger(Callback):
         if self._own_writer and self._writer is not None:
             self._writer.close()
             self._writer, self._own_writer = None, False
+
+
+# --- HParams -----------------------------------------------------------------------------------
+
+def flatten_hparams(hparams: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``hparams`` as one flat dict TensorBoard's HParams tab accepts: nested mappings become
+    ``outer.inner`` keys; numbers and strings stay; booleans, ``None``, lists and anything else become
+    their text (lists and tuples as JSON)."""
+    flat: dict[str, Any] = {}
+    for key, value in hparams.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            flat.update(flatten_hparams(value, f"{name}."))
+        elif isinstance(value, (int, float, str)) and not isinstance(value, bool):
+            flat[name] = value
+        elif isinstance(value, (list, tuple)):
+            flat[name] = json.dumps(value, default=str)
+        else:
+            flat[name] = str(value)
+    return flat
+
+
+def log_run_hparams(log_dir: str | os.PathLike, hparams: Mapping[str, Any], metrics: Mapping[str, float | None],
+                    step: int = 0) -> None:
+    """Record one run in TensorBoard's HParams tab: its arguments ``hparams`` (flattened by
+    :func:`flatten_hparams`) and its final ``metrics`` (scalars at ``step``; ``None``, NaN and infinite
+    values are left out), written into ``log_dir`` itself. The record replaces an earlier one in
+    ``log_dir`` (a resumed run's), whose event files are removed once the new one is written.
+
+    Give each run a directory of its own for this (e.g. ``<run>/tensorboard/hparams``): TensorBoard
+    offers every scalar of that directory as a metric column. Runs under one ``tensorboard --logdir``
+    are then compared side by side, one row per run, with a column for every argument any of them
+    has (no run fixes the columns for the others).
+    """
+    from torch.utils.tensorboard import SummaryWriter
+    from torch.utils.tensorboard.summary import hparams as hparams_summary
+
+    finite = {name: float(value) for name, value in metrics.items() if _number(value) and math.isfinite(value)}
+    _, session_start, session_end = hparams_summary(flatten_hparams(hparams), finite)
+    directory = Path(log_dir)
+    earlier = list(directory.glob("events.out.tfevents.*"))
+    with SummaryWriter(str(directory)) as writer:
+        writer.file_writer.add_summary(session_start)
+        writer.file_writer.add_summary(session_end)
+        for name, value in finite.items():
+            writer.add_scalar(name, value, step)
+    for path in earlier:
+        path.unlink()

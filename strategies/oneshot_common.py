@@ -50,6 +50,7 @@ from nni.nas.oneshot.pytorch.supermodule.operation import NATIVE_MIXED_OPERATION
 from nni.nas.strategy.base import StrategyStatus
 
 from ._checks import check_choice, check_flag, check_number, unexpected_keyword
+from .arch_summary import chosen_table, custom_scalar_layout, distribution_image, distribution_legend, summary_writer
 
 __all__ = [
     "ArchWeights", "SoftmaxWeights", "DirichletWeights", "SimplexWeights", "HardGumbelWeights",
@@ -793,8 +794,9 @@ class ArchDistributionModule(DartsLightningModule):
     :meth:`weight_step` on the ``train`` batch and :meth:`finish_step`; :meth:`resample` before each
     step draws fresh samples for stochastic weights. Export and logging use the deterministic
     probabilities. :meth:`log_arch_distribution` logs ``prob/<label>/<choice>``,
-    ``entropy/<label>``, ``argmax/<label>`` and :meth:`extra_arch_metrics` every
-    ``log_prob_every_n_step`` batches and at every epoch end. A strategy customises it through the
+    ``entropy/<label>`` and :meth:`extra_arch_metrics` every ``log_prob_every_n_step`` batches and
+    at every epoch end, where :meth:`write_arch_summaries` adds TensorBoard's views (a chart per
+    choice, a heat map, the chosen candidates by name). A strategy customises it through the
     hooks :meth:`arch_step_enabled`, :meth:`arch_regularizer`, :meth:`extra_arch_metrics` and
     :meth:`ddp_unused_parameters`, or replaces :meth:`training_step` and reuses the rest.
 
@@ -817,6 +819,7 @@ class ArchDistributionModule(DartsLightningModule):
     def __init__(self, training_module, arch_weights: ArchWeights, **kwargs):
         super().__init__(training_module, **kwargs)
         self.arch_weights = arch_weights
+        self._arch_layout_written = False
 
     # -- hooks -----------------------------------------------------------------------------
     def arch_step_enabled(self) -> bool:
@@ -982,12 +985,12 @@ class ArchDistributionModule(DartsLightningModule):
 
     def on_train_epoch_end(self):
         result = super().on_train_epoch_end()
-        self.log_arch_distribution()
+        self.write_arch_summaries(self.log_arch_distribution())
         return result
 
-    def log_arch_distribution(self) -> None:
-        """Log ``prob/<label>/<choice>``, ``entropy/<label>``, ``argmax/<label>`` (index of the most
-        probable choice, i.e. the current architecture) and :meth:`extra_arch_metrics`."""
+    def log_arch_distribution(self) -> dict[str, dict[Any, float]]:
+        """Log ``prob/<label>/<choice>``, ``entropy/<label>`` and :meth:`extra_arch_metrics` through
+        the Lightning logger; returns the distribution logged (:meth:`export_probs`)."""
         probs = self.export_probs()
         metrics: dict[str, float] = {}
         for label, dist in probs.items():
@@ -995,9 +998,27 @@ class ArchDistributionModule(DartsLightningModule):
             for value, p in zip(dist, values):
                 metrics[f"prob/{label}/{value}"] = p
             metrics[f"entropy/{label}"] = entropy(values)
-            metrics[f"argmax/{label}"] = float(max(range(len(values)), key=values.__getitem__))
         metrics.update(self.extra_arch_metrics(probs))
         self.log_dict(metrics)
+        return probs
+
+    def write_arch_summaries(self, probs: Mapping[str, Mapping[Any, float]]) -> None:
+        """Write the distribution ``probs`` at this epoch to the trainer's TensorBoard logger (on rank 0;
+        nothing when the trainer has no TensorBoard logger): the heat map ``arch/distribution`` (rows:
+        choices, columns: candidates) and the table ``arch/chosen`` (the most probable candidate of
+        each choice, by name), at step = epoch; once per run, the key ``arch/legend`` to the heat map
+        and the Custom Scalars layout: one chart per choice with its candidates' ``prob/`` scalars
+        as named lines."""
+        writer = summary_writer(self.trainer) if self.trainer.is_global_zero else None
+        if writer is None or not probs:
+            return
+        epoch = self.trainer.current_epoch
+        if not self._arch_layout_written:
+            writer.add_custom_scalars(custom_scalar_layout(probs, lambda label, choice: f"prob/{label}/{choice}"))
+            writer.add_text("arch/legend", distribution_legend(probs), epoch)
+            self._arch_layout_written = True
+        writer.add_image("arch/distribution", distribution_image(probs), epoch, dataformats="CHW")
+        writer.add_text("arch/chosen", chosen_table(probs), epoch)
 
     def weight_optimizer(self) -> torch.optim.Optimizer | None:
         """The evaluator's (single) weight optimiser, unwrapped from Lightning."""

@@ -169,7 +169,7 @@ def test_exports_on_hub_nasbench201_freeze(stages):
     metrics = trainer.callback_metrics
     assert any(k.startswith("prob/cell/0_1/") for k in metrics)
     assert any(k.startswith("beta/cell/0_1/") for k in metrics) and "entropy/cell/0_1" in metrics
-    assert "argmax/cell/0_1" in metrics
+    assert not any(k.startswith("argmax/") for k in metrics)  # the chosen op is a TensorBoard text, by name
     if stages:
         assert module.current_stage == 1
         masks = [module.arch_weights.mask(p) for p in module.unique_arch_parameters().values()]
