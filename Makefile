@@ -18,11 +18,12 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 # Search (DrNAS on the embedded digits space), then retrain the found architecture and 3 random ones of
-# the same space with the same quick protocol, and print one summary of what the search bought.
+# the same space with the same quick protocol, and print one summary of what the search bought
+# (--overwrite: a second `make demo` starts the run in $(OUTPUT) again).
 # One torch thread: the models are tiny, and on a shared machine a second thread only waits (10x slower).
 DEMO_THREADS ?= 1
 demo: $(STAMP)
-	OMP_NUM_THREADS=$(DEMO_THREADS) $(VENV)/bin/nni-plugins search --output $(OUTPUT)
+	OMP_NUM_THREADS=$(DEMO_THREADS) $(VENV)/bin/nni-plugins search --output $(OUTPUT) --overwrite
 	OMP_NUM_THREADS=$(DEMO_THREADS) $(VENV)/bin/nni-plugins retrain $(OUTPUT) --random 3 --restart
 
 test: $(STAMP)

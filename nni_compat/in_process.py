@@ -136,3 +136,26 @@ def fix_final_report_without_metrics() -> None:
 
     patch('final_report_without_metrics', 'nni.nas.evaluator.pytorch.lightning:SupervisedLearningModule._final_report',
           make)
+
+
+def fix_oneshot_arch_parameters_order() -> None:
+    """``DartsLightningModule.arch_parameters`` (``nni/nas/oneshot/pytorch/differentiable.py:90-98``; also
+    GumbelDARTS, ProxylessNAS and every strategy built on them) returns ``list(set(params))``: the
+    architecture parameters in the order of their object ids, which differs from process to process.
+    The architecture optimiser is built from that list and Lightning restores its state by position,
+    so a one-shot search resumed from its checkpoint (``ckpt_path``) put one choice's Adam moments on
+    another's parameter (``RuntimeError: The size of tensor a (2) must match the size of tensor b (4)``,
+    or, for choices of one size, silently). The parameters now come once each, in the order of the
+    supernet's modules."""
+    def make(original):
+        def arch_parameters(self):
+            found = {}
+            for module in self.supernet_modules():
+                if hasattr(module, 'arch_parameters'):
+                    found.update((id(p), p) for p in module.arch_parameters())
+            return list(found.values())
+        arch_parameters.__doc__ = original.__doc__
+        return arch_parameters
+
+    patch('oneshot_arch_parameters_order',
+          'nni.nas.oneshot.pytorch.differentiable:DartsLightningModule.arch_parameters', make)

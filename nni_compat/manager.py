@@ -18,11 +18,13 @@ _logger = logging.getLogger(__name__)
 
 def viewable_profile(params: dict) -> dict:
     """The stored experiment profile made acceptable to ``NasExperimentConfig`` when ``nnictl view``
-    reloads it: no legacy search space, and the trial code directory relative (``.``), because
+    reloads it: an empty legacy search space, and the trial code directory relative (``.``), because
     ``_canonicalize`` (``nni/nas/experiment/config/experiment.py:167-172``) rejects both a
-    customised search space and a code directory other than the current directory."""
+    customised search space and a code directory other than the current directory. The search space
+    stays (empty): a resumed manager sends it to the strategy's channel, which refused a missing one
+    (``Initialize command data must be a dict``), so a stopped experiment could not be resumed."""
     params = dict(params)
-    params.pop('searchSpace', None)
+    params['searchSpace'] = {}
     params['trialCodeDirectory'] = '.'
     if isinstance(params.get('trainingService'), dict):
         params['trainingService'] = dict(params['trainingService'], trialCodeDirectory='.')

@@ -11,9 +11,12 @@ Errors. Every bad input ends with one ``error: ...`` line on stderr and exit sta
 errors of NNI (its config checks, some of them bare assertions) and Lightning
 (``MisconfigurationException``). A one-shot search that went NaN or infinite
 (:class:`strategies.NonFiniteError`: non-finite data or a learning rate too high) ends the same way, exit
-status 2, and writes no ``best_architecture.json``. Any other exception is a bug: one ``error: unexpected ...``
-line and exit status 1. Ctrl-C: one line, exit status 130. ``-v``/``--verbose`` (before or after the subcommand)
-also prints the traceback. docs/errors.md lists the messages.
+status 2, and writes no ``best_architecture.json``; so does a multi-trial search whose every trial failed
+(:class:`~nni_plugins.search.SearchFailed`). Any other exception is a bug: one ``error: unexpected ...``
+line and exit status 1. Ctrl-C: one line, exit status 130; during a search, SIGINT and SIGTERM keep what
+finished and print the resume command (``error: interrupted by SIGINT (...)``, exit status 130 or 143;
+docs/runs.md). ``-v``/``--verbose`` (before or after the subcommand) also prints the traceback.
+docs/errors.md lists the messages.
 """
 from __future__ import annotations
 
@@ -30,6 +33,8 @@ from typing import Sequence
 import yaml
 
 from nni_compat import when_imported
+
+from .rundir import Interrupted
 
 __all__ = ["main", "build_parser"]
 
@@ -72,13 +77,17 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--download", action="store_true", default=None, help="let torchvision download CIFAR (needs internet)")
     s.add_argument("--limit", type=int, help="use at most this many training images")
     s.add_argument("--evaluator", help="search (papers' SGD settings, default) or classification (NNI's)")
-    group = s.add_mutually_exclusive_group()
-    group.add_argument("--epochs", type=int, help="one-shot supernet epochs / training epochs per trial")
-    group.add_argument("--trials", type=int, help="number of trials of a multi-trial strategy")
+    s.add_argument("--epochs", type=int, help="one-shot supernet epochs / training epochs per trial")
+    s.add_argument("--trials", type=int, help="number of trials of a multi-trial strategy (default 8)")
     s.add_argument("--batch-size", dest="batch_size", type=int)
     s.add_argument("--seed", type=int)
     s.add_argument("--port", type=int, help="NNI manager port of multi-trial runs (default: a free one)")
-    s.add_argument("--output", help="run directory (required unless in --config)")
+    s.add_argument("--output", help="run directory (required unless in --config); one run per directory")
+    again = s.add_mutually_exclusive_group()
+    again.add_argument("--resume", metavar="RUN_DIR", help="continue the interrupted or killed run in RUN_DIR "
+                       "(its config.yml; docs/runs.md)")
+    again.add_argument("--overwrite", action="store_true", default=None,
+                       help="remove the run already in --output and start again")
     s.add_argument("--retrain", action="store_true", help="then retrain the found architecture and test it "
                    "(settings: the 'retrain:' mapping of --config, or `nni-plugins retrain` afterwards)")
 
@@ -128,13 +137,41 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+_SEARCH_FLAGS = ("strategy", "space", "dataset", "data_path", "data_root", "download", "limit", "evaluator", "epochs",
+                 "trials", "batch_size", "seed", "port", "output", "overwrite")
+
+
+def _resume_config(args: argparse.Namespace, overrides: dict):
+    """The configuration of the run in ``args.resume`` (its ``config.yml``); a flag that changes it is an error."""
+    from .search import load_config
+
+    run_dir = Path(args.resume)
+    if args.config:
+        raise ValueError("--resume continues the run as its RUN_DIR/config.yml describes it; leave out --config")
+    config = run_dir / "config.yml"
+    if not config.is_file():
+        raise ValueError(f"cannot resume '{run_dir}': it holds no run of `nni-plugins search` ({config} is missing)")
+    cfg = load_config(config, output=str(run_dir))
+    given = {k: v for k, v in overrides.items() if v is not None and k not in ("output", "port")}
+    conflicts = [f"--{k.replace('_', '-')} {v!r} (the run has {getattr(cfg, k)!r})"
+                 for k, v in given.items() if v != getattr(cfg, k)]
+    if args.output and Path(args.output).resolve() != run_dir.resolve():
+        conflicts.append(f"--output {args.output!r} (the run is {str(run_dir)!r})")
+    if conflicts:
+        raise ValueError(f"--resume continues the run unchanged, but {'; '.join(conflicts)}; leave those flags out, "
+                         "or start a new run with --overwrite")
+    if args.port is not None:
+        cfg.port = args.port
+    return cfg
+
+
 def _cmd_search(args: argparse.Namespace) -> int:
     from .search import SearchConfig, load_config, run_search
 
-    overrides = {k: getattr(args, k) for k in ("strategy", "space", "dataset", "data_path", "data_root", "download",
-                                                 "limit", "evaluator", "epochs", "trials", "batch_size", "seed",
-                                                 "port", "output")}
-    if args.config:
+    overrides = {k: getattr(args, k) for k in _SEARCH_FLAGS}
+    if args.resume:
+        cfg = _resume_config(args, overrides)
+    elif args.config:
         cfg = load_config(args.config, **overrides)
     else:
         if not args.output:
@@ -142,7 +179,7 @@ def _cmd_search(args: argparse.Namespace) -> int:
         cfg = SearchConfig(**{k: v for k, v in overrides.items() if v is not None})
     if args.retrain and cfg.retrain is False:
         cfg.retrain = True
-    result = run_search(cfg.validate())
+    result = run_search(cfg.validate(), resume=bool(args.resume))
     print(json.dumps({"sample": result.sample, "metric": result.metric}, sort_keys=True, default=str))
     print(f"wrote {result.best_architecture_path} and TensorBoard logs under {result.output / 'tensorboard'} "
           f"({result.seconds:.1f} s)")
@@ -183,13 +220,19 @@ def _cmd_benchmark(args: argparse.Namespace) -> int:
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
+    from .rundir import check_usable
+
     path = Path(args.run_dir) / "best_architecture.json"
+    check_usable(args.run_dir, "export")
     if not path.is_file():
         raise ValueError(f"{args.run_dir!r} is not a finished `nni-plugins search` run: {path} is missing")
     try:
         payload = json.loads(path.read_text())
     except json.JSONDecodeError as err:
         raise ValueError(f"{path} is not valid JSON: {err}") from None
+    if not isinstance(payload, dict) or not isinstance(payload.get("sample"), dict) or not payload["sample"]:
+        raise ValueError(f"{path} holds no architecture (a non-empty 'sample' mapping); it was not written by "
+                         "`nni-plugins search`")
     text = json.dumps(payload, indent=2, sort_keys=True)
     if args.output:
         Path(args.output).write_text(text + "\n")
@@ -232,7 +275,9 @@ def _explained(err: BaseException) -> str | None:
         return f"{names}: {err.strerror or err}"
     fabric = sys.modules.get("lightning_fabric.utilities.exceptions")
     oneshot = sys.modules.get("strategies.oneshot_common")  # NonFiniteError: the search diverged (data, lr)
+    search = sys.modules.get("nni_plugins.search")  # SearchFailed: the search ran and found nothing
     if isinstance(err, (ValueError, OSError, yaml.YAMLError)) or (
+            search is not None and isinstance(err, search.SearchFailed)) or (
             fabric is not None and isinstance(err, fabric.MisconfigurationException)) or (
             oneshot is not None and isinstance(err, oneshot.NonFiniteError)):
         return str(err)
@@ -256,7 +301,8 @@ def _report(err: BaseException, verbose: bool) -> int:
     return status
 
 
-# Messages of NNI and Lightning known to be harmless in our runs, hidden unless --verbose (docs/errors.md, "Output").
+# Messages of NNI and Lightning known to be harmless in our runs (or repeating our error line), hidden unless
+# --verbose (docs/errors.md, "Output").
 _HARMLESS_LOGS = (  # (logger, start of the message): WARNING records
     # one-shot strategies train on NNI's combined train/validation loader, the evaluator gets no validation loader
     ("nni.nas.evaluator.pytorch.lightning", "Validation dataloaders are missing. Safe to ignore this warning when "
@@ -264,10 +310,15 @@ _HARMLESS_LOGS = (  # (logger, start of the message): WARNING records
     # NasExperiment saves its checkpoint before the first epoch, when Lightning has saved none yet
     ("nni.nas.oneshot.pytorch.strategy", "Checkpoint callback does not have last_model_path or best_model_path "
                                          "attribute. Either the strategy has not started"),
+    # an ERROR record that only announces the exception (or interrupt) the CLI reports in its own `error:` line
+    ("nni.nas.strategy.base", "Strategy failed to execute."),
+    ("nni.nas.execution.sequential", "Model "),  # "Model 1 fails to be executed." / "is interrupted."
 )
 _HARMLESS_WARNINGS = (  # (category, message regex)
     # Lightning's copy of torch's tree_flatten (pytorch_lightning/utilities/_pytree.py) uses the deprecated class
     (FutureWarning, re.escape("`isinstance(treespec, LeafSpec)` is deprecated")),
+    # a resumed one-shot search saves its next checkpoints beside the one it resumed from (docs/runs.md)
+    (UserWarning, r"Checkpoint directory .* exists and is not empty"),
 )
 
 
@@ -306,6 +357,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                 "register": _cmd_register, "unregister": _cmd_unregister}
     try:
         return commands[args.command](args)
+    except Interrupted as err:  # SIGINT or SIGTERM during a search: what finished is kept
+        print(f"error: interrupted by {err} ({getattr(err, 'detail', 'nothing kept')})", file=sys.stderr)
+        return err.exit_status
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)
         return 130

@@ -105,6 +105,8 @@ def _check_setting(name: str, value: Any) -> None:
         raise ValueError(f"{where} must be a positive number, got {value!r}")
     if name in _NON_NEGATIVE and not (is_number and value >= 0):
         raise ValueError(f"{where} must be a non-negative number, got {value!r}")
+    if name == "momentum" and not (is_number and 0 <= value < 1):  # 1 or more: the weights grow without bound
+        raise ValueError(f"{where} must be a number in [0, 1), got {value!r}")
     if name == "drop_path" and not (is_number and 0 <= value < 1):
         raise ValueError(f"{where} must be a number in [0, 1), got {value!r}")
     if name == "optimizer" and value not in ("sgd", "rmsprop"):

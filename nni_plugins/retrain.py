@@ -51,6 +51,7 @@ from .datasets import DataSplits, SplitDataset, build_datasets
 from .estimate import accuracy, split_output, supernet_estimate
 from .protocols import (PROTOCOLS, SPACE_KNOBS, RetrainSettings, count_option, device_of, resolve_settings,
                         split_options)
+from .rundir import check_usable
 from .runfiles import save_torch, write_json
 from .spaces import build_space
 
@@ -459,11 +460,17 @@ def retrain_run(run_dir: str | os.PathLike, overrides: Mapping[str, Any] | None 
     Raises
     ------
     ValueError
-        For a directory that is not a finished run, a bad setting, ``top_k`` beyond the ranked trials,
-        a sample that is not one of the space, data without a test part, or a checkpoint written
-        for other settings (without ``restart``). All of them before anything is written.
+        For a directory that is not a finished run or whose search failed (an interrupted search is
+        retrained with a warning on stderr: its architecture is the best so far), a file where ``retrain/``
+        goes, a bad setting, ``top_k`` beyond the ranked trials, a sample that is not one of the space,
+        data without a test part, or a checkpoint written for other settings (without ``restart``). All
+        of them before anything is written.
     """
+    check_usable(run_dir, "retrain")  # a failed run: ValueError; an interrupted one: a warning
     run = load_run(run_dir)
+    if (run.path / RETRAIN_DIR).exists() and not (run.path / RETRAIN_DIR).is_dir():
+        raise ValueError(f"cannot create the retrain directory {run.path / RETRAIN_DIR}: a file of that name "
+                         "exists")
     cfg = run.config
     saved, saved_top_k, saved_random = split_options(cfg.retrain)
     top_k = saved_top_k if top_k is None else count_option("top_k", top_k, 1)

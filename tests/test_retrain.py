@@ -245,6 +245,7 @@ def test_protocols_and_final_space_args():
     ({"auxiliary_weight": 0.4}, "space 'digits' has no auxiliary head"),
     ({"optimizer": "adam"}, "'optimizer' must be 'sgd' or 'rmsprop'"),
     ({"learning_rate_min": 1.0}, "must not exceed 'learning_rate'"),
+    ({"momentum": 2}, "'momentum' must be a number in [0, 1), got 2"),
     ({"device": "tpu"}, "'device' must be auto, cpu, cuda or cuda:N"),
 ])
 def test_bad_settings(overrides, message):

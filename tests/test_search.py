@@ -40,6 +40,18 @@ def _scalar_tags(root: Path) -> set[str]:
     return tags
 
 
+def _hparams(run_dir: Path) -> tuple[dict, dict]:
+    """(arguments, final scalars) of the run's HParams record, read back from its event file."""
+    from tensorboard.plugins.hparams import plugin_data_pb2
+
+    acc = EventAccumulator(str(run_dir / "tensorboard" / "hparams"))
+    acc.Reload()
+    content = acc.PluginTagToContent("hparams")["_hparams_/session_start_info"]
+    start = plugin_data_pb2.HParamsPluginData.FromString(content).session_start_info
+    values = {name: getattr(v, v.WhichOneof("kind")) for name, v in start.hparams.items()}
+    return values, {tag: acc.Scalars(tag)[-1].value for tag in acc.Tags()["scalars"]}
+
+
 def test_search_darts_on_digits_writes_json_and_events(tmp_path, capsys):
     out = tmp_path / "run"
     assert main(["search", "--strategy", "darts", "--epochs", "1", "--limit", "300", "--output", str(out)]) == 0
@@ -51,6 +63,9 @@ def test_search_darts_on_digits_writes_json_and_events(tmp_path, capsys):
     tags = _scalar_tags(out / "tensorboard")
     assert any(tag.startswith("prob/") for tag in tags), tags  # architecture distribution logged
     assert not (tmp_path / "lightning_logs").exists()
+    values, finals = _hparams(out)  # the HParams tab: the run's arguments and its final metric
+    assert values["strategy"] == "darts" and values["epochs"] == 1 and values["complete"] == "True"
+    assert finals["final_metric"] == pytest.approx(payload["metric"]["supernet_val_acc"])
     assert "best_architecture.json" in capsys.readouterr().out
     assert main(["export", str(out)]) == 0
     assert json.loads(capsys.readouterr().out)["sample"] == payload["sample"]
@@ -99,6 +114,9 @@ def test_search_multi_trial_rea_through_nni_manager(tmp_path):
     build_space("digits", 10, (1, 8, 8)).freeze(payload["sample"])
     tags = _scalar_tags(out / "tensorboard")
     assert {"trial/metric", "search/best_so_far"} <= tags
+    values, finals = _hparams(out)
+    assert values["strategy"] == "rea" and values["strategy_args.population_size"] == 2
+    assert finals["final_metric"] == pytest.approx(payload["metric"])
     # Each trial's own Lightning logs went to its NNI output directory, not to the cwd.
     assert list((out / "nni-experiments").rglob("trials/*/tensorboard/events.out.tfevents.*"))
     assert not (tmp_path / "lightning_logs").exists()
