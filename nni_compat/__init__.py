@@ -32,6 +32,10 @@ per part of NNI they repair (name: NNI call it repairs):
 - ``tuner_channel_resume_commands``: ``nni.runtime.tuner_command_channel.channel.TunerCommandChannel.receive``
 - ``websocket_keep_comments``: ``nni.runtime.command_channel.websocket.connection.WsConnection.receive``
   (its ``nni.load``) and ``TunerCommandChannel.receive`` (its ``load``)
+- ``trial_end_reads_parameter_id``: ``TunerCommandChannel.receive`` (a ``TrialEnd`` rebuilt the trial's
+  model and evaluator to read its parameter id)
+- ``listener_failure_stops_strategy``: ``TunerCommandChannel.listen`` and
+  ``TrainingServiceExecutionEngine._check_running`` (an error in the listener thread hung the search)
 
 :mod:`nni_compat.resumed_trials` (trials of the run before a resume):
 
@@ -77,6 +81,8 @@ per part of NNI they repair (name: NNI call it repairs):
 - ``sequential_engine_trial_params``: ``nni.nas.execution.SequentialExecutionEngine._run_single_model``
 - ``final_report_without_metrics``: ``nni.nas.evaluator.pytorch.lightning.SupervisedLearningModule._final_report``
   (a fit that ran no epoch, e.g. resuming a finished one-shot search)
+- ``oneshot_arch_parameters_order``: ``nni.nas.oneshot.pytorch.differentiable.DartsLightningModule.arch_parameters``
+  (an order that differs between processes, so a resumed architecture optimiser got the wrong state)
 
 Besides the patches, :func:`apply` filters two harmless warnings NNI prints on import, and in a
 trial of the local training service links the directory the web portal's TensorBoard button opens
@@ -102,6 +108,8 @@ _FIXES = (
     checkpoint.fix_checkpoint_after_each_trial,
     channel.fix_tuner_channel_resume_commands,
     channel.fix_websocket_keep_comments,
+    channel.fix_trial_end_reads_parameter_id,
+    channel.fix_listener_failure_stops_strategy,
     resumed_trials.fix_trials_ended_after_checkpoint,
     resumed_trials.fix_resumed_trials_rejoin_strategy,
     trial.fix_trial_runs_own_parameter,
@@ -119,6 +127,7 @@ _FIXES = (
     in_process.fix_hpo_strategy_idle_sleep,
     in_process.fix_sequential_engine_trial_params,
     in_process.fix_final_report_without_metrics,
+    in_process.fix_oneshot_arch_parameters_order,
 )
 
 # tests/test_tensorboard.py calls the fix by this name.

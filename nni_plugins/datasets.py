@@ -26,13 +26,16 @@ Supported sources (``name``):
     the file, else the largest training label plus one.
 
 Checks at load. Bad data is refused when it is loaded, with one ``ValueError`` that names the file and
-the array or image: ``.npz`` files that are truncated, corrupt or not ``.npz`` archives; float images
+the array or image: ``.npz`` files that are truncated, corrupt or not ``.npz`` archives (also a text
+file, or a directory, named ``.npz``); float images
 with NaN or infinite values (with their count and the first bad image); labels at or above
 ``num_classes`` (given in the file, or for ``y_test`` implied by ``y_train``: test classes that never
-occur in training); fewer than 2 classes. In an ImageFolder tree every file's image header is read up
-front (cheap: the pixels are not decoded), so files that are not images are refused at load; a file
-whose pixels fail to decode later (e.g. truncated) raises a ``ValueError`` naming it when it is read
-(the images used for the mean/std are decoded at load).
+occur in training); labels that leave more than half of the classes they imply without a training image
+(e.g. labels 0 and 10**9, which would build a model with 10**9 outputs; give ``num_classes`` to keep
+them); fewer than 2 classes (also an ImageFolder tree with one class sub-directory). In an ImageFolder
+tree every file's image header is read up front (cheap: the pixels are not decoded), so files that are
+not images are refused at load; a file whose pixels fail to decode later (e.g. truncated) raises a
+``ValueError`` naming it when it is read (the images used for the mean/std are decoded at load).
 
 Splits. ``train`` and ``val`` are a deterministic split (by ``seed``) of the training data:
 one-shot strategies update weights on ``train`` and architecture parameters on ``val`` (the DARTS
@@ -273,7 +276,17 @@ def _labels(y: np.ndarray, key: str, path: str, n: int) -> np.ndarray:
 _NPZ_READ_ERRORS = (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error)
 
 
+_ZIP_MAGIC = b"PK"                 # .npz files are zip archives
+_NPY_MAGIC = b"\x93NUMPY"          # a single array written by numpy.save
+
+
 def _read_npz(path: str) -> dict[str, np.ndarray]:
+    with open(path, "rb") as file:
+        head = file.read(len(_NPY_MAGIC))
+    if not head.startswith(_ZIP_MAGIC) and head != _NPY_MAGIC:  # NumPy would take it for a pickle
+        what = "is empty" if not head else f"starts with {head!r}"
+        raise ValueError(f"'{path}' is not a NumPy .npz archive (it {what}; an .npz file is a zip archive written "
+                         "by numpy.savez(path, x_train=..., y_train=...))")
     try:
         data = np.load(path, allow_pickle=False)
     except _NPZ_READ_ERRORS as err:
@@ -306,6 +319,11 @@ def _class_count(arrays: dict[str, np.ndarray], y_train: np.ndarray, y_test: np.
         num_classes = int(y_train.max()) + 1
         source = f"'y_train' (largest label {num_classes - 1})"
         fix = "fix the labels, or store the number of classes as 'num_classes' in the file"
+        present = len(np.unique(y_train))
+        if num_classes - present > present:  # e.g. labels 0 and 10**9: a model with 10**9 outputs
+            raise ValueError(f"{path}: {source} implies {num_classes} classes, but only {present} of them occur in "
+                             "'y_train'; number the classes 0..K-1, or store 'num_classes' in the file if that "
+                             "many is right")
     for key, y in (("y_train", y_train), ("y_test", y_test)):
         bad = 0 if y is None else int(np.count_nonzero(y >= num_classes))
         if bad:
@@ -404,6 +422,9 @@ def _load_imagefolder(path: str) -> _FolderSource:
     if test is not None and test.classes != train.classes:
         raise ValueError(f"'{path}': the classes of '{test_dir.name}/' {test.classes} differ from those of "
                          f"'train/' {train.classes}")
+    if len(train.classes) < 2:
+        raise ValueError(f"image folder '{train_dir}' has {len(train.classes)} class sub-directory {train.classes}; "
+                         "classification needs at least 2 (one sub-directory of images per class)")
     if len(train) < 2:
         raise ValueError(f"'{train_dir}' needs at least 2 training images, found {len(train)}")
     return _FolderSource(train, test)
@@ -430,6 +451,9 @@ def _check_arguments(name, path, root, download) -> tuple[str, str | None, str |
             raise ValueError(f"data set '{name}' needs path to {what} (path= in Python, --data-path on the "
                              "command line, data_path in a YAML config)")
         path = str(Path(path).expanduser().resolve())
+        if name == "npz" and Path(path).is_dir():
+            raise ValueError(f"npz path '{path}' is a directory; give the .npz file (or use the 'imagefolder' "
+                             "data set for a directory of images)")
         if name == "npz" and not Path(path).is_file():
             raise ValueError(f"npz file '{path}' does not exist")
         if name == "imagefolder" and not Path(path).is_dir():
@@ -541,7 +565,8 @@ def build_datasets(name: str = "digits", *, path: str | None = None, root: str |
     augment
         Standard CIFAR augmentation on ``train`` for 32x32 RGB images.
     limit
-        Use at most this many training images (drawn before the split), for quick runs.
+        Use this many training images (drawn before the split), for quick runs; at most the number of
+        training images the data set has.
 
     Returns
     -------
@@ -552,12 +577,16 @@ def build_datasets(name: str = "digits", *, path: str | None = None, root: str |
     ValueError
         On an unknown name, a missing or unreadable path, CIFAR files missing without ``download``,
         an ``.npz`` without ``x_train``/``y_train`` or with mismatched lengths, bad data (see "Checks at
-        load" in the module docstring), a bad ``val_fraction`` or ``limit``, or an argument that the
-        chosen source does not use.
+        load" in the module docstring), a bad ``val_fraction`` or ``limit`` (also one above the number of
+        training images), or an argument that the chosen source does not use.
     """
     name, path, root = _check_arguments(name, path, root, download)
     source = _load_source(name, path, root, bool(download))
-    train_idx, val_idx = split_indices(source.size("train"), seed, val_fraction, limit)
+    size = source.size("train")
+    if isinstance(limit, (int, np.integer)) and not isinstance(limit, bool) and limit > size:
+        raise ValueError(f"limit is {limit}, but data set '{name}'{'' if path is None else f' ({path})'} has "
+                         f"{size} training images; use at most {size}, or leave limit out to use them all")
+    train_idx, val_idx = split_indices(size, seed, val_fraction, limit)
     if name == "cifar10":
         mean, std = list(CIFAR10_MEAN), list(CIFAR10_STD)
     elif name == "cifar100":

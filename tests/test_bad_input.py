@@ -71,6 +71,9 @@ def test_test_label_outside_training_classes_is_refused(tmp_path, capsys):
     (dict(num_classes=3), "'y_train' has 5 label(s) >= 3 (largest 3), outside the classes 0..2 set by num_classes=3"),
     (dict(num_classes=np.array([4, 4])), "'num_classes' must be one integer"),
     (dict(y_train=np.zeros(20, int)), "'y_train' (largest label 0) gives 1 class; classification needs at least 2"),
+    (dict(y_train=np.array([0, 10 ** 9] * 10)),
+     "'y_train' (largest label 1000000000) implies 1000000001 classes, but only 2 of them occur in 'y_train'; number "
+     "the classes 0..K-1, or store 'num_classes' in the file"),
 ])
 def test_labels_against_the_number_of_classes(tmp_path, extra, message):
     x, y = _images()
@@ -223,7 +226,7 @@ def test_output_path_that_is_not_writable(tmp_path, capsys, monkeypatch):
 
 
 def test_os_errors_name_the_path(tmp_path, capsys):
-    (tmp_path / "best_architecture.json").write_text("{}")
+    (tmp_path / "best_architecture.json").write_text('{"sample": {"op": "conv"}}')
     assert main(["export", str(tmp_path), "--output", str(tmp_path)]) == 2  # a directory, not a file
     assert _error(capsys) == f"error: '{tmp_path}': Is a directory"
     (tmp_path / "bad.yml").write_bytes(b"strategy: \xff\xfe\n")
@@ -345,6 +348,8 @@ def test_output_that_is_a_device_file(capsys):
     ("strategy: drnas\noutput: 5\n", "error: 'output' must be a directory path, got 5"),
     ("strategy: drnas\noutput: [a, b]\n", "error: 'output' must be a directory path, got ['a', 'b']"),
     ("strategy: drnas\nEpochs: 1\noutput: x\n", "error: Unknown key(s) ['Epochs'] in "),
+    ("strategy: random\ntrials: 2\nstrategy_args: {seed: -1}\noutput: x\n",
+     "error: 'strategy_args.seed': give the seed as the top-level 'seed' (--seed)"),
 ])
 def test_yaml_values_of_the_wrong_type_name_the_key_and_value(tmp_path, capsys, monkeypatch, text, message):
     monkeypatch.chdir(tmp_path)
@@ -367,7 +372,7 @@ def test_config_that_is_a_directory(tmp_path, capsys):
                            "command line, data_path in a YAML config)"),
     (["--dataset", "imagefolder"], "error: data set 'imagefolder' needs path to a directory"),
     (["--space", "nasbench201-hub"], "error: Model space 'nasbench201-hub' is built for 3x32x32 images, but the data "
-                                     "set gives 1x8x8; pick a 32x32 RGB data set"),
+                                     "set gives 1x8x8; pick a 32x32 RGB data set"),    (["--strategy", "tpe", "--trials", "2"], "error: strategy 'tpe' cannot search model space 'digits': "),
 ])
 def test_data_set_and_space_flags_that_do_not_fit(tmp_path, capsys, flags, message):
     assert main(["search", "--strategy", "drnas", "--epochs", "1", "--limit", "64", *flags,
@@ -378,8 +383,10 @@ def test_data_set_and_space_flags_that_do_not_fit(tmp_path, capsys, flags, messa
 
 @pytest.mark.parametrize("text, message", [
     ("dataset: [npz]\n", "error: unknown data set ['npz']; choose one of digits, cifar10, cifar100, imagefolder, npz"),
-    ("space_args: {bogus: 1}\n", "error: Model space 'digits' does not take these options ['bogus']"),
-    ("space: nasbench201\nspace_args: {C: -4, N: 1}\n", "error: NasBench201Space: C must be >= 1, got -4"),
+    ("space_args: {bogus: 1}\n", "error: Model space 'digits' does not take option(s) ['bogus']; it takes channels: "
+                                 "int = 16, num_nodes: int = 3, num_cells: int = 2"),
+    ("space: nasbench201\nspace_args: {C: -4, N: 1}\n",
+     "error: Model space 'nasbench201': space_args C must be an integer >= 1, got -4"),
     ("evaluator: 3\n", "error: unknown evaluator kind 3; choose one of search, classification"),
 ])
 def test_yaml_data_space_and_evaluator_settings(tmp_path, capsys, text, message):
@@ -400,6 +407,46 @@ def test_npz_contents_refused_at_the_cli_name_the_file(tmp_path, capsys, arrays,
     assert main(_search(tmp_path, "--dataset", "npz", "--data-path", path)) == 2
     assert _error(capsys) == f"error: {path}: {message}"
     assert not (tmp_path / "run").exists()
+
+
+def test_npz_path_that_is_not_an_npz_archive_says_what_it_is(tmp_path, capsys):
+    (tmp_path / "dir.npz").mkdir()
+    (tmp_path / "text.npz").write_text("x_train,y_train\n0,1\n")
+    (tmp_path / "empty.npz").write_bytes(b"")
+    expected = {
+        "dir.npz": f"error: npz path '{tmp_path / 'dir.npz'}' is a directory; give the .npz file",
+        "text.npz": f"error: '{tmp_path / 'text.npz'}' is not a NumPy .npz archive (it starts with b'x_trai'; an "
+                    ".npz file is a zip archive written by numpy.savez(",
+        "empty.npz": f"error: '{tmp_path / 'empty.npz'}' is not a NumPy .npz archive (it is empty;",
+    }
+    for name, message in expected.items():
+        assert main(_search(tmp_path, "--dataset", "npz", "--data-path", str(tmp_path / name))) == 2
+        error = _error(capsys)
+        assert error.startswith(message) and "pickle" not in error, error
+    assert not (tmp_path / "run").exists()
+
+
+def test_imagefolder_with_one_class_names_the_folder(tmp_path, capsys):
+    _png_folder(tmp_path / "imgs")
+    for image in (tmp_path / "imgs" / "b").iterdir():
+        image.unlink()
+    (tmp_path / "imgs" / "b").rmdir()
+    assert main(_search(tmp_path, "--dataset", "imagefolder", "--data-path", str(tmp_path / "imgs"))) == 2
+    assert _error(capsys) == (f"error: image folder '{tmp_path / 'imgs'}' has 1 class sub-directory ['a']; "
+                              "classification needs at least 2 (one sub-directory of images per class)")
+
+
+def test_limit_above_the_number_of_training_images(tmp_path, capsys):
+    x, y = _images()
+    path = _npz(tmp_path / "d.npz", x_train=x, y_train=y)
+    assert main(_search(tmp_path, "--dataset", "npz", "--data-path", path, "--limit", "21")) == 2
+    assert _error(capsys) == (f"error: limit is 21, but data set 'npz' ({path}) has 20 training images; use at "
+                              "most 20, or leave limit out to use them all")
+    assert main(_search(tmp_path, "--limit", "5000")) == 2
+    assert _error(capsys).startswith("error: limit is 5000, but data set 'digits' has 1438 training images")
+    assert not (tmp_path / "run").exists()
+    splits = build_datasets("npz", path=path, limit=20)   # all of them is fine
+    assert len(splits.train) + len(splits.val) == 20
 
 
 def test_imagefolder_path_that_is_a_file(tmp_path, capsys):
@@ -428,6 +475,98 @@ def test_strategy_args_through_the_cli_are_one_line_before_anything_is_written(t
     assert main(_config(tmp_path, f"strategy: {strategy}\nepochs: 1\nlimit: 64\nstrategy_args: {args}")) == 2
     assert _error(capsys).startswith(message)
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("strategy, args, message", [
+    ("darts", {"arc_learning_rate": -1}, "DARTS: arc_learning_rate must be > 0, got -1"),
+    ("darts", {"arc_learning_rate": "1e-3"}, "Invalid arguments for strategy 'darts': DARTS: arc_learning_rate must be "
+                                             "a finite number > 0, got '1e-3'"),
+    ("darts", {"gradient_clip_val": 0}, "DARTS: gradient_clip_val must be > 0, got 0"),
+    ("darts", {"warmup_epochs": -2}, "DARTS: warmup_epochs must be >= 0, got -2"),
+    ("darts", {"mutation_hooks": ["x"]}, "DARTS: mutation_hooks must be a list of callables or None, got ['x']"),
+    ("proxyless", {"log_prob_every_n_step": 0}, "Proxyless: log_prob_every_n_step must be >= 1, got 0"),
+    ("gumbel-darts", {"temperature": [0.1, 1.0]},
+     "GumbelDARTS: temperature must be a number > 0, a pair [start, end] or a mapping {init: start, min: end} with "
+     "start >= end > 0, got [0.1, 1.0]"),
+    ("gumbel-darts", {"temperature": 0}, "GumbelDARTS: temperature must be a number > 0"),
+    ("rea", {"population_size": 0}, "RegularizedEvolution: population_size must be >= 1, got 0"),
+    ("rea", {"population_size": 3}, "RegularizedEvolution: sample_size must be <= population_size (3), got 5"),
+    ("rea", {"mutation_prob": 1.5}, "RegularizedEvolution: mutation_prob must be in [0, 1], got 1.5"),
+    ("rea", {"crossover": "yes"}, "RegularizedEvolution: crossover must be True or False, got 'yes'"),
+    ("random", {"seed": -1}, "Random: seed must be in [0, 4294967295], got -1"),
+    ("random", {"dedup": 1}, "Random: dedup must be True or False, got 1"),
+    ("random", {"engine": 1}, "Invalid arguments for strategy 'random': ['engine']; it accepts ['dedup', 'seed']"),
+    ("tpe", {"optimize_mode": "max"}, "TPE: optimize_mode must be one of ('maximize', 'minimize'), got 'max'"),
+    ("tpe", {"tpe_args": {"gamma": 0}}, "TPE: tpe_args.gamma must be > 0, got 0"),
+    ("tpe", {"tpe_args": {"n_startup": 5}}, "TPE: unknown tpe_args key 'n_startup'; it accepts constant_liar_type, "),
+    ("tpe", {"tpe_args": {"constant_liar_type": "best-ish"}}, "TPE: tpe_args.constant_liar_type must be one of"),
+    ("random-oneshot", {"filter": 3}, "RandomOneShot: filter must be a mapping of ProfilerFilter's arguments, a "
+                                      "callable on a sample or None, got 3"),
+])
+def test_nni_strategies_arguments_are_checked_naming_strategy_and_argument(strategy, args, message):
+    from nni_plugins.registry import make_strategy
+    with pytest.raises(ValueError) as info:
+        make_strategy(strategy, **args)
+    assert message in str(info.value)
+
+
+def test_nni_strategies_good_arguments_still_pass():
+    from nni_plugins.registry import make_strategy
+    assert make_strategy("gumbel-darts", temperature=[2, 1]).temperature == (2.0, 1.0)  # a YAML list works
+    assert make_strategy("gumbel-darts", temperature={"init": 1, "min": 0.5}).temperature == (1.0, 0.5)
+    assert make_strategy("rea", population_size=4, sample_size=4, mutation_prob=0).sample_size == 4
+    tpe = make_strategy("tpe", seed=1, tpe_args={"n_startup_jobs": 0, "constant_liar_type": None})
+    assert tpe.tuner.args.n_startup_jobs == 0
+
+
+def test_nni_strategy_argument_through_the_cli(tmp_path, capsys):
+    assert main(_config(tmp_path, "strategy: darts\nepochs: 1\nlimit: 64\nstrategy_args: {arc_learning_rate: -1}")) == 2
+    assert _error(capsys) == "error: DARTS: arc_learning_rate must be > 0, got -1"
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("space, args, message", [
+    ("digits", {"chanels": 8}, "Model space 'digits' does not take option(s) ['chanels']; it takes channels: int = 16, "
+                               "num_nodes: int = 3, num_cells: int = 2"),
+    ("digits", {"channels": "8"}, "Model space 'digits': space_args channels must be an integer >= 1, got '8'"),
+    ("digits", {"num_classes": 3}, "Model space 'digits': space_args ['num_classes'] are set from the data set (the "
+                                   "number of classes); leave them out"),
+    ("nasbench201", {"affine": "no"}, "Model space 'nasbench201': space_args affine must be true or false, got 'no'"),
+    ("wide-cell", {"ops": 5}, "Model space 'wide-cell' cannot use space_args ops=5 ('int' object is not iterable); "
+                              "it takes num_nodes: int = 30, channels: int = 8, num_cells: int = 2, ops: "),
+    ("nasbench201-hub", {"stem_out_channels": "a"},
+     "Model space 'nasbench201-hub': space_args stem_out_channels must be an integer >= 1, got 'a'"),
+    ("nasbench201-hub", {"stem_out_chanels": 8}, "Model space 'nasbench201-hub' does not take option(s) "
+                                                 "['stem_out_chanels']; it takes stem_out_channels: int = 16, "
+                                                 "num_modules_per_stack: int = 5"),
+    ("darts-hub", {"width": [16, 0]}, "Model space 'darts-hub': space_args width must be an integer >= 1 or a list of "
+                                      "them (the choices), got [16, 0]"),
+    ("darts-hub", {"dataset": "mnist"}, "Model space 'darts-hub': space_args dataset must be one of ['cifar', "
+                                        "'imagenet'], got 'mnist'"),
+    ("darts-hub", {"drop_path_prob": 1.0}, "Model space 'darts-hub': space_args drop_path_prob must be a number in "
+                                           "[0, 1), got 1.0"),
+    ("nasbench101-hub", {"max_num_vertices": 1}, "Model space 'nasbench101-hub': space_args max_num_vertices must be "
+                                                 "an integer >= 2 (the cell's input and output), got 1"),
+])
+def test_space_args_unknown_option_and_bad_value_are_told_apart(space, args, message):
+    from nni_plugins.spaces import build_space
+    shape = (1, 8, 8) if space in ("digits", "nasbench201", "wide-cell") else (3, 32, 32)
+    with pytest.raises(ValueError) as info:
+        build_space(space, 10, shape, **args)
+    assert str(info.value).startswith(message), str(info.value)
+
+
+def test_tpe_refuses_a_space_with_multi_select_choices():
+    from nni_plugins.registry import check_strategy_space
+    from nni_plugins.spaces import build_space
+    digits = build_space("digits", 10, (1, 8, 8))   # InputChoice: NNI's TPE failed after the run had started
+    with pytest.raises(ValueError) as info:
+        check_strategy_space("tpe", "digits", digits)
+    assert str(info.value).startswith("strategy 'tpe' cannot search model space 'digits': NNI's TPE searches through "
+                                      "its HPO tuner, whose search-space format has no multi-select choice, and the "
+                                      "space has 4: 'cell0/node2/input' (CategoricalMultiple), ")
+    check_strategy_space("tpe", "nasbench201", build_space("nasbench201", 10, (1, 8, 8)))
+    check_strategy_space("random", "digits", digits)
 
 
 @pytest.mark.parametrize("experiment, message", [
@@ -461,7 +600,7 @@ def test_export_of_a_directory_that_is_not_a_finished_run(tmp_path, capsys, cont
 
 
 def test_export_output_into_a_missing_directory_names_it(tmp_path, capsys):
-    (tmp_path / "best_architecture.json").write_text('{"sample": {}}')
+    (tmp_path / "best_architecture.json").write_text('{"sample": {"op": "conv"}}')
     target = tmp_path / "no" / "such" / "a.json"
     assert main(["export", str(tmp_path), "--output", str(target)]) == 2
     assert _error(capsys) == f"error: '{target}': No such file or directory"

@@ -247,7 +247,7 @@ def test_trial_end_with_double_slash_in_nested_json_is_decoded():
     deep in the TrialEnd content; TunerCommandChannel.receive's load() stripped it as a comment."""
     parameters = {'parameter_id': 7, 'parameters': {'arg': json.dumps({'url': 'http://example.org/x'})}}
     content = json.dumps({'trial_job_id': 'abc', 'event': 'SUCCEEDED', 'hyper_params': json.dumps(parameters)})
-    with compat.unpatched('websocket_keep_comments'):
+    with compat.unpatched('websocket_keep_comments', 'trial_end_reads_parameter_id'):
         with pytest.raises(json.JSONDecodeError):
             _ScriptedChannel([(CommandType.TrialEnd, content)]).receive()
     assert _ScriptedChannel([(CommandType.TrialEnd, content)]).receive() == \
