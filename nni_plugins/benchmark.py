@@ -46,7 +46,7 @@ import random
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable, Iterator, Sequence
+from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -74,6 +74,8 @@ DEDUP_PATIENCE = 50
 DEFAULT_CHECKPOINTS = (25, 50, 100, 150)
 #: Name of the CSV written in the output directory.
 CSV_NAME = "benchmark.csv"
+#: Name of the CSV of proposal latencies written under Protocol C.
+LATENCY_CSV_NAME = "latency.csv"
 #: Submissions per window of :meth:`RunCurve.latency_p95_windows`.
 LATENCY_WINDOW = 100
 
@@ -86,7 +88,9 @@ class RunCurve:
     ``best_so_far`` has one entry per query of the budget (flat after an early stop). Under
     Protocol C (``concurrency`` set), ``sim_times`` holds the simulated finish time of each query
     and ``latencies`` the real seconds of each submission (see :mod:`nni_plugins.simulated`).
-    ``cpu_seconds`` is the process CPU time of the run (the strategy's threads, NNI, the table).
+    ``cpu_seconds`` is the process CPU time of the run (the strategy's threads, NNI, the table);
+    ``strategy_cpu_seconds`` the CPU time of the strategy's own work on all its threads, for a
+    strategy that measures it (GOAL and NASGEM: ``timing["cpu"]``), else ``None``.
     """
 
     strategy: str
@@ -100,6 +104,7 @@ class RunCurve:
     concurrency: int | None = None
     sim_times: list[float] = field(default_factory=list)
     latencies: list[float] = field(default_factory=list)
+    strategy_cpu_seconds: float | None = None
 
     @property
     def queries(self) -> int:
@@ -123,6 +128,11 @@ class RunCurve:
         """95th percentile of the proposal latency (seconds) over each ``window`` consecutive submissions."""
         lat = np.asarray(self.latencies, dtype=float)
         return [float(np.percentile(lat[i:i + window], 95)) for i in range(0, len(lat), window)]
+
+    def latency_max_windows(self, window: int = LATENCY_WINDOW) -> list[float]:
+        """Largest proposal latency (seconds) in each ``window`` consecutive submissions."""
+        lat = np.asarray(self.latencies, dtype=float)
+        return [float(lat[i:i + window].max()) for i in range(0, len(lat), window)]
 
 
 @dataclass
@@ -165,12 +175,15 @@ class BenchmarkResult:
     def summary(self) -> str:
         """Markdown table ``strategy | @25 | @50 | @100 | @150 | ms/query`` (mean ± std over seeds).
 
-        Under Protocol C the table adds the proposal latency (p95 over all submissions, and the
-        largest p95 of any window of :data:`LATENCY_WINDOW` submissions) and the CPU seconds per run,
-        and a second table gives the best value against the simulated clock."""
+        Under Protocol C the table adds the proposal latency over all submissions of all seeds (p50,
+        p95, max; "worst p95": the largest p95 of any window of :data:`LATENCY_WINDOW` submissions of
+        any seed), the process CPU seconds per run and the strategy's own CPU seconds per run (when
+        it measures them); a second table gives the best value against the simulated clock, and a
+        third the p95 and max latency of each window (worst seed)."""
         heads = [f"@{k}" for k in self.checkpoints]
         protocol = "A" if self.concurrency is None else f"C ({self.concurrency} simulated workers)"
-        extra = [] if self.concurrency is None else ["p95 ms", "worst p95 ms", "CPU s/run"]
+        extra = [] if self.concurrency is None else ["p50 ms", "p95 ms", "max ms", "worst p95 ms", "CPU s/run",
+                                                     "strategy CPU s/run"]
         lines = [
             f"Protocol {protocol} on {self.table_path} (column {self.column}, optimum {self.optimum:.2f}), "
             f"{len(self.seeds)} seeds, budget {self.budget}",
@@ -183,10 +196,12 @@ class BenchmarkResult:
             cells = [_cell(*self.at(name, k)) for k in self.checkpoints]
             cells.append(f"{1000 * float(np.mean([run.seconds_per_query for run in runs])):.2f}")
             if self.concurrency is not None:
-                latencies = np.concatenate([run.latencies for run in runs])
-                cells += [f"{1000 * np.percentile(latencies, 95):.2f}" if latencies.size else "",
-                          f"{1000 * max(max(run.latency_p95_windows(), default=0.0) for run in runs):.2f}",
+                latencies = 1000 * np.concatenate([run.latencies for run in runs])
+                cells += [f"{np.percentile(latencies, q):.2f}" if latencies.size else "" for q in (50, 95, 100)]
+                cells += [f"{1000 * max(max(run.latency_p95_windows(), default=0.0) for run in runs):.2f}",
                           f"{np.mean([run.cpu_seconds for run in runs]):.1f}"]
+                own = [run.strategy_cpu_seconds for run in runs]
+                cells.append("" if None in own else f"{np.mean(own):.1f}")
             lines.append(f"| {name} | " + " | ".join(cells) + " |")
             early = [run for run in runs if run.stopped_early]
             if early:
@@ -200,6 +215,18 @@ class BenchmarkResult:
             for name in self.runs:
                 lines.append(f"| {name} | " + " | ".join(_cell(*self.at_time(name, t)) for t in self.time_checkpoints)
                              + " |")
+            windows = max(len(run.latencies) for runs in self.runs.values() for run in runs)
+            windows = range(0, windows, LATENCY_WINDOW)
+            heads = [f"{i + 1}-{i + LATENCY_WINDOW}" for i in windows]
+            lines += ["", f"Proposal latency per window of {LATENCY_WINDOW} submissions, p95 / max ms (worst seed):",
+                      "| strategy | " + " | ".join(heads) + " |", "| --- |" + " --- |" * len(heads)]
+            for name, runs in self.runs.items():
+                p95 = [run.latency_p95_windows() for run in runs]
+                top = [run.latency_max_windows() for run in runs]
+                cells = [f"{1000 * max(w[k] for w in p95 if k < len(w)):.1f} / "
+                         f"{1000 * max(w[k] for w in top if k < len(w)):.1f}"
+                         if any(k < len(w) for w in p95) else "" for k in range(len(heads))]
+                lines.append(f"| {name} | " + " | ".join(cells) + " |")
         lines.extend(notes)
         lines.append(f"CSV: {self.csv_path}  TensorBoard: {self.tensorboard_dir}  ({self.seconds:.1f} s)")
         return "\n".join(lines)
@@ -237,7 +264,7 @@ def _quiet_nni() -> Iterator[None]:
 
 
 def run_one(strategy: str | Strategy, seed: int, budget: int, table: NasBench201Table,
-            concurrency: int | None = None) -> RunCurve:
+            concurrency: int | None = None, strategy_args: Mapping[str, Any] | None = None) -> RunCurve:
     """Run one multi-trial strategy with one seed on ``table`` (Protocol A, or C with ``concurrency``).
 
     Parameters
@@ -256,6 +283,8 @@ def run_one(strategy: str | Strategy, seed: int, budget: int, table: NasBench201
     concurrency
         ``None``: NNI's ``SequentialExecutionEngine`` (Protocol A). An integer ``C``:
         :class:`~nni_plugins.simulated.SimulatedExecutionEngine` with ``C`` workers (Protocol C).
+    strategy_args
+        Arguments of a registered strategy besides its seed (``make_strategy``'s ``kwargs``).
     """
     _seed_everything(seed)
     if isinstance(strategy, Strategy):
@@ -266,7 +295,7 @@ def run_one(strategy: str | Strategy, seed: int, budget: int, table: NasBench201
             raise ValueError(f"Strategy {spec.name!r} is {spec.kind}; the table benchmark runs multi-trial "
                              f"strategies only")
         with _quiet_nni():
-            name, nas_strategy = spec.name, make_strategy(spec.name, seed=seed)
+            name, nas_strategy = spec.name, make_strategy(spec.name, seed=seed, **(strategy_args or {}))
     with _quiet_nni():
         space = BenchmarkModelSpace(table)
     if concurrency is None:
@@ -299,8 +328,9 @@ def run_one(strategy: str | Strategy, seed: int, budget: int, table: NasBench201
         raise RuntimeError(f"Strategy {name!r} (seed {seed}) reached the engine with a repeated architecture")
     best = np.maximum.accumulate(np.array(values, dtype=float)).tolist()
     best += [best[-1]] * (budget - len(best))
+    own = getattr(nas_strategy, "timing", {}).get("cpu")
     return RunCurve(name, seed, budget, archs, values, best, seconds, cpu, concurrency, times,
-                    list(getattr(engine, "latencies", [])))
+                    list(getattr(engine, "latencies", [])), own)
 
 
 def _positive_int(name: str, value: object, minimum: int = 1) -> int:
@@ -324,6 +354,17 @@ def _write_csv(path: Path, runs: dict[str, list[RunCurve]]) -> None:
                         writer.writerow([name, run.seed, i + 1, "", "", f"{best:.6g}", ""])
 
 
+def _write_latencies(path: Path, runs: dict[str, list[RunCurve]]) -> None:
+    with open(path, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["strategy", "seed", "submission", "latency_ms", "cpu_seconds", "strategy_cpu_seconds"])
+        for name, curves in runs.items():
+            for run in curves:
+                own = "" if run.strategy_cpu_seconds is None else f"{run.strategy_cpu_seconds:.3f}"
+                for i, latency in enumerate(run.latencies):
+                    writer.writerow([name, run.seed, i + 1, f"{1000 * latency:.3f}", f"{run.cpu_seconds:.3f}", own])
+
+
 def _write_tensorboard(root: Path, result: BenchmarkResult) -> None:
     from torch.utils.tensorboard import SummaryWriter
 
@@ -344,8 +385,8 @@ def _write_tensorboard(root: Path, result: BenchmarkResult) -> None:
 def run_benchmark(strategies: Sequence[str], seeds: int, budget: int, output: str | os.PathLike,
                   table: str | os.PathLike | None = None, column: str = DEFAULT_COLUMN,
                   checkpoints: Iterable[int] = DEFAULT_CHECKPOINTS, first_seed: int = 0,
-                  progress: Callable[[str], None] | None = print, concurrency: int | None = None
-                  ) -> BenchmarkResult:
+                  progress: Callable[[str], None] | None = print, concurrency: int | None = None,
+                  strategy_args: Mapping[str, Mapping[str, Any]] | None = None) -> BenchmarkResult:
     """Compare multi-trial strategies on the NAS-Bench-201 table (Protocol A, or C with ``concurrency``).
 
     Parameters
@@ -359,7 +400,8 @@ def run_benchmark(strategies: Sequence[str], seeds: int, budget: int, output: st
         cells in the table.
     output
         Directory for ``benchmark.csv`` (one row per strategy, seed and query: arch, value,
-        best so far, simulated finish time under Protocol C) and ``tensorboard/<strategy>``
+        best so far, simulated finish time under Protocol C), under Protocol C ``latency.csv``
+        (one row per submission: its proposal latency, and the run's CPU seconds) and ``tensorboard/<strategy>``
         (mean/std best-so-far and mean regret against the query count, tagged ``protocol_a/`` or
         ``protocol_c/``). Created when missing.
     table, column
@@ -378,6 +420,9 @@ def run_benchmark(strategies: Sequence[str], seeds: int, budget: int, output: st
         workers (:class:`~nni_plugins.simulated.SimulatedExecutionEngine`); the summary then also
         reports the best value at the simulated times of :func:`default_time_checkpoints`, the
         proposal latency and the CPU time.
+    strategy_args
+        Arguments by strategy name, besides the seed (e.g. ``{"rea": {"population_size": 32}}``);
+        checked before any run starts.
 
     Returns
     -------
@@ -394,6 +439,11 @@ def run_benchmark(strategies: Sequence[str], seeds: int, budget: int, output: st
             raise ValueError(f"Strategy {spec.name!r} is {spec.kind}; the table benchmark runs multi-trial "
                              f"strategies only")
         spec.load()  # "not available" errors before any run starts
+    strategy_args = {strategy_spec(name).name: dict(args) for name, args in (strategy_args or {}).items()}
+    for name in strategy_args:
+        if name not in names:
+            raise ValueError(f"strategy_args names {name!r}, which is not among the strategies {names}")
+        make_strategy(name, seed=0, **strategy_args[name])   # an invalid argument fails before any run
     seeds = _positive_int("seeds", seeds)
     budget = _positive_int("budget", budget)
     first_seed = _positive_int("first_seed", first_seed, minimum=0)
@@ -416,7 +466,7 @@ def run_benchmark(strategies: Sequence[str], seeds: int, budget: int, output: st
     for name in names:
         runs[name] = []
         for seed in seed_list:
-            run = run_one(name, seed, budget, evaluator, concurrency)
+            run = run_one(name, seed, budget, evaluator, concurrency, strategy_args.get(name))
             runs[name].append(run)
             if progress is not None:
                 progress(f"{name} seed {seed}: best {run.best_so_far[-1]:.2f} after {run.queries} queries "
@@ -427,6 +477,8 @@ def run_benchmark(strategies: Sequence[str], seeds: int, budget: int, output: st
                              time_checkpoints=() if concurrency is None else
                              default_time_checkpoints(budget, concurrency))
     _write_csv(result.csv_path, runs)
+    if concurrency is not None:
+        _write_latencies(out / LATENCY_CSV_NAME, runs)
     _write_tensorboard(result.tensorboard_dir, result)
     result.seconds = time.perf_counter() - start
     return result

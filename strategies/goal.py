@@ -169,8 +169,8 @@ class GOAL(ModelBasedStrategy):
     :class:`strategies.multitrial.ModelBasedStrategy`). Each surrogate fit appends to
     :attr:`model_history` a dict with ``round``, ``num_evaluated`` (architectures fitted on),
     ``kendall_tau`` (on the architectures finished since the previous fit, before the surrogate was
-    trained on them), ``kendall_tau_all`` (all such held-out predictions so far), ``num_heldout``,
-    ``train_loss`` and ``seconds``.
+    trained on them) and ``num_heldout`` (their count), ``kendall_tau_all`` (all such held-out
+    predictions so far) and ``num_heldout_all``, ``train_loss`` and ``seconds``.
 
     Parameters
     ----------
@@ -360,6 +360,7 @@ class GOAL(ModelBasedStrategy):
             record["kendall_tau"] = _tau(pred, y_np[self._fitted_on:])
             record["kendall_tau_all"] = _tau(np.array(self._heldout_pred), np.array(self._heldout_true))
             record["num_heldout"] = len(graphs) - self._fitted_on
+            record["num_heldout_all"] = len(self._heldout_true)
         if self._model is None or self._round % self.reinit_every == 0:
             self._model = self._new_model(int(job.rng.randint(2 ** 31 - 1)))
         A, X = self._encode(graphs)

@@ -188,16 +188,19 @@ class ModelBasedStrategy(Strategy):
     Parameters
     ----------
     background_fit
-        Where rounds run. ``"auto"`` (default): a proposal takes the next queued candidate; a round
-        runs on the proposing thread when nothing is queued or no other trial is running, and
-        otherwise in the background after each proposal (when due). One trial at a time (NNI's
-        ``SequentialExecutionEngine``, ``trial_concurrency`` 1) therefore proposes exactly as a
-        synchronous strategy: every proposal sees every result, as waiting costs nothing when no
-        other trial runs. With several trials running, a free worker is answered in milliseconds
-        from the last round, which misses only the results that arrived since. ``True``: rounds
-        always run in the background and a proposal never waits: with nothing queued it is a
-        random architecture. ``False``: rounds always run on the proposing thread (deterministic
-        whatever the engine's timing).
+        Where rounds run. ``"auto"`` (default): a proposal takes the next queued candidate. When no
+        other trial is running, a proposal that finds nothing queued runs a round on the proposing
+        thread, so one trial at a time (NNI's ``SequentialExecutionEngine``, ``trial_concurrency``
+        1) proposes exactly as a synchronous strategy: every proposal sees every result, as waiting
+        costs nothing when no other trial runs. With other trials running, a proposal never waits
+        for the model: a free worker is answered in milliseconds from the last round (which misses
+        only the results that arrived since), or, when nothing is queued (the first model round),
+        with a random architecture, and the round runs in the background after the proposal (when
+        due). ``True``: rounds always run in the background, as with other trials running; a
+        result starts the next round when it arrives, and :meth:`_prepare` (NASGEM's encoder
+        pre-training) runs in the background too, while the initial design is proposed. The
+        nnictl tuners use it, so that NNI's parameter requests never wait. ``False``: rounds always
+        run on the proposing thread (deterministic whatever the engine's timing).
     num_threads
         Torch intra-op threads while the strategy fits its model and proposes (restored afterwards).
         The models are small: on a shared CPU, more threads cost more time than they save. ``None``
@@ -243,22 +246,27 @@ class ModelBasedStrategy(Strategy):
         self._running: dict[str, ExecutableModelSpace] = {}
         self._resubmit: list[dict] = []                        # running at checkpoint time: proposed first
         self._queue: list[Candidate] = []                      # the model's last batch, not yet submitted
+        self._deferred: Round | None = None                    # a round to start once the proposal is submitted
         self._num_submitted = 0                                # distinct trials submitted or imported
         #: One dict per refit of the model, describing its quality (``num_evaluated`` architectures
         #: fitted on, Kendall's tau on architectures it was not fitted on, ...; see the subclass).
         self.model_history: list[dict] = []
         #: Wall-clock seconds in the strategy: ``proposals`` (all proposal work on the proposing
         #: thread), ``rounds`` (fits and model proposals, on either thread), ``background`` (the part
-        #: of ``rounds`` run in the background).
-        self.timing: dict[str, float] = {"proposals": 0.0, "rounds": 0.0, "background": 0.0}
-        #: Proposals that were random because nothing was queued (``background_fit=True`` only).
+        #: of ``rounds`` run in the background); and ``cpu``, the CPU seconds of the strategy's own
+        #: work on every thread (proposals, rounds, ``_prepare``; ``time.thread_time``).
+        self.timing: dict[str, float] = {"proposals": 0.0, "rounds": 0.0, "background": 0.0, "cpu": 0.0}
+        #: Proposals that were random because nothing was queued while other trials ran (see
+        #: ``background_fit``).
         self.random_fallbacks = 0
 
     # ------------------------------------------------------------------------------------------------
     # Hooks of a subclass
     # ------------------------------------------------------------------------------------------------
-    def _prepare(self) -> None:
-        """Work done once before the first proposal (nothing by default)."""
+    def _prepare(self, rng: np.random.RandomState | None = None) -> None:
+        """Work done once before the first model round (nothing by default), drawing from ``rng``
+        (default: the strategy's own). With ``background_fit=True`` it runs in the background, on
+        the background rounds' stream, while the initial design is proposed."""
 
     def _default_num_init(self) -> int:
         """The initial design size when the user gives none (called once the view is known)."""
@@ -349,18 +357,27 @@ class ModelBasedStrategy(Strategy):
         self._planner.wait_idle()
 
     def _run(self) -> None:
-        with self._torch_threads():
-            self._prepare()
+        if self.background_fit is True:
+            self._planner.start(self._background_prepare)
+        else:
+            cpu = time.thread_time()
+            with self._torch_threads():
+                self._prepare(self._rng)
+            self.timing["cpu"] += time.thread_time() - cpu
         while self.wait_for_resource():
-            start = time.perf_counter()
-            model = self._next_model()
+            start, cpu = time.perf_counter(), time.thread_time()
+            model = self._next_model(defer_round=True)
             self.timing["proposals"] += time.perf_counter() - start
+            self.timing["cpu"] += time.thread_time() - cpu
             if model is None:
                 _logger.warning("%s: no new architecture can be proposed (space exhausted?); stopping.",
                                 type(self).__name__)
                 break
             _logger.debug("%s: proposal %d: %s", type(self).__name__, self._num_submitted, model.sample)
             self.engine.submit_models(model)
+            job, self._deferred = self._deferred, None
+            if job is not None:
+                self._planner.submit(job)
         self.engine.wait_models()
 
     def _training_end_callback(self, event: ModelEvent) -> None:
@@ -387,13 +404,18 @@ class ModelBasedStrategy(Strategy):
                 return
             self._history.append((graph, dict(sample), metric))
             _logger.info("%s: [%d] metric %.6g for %s", name, len(self._history), metric, sample)
+            job = self._background_job() if self.background_fit is True else None
+        if job is not None:    # the next round starts now, not at the next proposal
+            self._planner.submit(job)
 
     # ------------------------------------------------------------------------------------------------
     # Proposals
     # ------------------------------------------------------------------------------------------------
-    def _next_model(self) -> ExecutableModelSpace | None:
+    def _next_model(self, defer_round: bool = False) -> ExecutableModelSpace | None:
         """The next architecture, frozen and recorded as running; ``None`` when none can be found.
-        Asks for a background round afterwards when one is due (see ``background_fit``)."""
+        Asks for a background round afterwards when one is due (see ``background_fit``); with
+        ``defer_round``, the round is left in ``_deferred`` for the caller to start once the model
+        is submitted, so that the round's thread does not slow the submission down."""
         for _ in range(MAX_TRIES):
             candidate = self._next_candidate()
             if candidate is None:
@@ -413,14 +435,16 @@ class ModelBasedStrategy(Strategy):
                 self._running[key] = model
                 self._num_submitted += 1
                 job = self._background_job()
-            if job is not None:
+            if job is not None and defer_round:
+                self._deferred = job
+            elif job is not None:
                 self._planner.submit(job)
             return model
         return None
 
     def _next_candidate(self) -> Candidate | None:
         """Trials to propose again first, then the initial design, then the queue, then a new round
-        (or, with ``background_fit=True``, a random architecture)."""
+        on this thread (or, in the background mode in force, a random architecture)."""
         with self._lock:
             self._planner.raise_error(type(self).__name__)
             if self._resubmit:
@@ -428,8 +452,8 @@ class ModelBasedStrategy(Strategy):
             initial = self._initial_design()
             if not initial and self._queue:
                 return self._queue.pop(0)
-            if not initial and self.background_fit is True:
-                self.random_fallbacks += 1
+            if not initial and (self.background_fit is True or (self.background_fit == "auto" and self._running)):
+                self.random_fallbacks += 1      # never wait for a round: _next_model asks for one
                 initial = True
         if initial:
             return self._random_candidate()
@@ -477,12 +501,20 @@ class ModelBasedStrategy(Strategy):
 
     def _background_round(self, job: Round) -> None:
         """Run ``job`` on the background thread and make its candidates the queue."""
-        start = time.perf_counter()
+        start, cpu = time.perf_counter(), time.thread_time()
         with self._model_lock:
             batch = self._run_round(job)
             with self._lock:
                 self._queue = [c for c in batch if self._key(c) not in self._seen]
         self.timing["background"] += time.perf_counter() - start
+        self.timing["cpu"] += time.thread_time() - cpu
+
+    def _background_prepare(self) -> None:
+        """``_prepare`` on the background thread, before its first round."""
+        cpu = time.thread_time()
+        with self._model_lock, self._torch_threads():
+            self._prepare(self._background_rng)
+        self.timing["cpu"] += time.thread_time() - cpu
 
     @contextlib.contextmanager
     def _torch_threads(self) -> Iterator[None]:
@@ -622,6 +654,13 @@ class _Planner:
         self._error: BaseException | None = None
         self._thread: threading.Thread | None = None
 
+    def start(self, first: Callable[[], None]) -> None:
+        """Start the thread with ``first``, which runs before any round (``wait_idle`` waits for it)."""
+        with self._cv:
+            self._busy = True
+            self._thread = threading.Thread(target=self._loop, args=(first,), name="model-rounds", daemon=True)
+            self._thread.start()
+
     def submit(self, job: Round) -> None:
         with self._cv:
             if self._stopped:
@@ -648,19 +687,25 @@ class _Planner:
         if self._thread is not None:
             self._thread.join()
 
-    def _loop(self) -> None:
+    def _loop(self, first: Callable[[], None] | None = None) -> None:
+        if first is not None:
+            self._guarded(first)
         while True:
             with self._cv:
                 self._cv.wait_for(lambda: self._job is not None or self._stopped)
                 if self._stopped:
                     return
                 job, self._job, self._busy = self._job, None, True
-            try:
-                self._work(job)
-            except Exception as err:   # surfaced by the next proposal
-                _logger.exception("A background round of the model failed")
-                self._error = err
-            finally:
-                with self._cv:
-                    self._busy = False
-                    self._cv.notify_all()
+            self._guarded(self._work, job)
+
+    def _guarded(self, work: Callable[..., None], *args: Any) -> None:
+        """Run ``work(*args)`` (while ``_busy``), keeping an error, then mark the thread idle."""
+        try:
+            work(*args)
+        except Exception as err:   # surfaced by the next proposal
+            _logger.exception("A background round of the model failed")
+            self._error = err
+        finally:
+            with self._cv:
+                self._busy = False
+                self._cv.notify_all()

@@ -263,14 +263,14 @@ class NASGEM(ModelBasedStrategy):
         self._wl = WLSubtreeKernel(self.wl_iterations, degree_labels=bool(use_degrees))
         return model_space
 
-    def _prepare(self) -> None:
+    def _prepare(self, rng: np.random.RandomState | None = None) -> None:
         """Pre-train the encoder; the other arms draw the same bank of graphs, so pools have one size."""
         if self._pretrains and not self._encoder_ready:
             start = time.perf_counter()
-            self._pretrain_encoder()
+            self._pretrain_encoder(rng)
             self.timing["pretrain"] += time.perf_counter() - start
         elif not self._bank:
-            self._draw_pretrain_set()
+            self._draw_pretrain_set(rng)
 
     # ------------------------------------------------------------------ proposals
 
@@ -432,18 +432,22 @@ class NASGEM(ModelBasedStrategy):
                 self._embed_cache[keys[i]] = z[row]
         return np.stack([self._embed_cache[key] for key in keys])
 
-    def _draw_pretrain_set(self) -> list[ArchGraph]:
-        """Up to ``pretrain_size`` distinct graphs drawn into the bank (three tries at the shortfall)."""
+    def _draw_pretrain_set(self, rng: np.random.RandomState | None = None) -> list[ArchGraph]:
+        """Up to ``pretrain_size`` distinct graphs drawn into the bank with ``rng`` (default: the
+        strategy's own; three tries at the shortfall)."""
+        rng = self._rng if rng is None else rng
         graphs: list[ArchGraph] = []
         for _ in range(3):
-            graphs += self._draw(self.pretrain_size - len(graphs), self._rng)
+            graphs += self._draw(self.pretrain_size - len(graphs), rng)
             if len(graphs) >= self.pretrain_size:
                 break
         return graphs
 
-    def _pretrain_encoder(self) -> None:
-        """Label-free pre-training: cos(z_G, z_G') regressed on the normalised WL kernel (MSE)."""
-        graphs = self._draw_pretrain_set()
+    def _pretrain_encoder(self, rng: np.random.RandomState | None = None) -> None:
+        """Label-free pre-training: cos(z_G, z_G') regressed on the normalised WL kernel (MSE), drawing
+        from ``rng`` (default: the strategy's own)."""
+        rng = self._rng if rng is None else rng
+        graphs = self._draw_pretrain_set(rng)
         if len(graphs) < 2:
             raise ValueError(f"NASGEM: the space has fewer than 2 distinct graphs ({self.view.name} view); "
                              "there is nothing to search")
@@ -456,15 +460,15 @@ class NASGEM(ModelBasedStrategy):
         np.fill_diagonal(kernel, 1.0)
         x_all, adj_all, mask_all = self._tensorize(graphs)
         with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(int(self._rng.randint(2**31)))
+            torch.manual_seed(int(rng.randint(2**31)))
             encoder = self._new_encoder()
             optimizer = torch.optim.Adam(encoder.parameters(), lr=self.encoder_lr)
             half = self.encoder_pairs // 2
             for step in range(self.encoder_steps):
-                first = self._rng.randint(num, size=self.encoder_pairs)
-                second = self._rng.randint(num, size=self.encoder_pairs)
+                first = rng.randint(num, size=self.encoder_pairs)
+                second = rng.randint(num, size=self.encoder_pairs)
                 if nearest is not None:
-                    second[:half] = nearest[first[:half], self._rng.randint(neighbours, size=half)]
+                    second[:half] = nearest[first[:half], rng.randint(neighbours, size=half)]
                 used, inverse = np.unique(np.concatenate([first, second]), return_inverse=True)
                 index = torch.from_numpy(used)
                 z = encoder(x_all[index], adj_all[index], mask_all[index])

@@ -125,6 +125,8 @@ def test_stalled_strategy_ends_with_a_flat_curve(table):
     (dict(checkpoints=[0]), "checkpoint must be an integer >= 1"),
     (dict(column="top1"), "Unknown column 'top1'"),
     (dict(concurrency=0), "concurrency must be an integer >= 1"),
+    (dict(strategy_args={"rea": {"population_size": 8}}), "not among the strategies"),
+    (dict(strategy_args={"random": {"nope": 1}}), "Invalid arguments for strategy 'random'"),
 ])
 def test_invalid_arguments(tmp_path, kwargs, message):
     args = dict(strategies=["random"], seeds=1, budget=5, output=str(tmp_path), progress=None) | kwargs
@@ -136,3 +138,14 @@ def test_invalid_arguments(tmp_path, kwargs, message):
 def test_budget_below_every_checkpoint_reports_at_budget(tmp_path):
     res = run_benchmark(["random"], seeds=1, budget=10, output=str(tmp_path / "o"), progress=None, first_seed=7)
     assert res.checkpoints == (10,) and res.seeds == [7] and "@10" in res.summary()
+
+
+def test_strategy_args_reach_the_strategy(tmp_path):
+    """NNI's RegularizedEvolution needs a population of at least the number of workers (with fewer
+    it mutates from an empty population); ``strategy_args`` gives it one."""
+    res = run_benchmark(["rea"], seeds=1, budget=20, output=str(tmp_path / "o"), progress=None, concurrency=12,
+                        strategy_args={"rea": {"population_size": 12, "sample_size": 3}})
+    assert res.runs["rea"][0].queries == 20
+    with pytest.raises(ValueError, match="empty sequence"):
+        run_benchmark(["rea"], seeds=1, budget=20, output=str(tmp_path / "p"), progress=None, concurrency=12,
+                      strategy_args={"rea": {"population_size": 4, "sample_size": 3}})

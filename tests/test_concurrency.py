@@ -117,11 +117,17 @@ def test_cli_benchmark_with_concurrency(tmp_path, capsys):
     assert main(["benchmark", "--strategies", "random,rea", "--seeds", "2", "--budget", "12", "--checkpoints", "6,12",
                  "--concurrency", "4", "--output", str(out)]) == 0
     text = capsys.readouterr().out
-    assert "Protocol C (4 simulated workers)" in text and "| strategy | @6 | @12 | ms/query | p95 ms |" in text
+    assert "Protocol C (4 simulated workers)" in text
+    assert ("| strategy | @6 | @12 | ms/query | p50 ms | p95 ms | max ms | worst p95 ms | CPU s/run | "
+            "strategy CPU s/run |") in text
     assert "| strategy | t=0.2 | t=0.5 | t=1 | t=2 |" in text
+    assert "| strategy | 1-100 |" in text
     with open(out / "benchmark.csv") as f:
         rows = list(csv.DictReader(f))
     assert len(rows) == 2 * 2 * 12
+    with open(out / "latency.csv") as f:
+        latencies = list(csv.DictReader(f))
+    assert len(latencies) == 2 * 2 * 12 and all(float(r["latency_ms"]) >= 0 for r in latencies)
     times = [float(r["sim_time"]) for r in rows if r["strategy"] == "rea" and r["seed"] == "1"]
     assert len(times) == 12 and times == sorted(times) and times[-1] > 0
 
@@ -172,16 +178,33 @@ def test_a_proposal_does_not_wait_for_a_running_fit(table, cls):
 
 
 @STRATEGIES
+def test_auto_with_other_trials_running_never_waits_for_a_round(table, cls):
+    strategy = started(table, cls)
+    slowed(strategy, 1.0)
+    sample = strategy.view.random_sample(np.random.RandomState(3))
+    with strategy._lock:                     # another trial runs, and nothing is queued
+        key = strategy.view.to_graph(sample).key()
+        strategy._seen.add(key)
+        strategy._running[key] = strategy.model_space.freeze(sample)
+    start = time.perf_counter()
+    model = strategy._next_model()           # a random architecture at once; the round goes to the background
+    assert time.perf_counter() - start < 0.5 and model is not None
+    assert strategy.random_fallbacks == 1 and working(strategy)
+    strategy.wait_idle()
+    assert len(strategy._queue) >= 2 and strategy.timing["background"] >= 1.0   # one per running trial at least
+
+
+@STRATEGIES
 def test_background_fit_true_never_waits(table, cls):
     strategy = cls(seed=0, background_fit=True, **SMALL[cls])
     slowed(strategy, 0.3)
     engine = SimulatedExecutionEngine(4, max_model_count=30)
-    start = time.perf_counter()
     strategy(BenchmarkModelSpace(table), engine)
     engine.wait_models()
     assert len({str(m.sample) for m in engine.list_models()}) == 30
-    assert max(engine.latencies) < 0.25                  # every fit takes longer than that
-    assert strategy.random_fallbacks > 0 and strategy.timing["background"] > 0
+    assert max(engine.latencies) < 0.25                  # every fit (and NASGEM's pre-training) takes longer
+    # the model's work ran in the background: rounds, or NASGEM's encoder pre-training
+    assert strategy.random_fallbacks > 0 and strategy.timing["background"] + strategy.timing.get("pretrain", 0) > 0
     assert not strategy._planner._thread.is_alive()      # stopped with the strategy
 
 

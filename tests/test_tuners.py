@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import random
+import time
 
 import nni
 import pytest
@@ -113,7 +114,53 @@ def test_goal_tuner_out_of_order_results_and_failures():
     assert len(evaluated) == 14 - 2 - failed
     for sample, metric in evaluated:
         assert metric == pytest.approx(table.query(sample))
+    tuner.strategy.wait_idle()                          # fits run in the background
     assert tuner.strategy.model_history, "the surrogate was never fitted"
+    tuner._on_exit()
+
+
+def test_a_parameter_request_never_waits_for_a_refit():
+    """The tuner runs GOAL with background_fit=True: with every surrogate fit slowed to 1 s, each
+    request at concurrency 4 is answered at once, and every result reaches the strategy."""
+    table = NasBench201Table()
+    assert GOALTuner(space="nasbench201", background_fit=False, **FAST_GOAL).strategy.background_fit is False
+    tuner = GOALTuner(space="nasbench201", **FAST_GOAL)
+    assert tuner.strategy.background_fit is True
+    fit = tuner.strategy._fit
+    tuner.strategy._fit = lambda job: time.sleep(1.0) or fit(job)
+    tuner.update_search_space(NB201)
+    running = []
+    for pid in range(12):
+        running.append((pid, tuner.generate_parameters(pid)))
+        if len(running) == 4:
+            done_pid, done_params = running.pop(0)
+            tuner.receive_trial_result(done_pid, done_params, table.query(done_params))
+            tuner.trial_end(done_pid, True)
+    assert len(tuner.request_seconds) == len(tuner.slot_seconds) == 12
+    assert max(tuner.slot_seconds) < 0.5                      # a fit takes 1 s
+    tuner.strategy.wait_idle()
+    assert len(tuner.strategy.evaluated) == 9 and tuner.strategy.timing["background"] >= 1.0
+    tuner._on_exit()
+
+
+def test_a_ready_model_answers_the_next_request_and_an_import_overrides_it():
+    """Once NNI has asked, the strategy keeps one model ready, so a request takes it at once; a
+    ready model whose parameters are imported meanwhile gets the imported result, not a trial."""
+    tuner = GOALTuner(space="nasbench201", **FAST_GOAL)
+    tuner.update_search_space(NB201)
+    time.sleep(0.2)
+    assert not tuner.engine._queue                      # nothing proposed before NNI asks
+    first = tuner.generate_parameters(0)
+    deadline = time.time() + 10
+    while not tuner.engine._queue and time.time() < deadline:
+        time.sleep(0.01)
+    (_, ready, _), = tuner.engine._queue
+    tuner.import_data([{"parameter": ready, "value": 12.5}])
+    second = tuner.generate_parameters(1)
+    assert second not in (first, ready)
+    while 12.5 not in [m for _, m in tuner.strategy.evaluated] and time.time() < deadline:
+        time.sleep(0.01)
+    assert (ready, 12.5) in tuner.strategy.evaluated
     tuner._on_exit()
 
 
@@ -216,6 +263,7 @@ def test_import_data_joins_goal_history_and_is_never_run_again(caplog):
         tuner.receive_trial_result(pid, params, table.query(params))
         tuner.trial_end(pid, True)
     assert not any(p in imported for p in handed_out)
+    tuner.strategy.wait_idle()                                      # fits run in the background
     assert tuner.strategy.model_history[0]["num_evaluated"] >= 8   # the first fit already used them
     tuner._on_exit()
 
