@@ -407,8 +407,8 @@ def run_search(cfg: SearchConfig, *, resume: bool = False) -> SearchResult:
     space = build_space(cfg.space, splits.num_classes, splits.input_shape, **cfg.space_args)
     if spec.kind == "one-shot":
         _check_one_shot_space(cfg, space)
-    check_strategy_space(cfg.strategy, cfg.space, space)
     strategy = make_strategy(cfg.strategy, seed=cfg.seed, **cfg.strategy_args)
+    check_strategy_space(cfg.strategy, cfg.space, space)
     if cfg.retrain is not False and splits.test is None:
         raise ValueError(f"'retrain' needs held-out test images, but data set {cfg.dataset!r} has no test part "
                          "(npz: add x_test/y_test; imagefolder: a test/ or val/ sub-directory)")
