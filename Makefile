@@ -27,7 +27,7 @@ demo: $(STAMP)
 	OMP_NUM_THREADS=$(DEMO_THREADS) $(VENV)/bin/nni-plugins retrain $(OUTPUT) --random 3 --restart
 
 test: $(STAMP)
-	$(PY) -m pytest -q -p no:cacheprovider $(PYTEST_ARGS)
+	$(PY) -m pytest -q -p no:cacheprovider --durations=25 $(PYTEST_ARGS)
 
 test-fast: $(STAMP)
 	$(PY) -m pytest -q -p no:cacheprovider -m "not slow" $(PYTEST_ARGS)

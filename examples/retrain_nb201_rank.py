@@ -41,6 +41,22 @@ def quantile_cells(table: NasBench201Table, count: int) -> list[tuple[str, float
     return [(ranked[i][1], ranked[i][0]) for i in positions]
 
 
+def accuracy_cells(table: NasBench201Table, count: int) -> list[tuple[str, float]]:
+    """``count`` (arch, accuracy) pairs spread evenly over the table's accuracy *values*: for targets
+    evenly spaced from the lowest to the highest accuracy, in turn, the accuracy value closest to the
+    target among those not yet taken, and the first cell (by arch string) with it. Most cells of
+    the table lie between 85 and 94.4, so these cells cover the low range that quantiles leave out."""
+    first: dict[float, str] = {}
+    for accuracy, arch in sorted(((table.query(arch), arch) for arch in table.archs())):
+        first.setdefault(accuracy, arch)
+    values = np.array(sorted(first))
+    taken: set[int] = set()
+    for target in np.linspace(values[0], values[-1], count):
+        order = np.argsort(np.abs(values - target), kind="stable")
+        taken.add(int(next(i for i in order if int(i) not in taken)))
+    return [(first[values[i]], float(values[i])) for i in sorted(taken)]
+
+
 def write_run(directory: Path, arch: str, accuracy: float, data: Path, limit: int | None, seed: int) -> None:
     """A run directory for ``arch`` as ``nni-plugins search --space nasbench201 --dataset npz`` writes it."""
     directory.mkdir(parents=True, exist_ok=True)
@@ -57,6 +73,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--output", required=True, help="directory for the per-cell run directories and results")
     parser.add_argument("--data", default=str(DATA), help="npz file of CIFAR-10 images (x_train/y_train/x_test/y_test)")
     parser.add_argument("--cells", type=int, default=10)
+    parser.add_argument("--spacing", choices=["quantile", "accuracy"], default="quantile",
+                        help="cells at evenly spaced quantiles of the table's accuracy (default), or evenly spaced "
+                             "over its accuracy values")
     parser.add_argument("--epochs", type=int, default=12)
     parser.add_argument("--width", type=int, default=8, help="NB201 C (the benchmark: 16)")
     parser.add_argument("--depth", type=int, default=1, help="NB201 N (the benchmark: 5)")
@@ -72,11 +91,12 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--data {args.data} does not exist")
 
     torch.set_num_threads(args.threads)
+    pick = quantile_cells if args.spacing == "quantile" else accuracy_cells
     output = Path(args.output)
     overrides = {"epochs": args.epochs, "width": args.width, "depth": args.depth, "batch_size": args.batch_size}
     rows = []
     started = time.time()
-    for index, (arch, table_acc) in enumerate(quantile_cells(NasBench201Table(), args.cells), start=1):
+    for index, (arch, table_acc) in enumerate(pick(NasBench201Table(), args.cells), start=1):
         run_dir = output / f"cell{index:02d}"
         write_run(run_dir, arch, table_acc, Path(args.data).resolve(), args.limit, args.seed)
         result = retrain_run(run_dir, overrides).results[0]
@@ -85,7 +105,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{index:2d} {arch} table {table_acc:6.2f} retrained {100 * result['test_acc']:6.2f} "
               f"({result['parameters']} params, {result['seconds']:.0f} s)", flush=True)
     tau = float(kendalltau([r["table_acc"] for r in rows], [r["test_acc"] for r in rows]).statistic)
-    summary = {"kendall_tau": tau, "cells": rows, "settings": overrides, "data": str(args.data),
+    summary = {"kendall_tau": tau, "spacing": args.spacing, "cells": rows, "settings": overrides, "data": str(args.data),
                "limit": args.limit, "seed": args.seed, "seconds": round(time.time() - started, 1)}
     write_json(output / "rank.json", summary)
     print(f"Kendall tau (retrained vs table test accuracy, {len(rows)} cells): {tau:.3f}; "

@@ -7,6 +7,8 @@ argument is checked, and an unknown keyword names the strategy. docs/errors.md l
 """
 from __future__ import annotations
 
+import json
+
 import re
 
 import pytest
@@ -149,11 +151,12 @@ def test_cli_diverging_search_exits_2_with_one_error_line_and_no_result(tmp_path
     (out / "best_architecture.json").write_text("{}")  # an earlier run's result must not survive a failed run
     config = tmp_path / "run.yml"
     config.write_text(f"strategy: {name}\nstrategy_args: {{arc_learning_rate: 1.0e+30}}\nepochs: 1\nlimit: 128\n"
-                      f"batch_size: 16\noutput: {out}\n")
+                      f"batch_size: 16\noutput: {out}\noverwrite: true\n")
     assert main(["search", "--config", str(config)]) == 2
     errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and "the architecture parameter of choice(s)" in errors[0] and _CAUSES in errors[0]
     assert not (out / "best_architecture.json").exists()
+    assert json.loads((out / "run.json").read_text())["status"] == "failed"
 
 
 # ------------------------------------------------------------------------------------------------ DDP
