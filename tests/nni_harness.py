@@ -22,11 +22,13 @@ import urllib.request
 from pathlib import Path
 
 import nni_compat  # noqa: F401  (the NNI 3.0 fixes, bottom layer)
+import pytest
 import torch
 from torch import nn
 
 import nni
 from nni.nas.nn.pytorch import LayerChoice, ModelSpace
+from nni.runtime.tuner_command_channel.channel import TunerCommandChannel
 
 REPO = Path(__file__).resolve().parents[1]
 N_OPS = 4
@@ -104,6 +106,35 @@ class UntracedBox:
 
 def evaluate_with_untraced(model, box: UntracedBox, sleep: float = 0.0):
     evaluate_model(model, sleep)
+
+
+def isolate(mp: pytest.MonkeyPatch, root: Path) -> None:
+    """NNI writes its experiment manifest under $HOME and its registry under NNI_CONFIG_DIR; keep them
+    (and the cwd) under ``root``."""
+    mp.setenv("HOME", str(root / "home"))
+    mp.setenv("NNI_CONFIG_DIR", str(root / "nni-config"))
+    mp.chdir(root)
+
+
+@pytest.fixture
+def isolated(tmp_path, monkeypatch):
+    """:func:`isolate` in ``tmp_path``, with one torch thread (tiny models on a shared machine)."""
+    isolate(monkeypatch, tmp_path)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+class ScriptedChannel(TunerCommandChannel):
+    """A tuner channel whose incoming commands come from a list instead of a websocket."""
+
+    def __init__(self, commands):
+        super().__init__('ws://127.0.0.1:1/tuner')   # not connected
+        self._script = list(commands)
+
+    def _receive(self):
+        return self._script.pop(0)
 
 
 def free_port() -> int:

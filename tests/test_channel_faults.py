@@ -19,25 +19,16 @@ import numpy as np
 import pytest
 from nni.nas.execution.engine import ExecutionEngine
 from nni.nas.execution.training_service import TrainingServiceExecutionEngine
-from nni.runtime.tuner_command_channel.channel import TunerCommandChannel
 from nni.runtime.tuner_command_channel.command_type import CommandType, TrialEnd
 
 import nni_compat as compat
 from nni_compat.channel import listener_error
 from nni_plugins import datasets
+from tests.nni_harness import ScriptedChannel
 
 REPO = Path(__file__).resolve().parents[1]
 
 
-class _ScriptedChannel(TunerCommandChannel):
-    """A tuner channel whose incoming commands come from a list instead of a websocket."""
-
-    def __init__(self, commands):
-        super().__init__('ws://127.0.0.1:1/tuner')   # not connected
-        self._script = list(commands)
-
-    def _receive(self):
-        return self._script.pop(0)
 
 
 def _npz(path: Path) -> Path:
@@ -57,14 +48,14 @@ def test_trial_end_does_not_rebuild_the_trials_objects(tmp_path):
     content = json.dumps({'trial_job_id': 'T', 'event': 'FAILED', 'hyper_params': hyper_params})
     with compat.unpatched('trial_end_reads_parameter_id'):
         with pytest.raises(ValueError, match="does not exist"):
-            _ScriptedChannel([(CommandType.TrialEnd, content)]).receive()
-    assert _ScriptedChannel([(CommandType.TrialEnd, content)]).receive() == \
+            ScriptedChannel([(CommandType.TrialEnd, content)]).receive()
+    assert ScriptedChannel([(CommandType.TrialEnd, content)]).receive() == \
         TrialEnd(trial_job_id='T', parameter_ids=[5], event='FAILED')
 
 
-def _failing_channel() -> _ScriptedChannel:
+def _failing_channel() -> ScriptedChannel:
     """A channel whose first command's callback (a strategy's, through the engine) raises."""
-    channel = _ScriptedChannel([(CommandType.RequestTrialJobs, '1')])
+    channel = ScriptedChannel([(CommandType.RequestTrialJobs, '1')])
 
     def callback(command):
         raise KeyError('no such model')

@@ -24,10 +24,9 @@ from nni.nas.experiment import NasExperiment, NasExperimentConfig
 from nni.nas.nn.pytorch import LayerChoice, ModelSpace
 from nni.nas.strategy import RegularizedEvolution
 from nni.runtime.command_channel.websocket import connection
-from nni.runtime.tuner_command_channel.channel import TunerCommandChannel
 from nni.runtime.tuner_command_channel.command_type import CommandType, RequestTrialJobs, TrialEnd
 
-from tests.nni_harness import TinySpace, UntracedBox, arch_metric, evaluate_model
+from tests.nni_harness import ScriptedChannel, TinySpace, UntracedBox, arch_metric, evaluate_model
 
 
 def test_every_fix_is_registered_and_apply_is_idempotent():
@@ -217,15 +216,6 @@ def test_failed_resume_keeps_the_checkpoint(searched):
 
 # --- the tuner command channel ------------------------------------------------------------------
 
-class _ScriptedChannel(TunerCommandChannel):
-    """A tuner channel whose incoming commands come from a list instead of a websocket."""
-
-    def __init__(self, commands):
-        super().__init__('ws://127.0.0.1:1/tuner')   # not connected
-        self._script = list(commands)
-
-    def _receive(self):
-        return self._script.pop(0)
 
 
 def test_resume_commands_are_ignored_not_fatal():
@@ -234,8 +224,8 @@ def test_resume_commands_are_ignored_not_fatal():
                 (CommandType.RequestTrialJobs, '2')]
     with compat.unpatched('tuner_channel_resume_commands'):
         with pytest.raises(ValueError, match='Unknown command type'):
-            _ScriptedChannel(commands).receive()
-    channel = _ScriptedChannel(commands)
+            ScriptedChannel(commands).receive()
+    channel = ScriptedChannel(commands)
     first, second, third = channel.receive(), channel.receive(), channel.receive()
     assert isinstance(first, compat.IgnoredCommand) and first.command_type == CommandType.ImportData
     assert isinstance(second, compat.IgnoredCommand) and second.command_type == CommandType.AddCustomizedTrialJob
@@ -249,8 +239,8 @@ def test_trial_end_with_double_slash_in_nested_json_is_decoded():
     content = json.dumps({'trial_job_id': 'abc', 'event': 'SUCCEEDED', 'hyper_params': json.dumps(parameters)})
     with compat.unpatched('websocket_keep_comments', 'trial_end_reads_parameter_id'):
         with pytest.raises(json.JSONDecodeError):
-            _ScriptedChannel([(CommandType.TrialEnd, content)]).receive()
-    assert _ScriptedChannel([(CommandType.TrialEnd, content)]).receive() == \
+            ScriptedChannel([(CommandType.TrialEnd, content)]).receive()
+    assert ScriptedChannel([(CommandType.TrialEnd, content)]).receive() == \
         TrialEnd(trial_job_id='abc', parameter_ids=[7], event='SUCCEEDED')
 
 
@@ -580,7 +570,7 @@ def test_trial_rerun_by_resumed_manager_is_bound_not_trained_again():
                              'parameters': json.loads(nni.dump(space.freeze(rerun)))}])
 
     def resume():
-        channel = _ScriptedChannel([(CommandType.AddCustomizedTrialJob, announced)])
+        channel = ScriptedChannel([(CommandType.AddCustomizedTrialJob, announced)])
         channel.receive()
         sent = []
         channel.send_trial = lambda parameter_id, parameters, placement_constraint=None: sent.append(
@@ -635,7 +625,7 @@ def test_trial_ended_after_the_last_checkpoint_is_not_trained_again():
 
     def resume(checkpoint):
         engine = _engine_with_trials([row('X', 0, seen), row('Y', 1, late)])
-        channel = _ScriptedChannel([])
+        channel = ScriptedChannel([])
         sent = []
         channel.send_trial = lambda parameter_id, parameters, placement_constraint=None: sent.append(
             (parameter_id, dict(parameters.sample)))

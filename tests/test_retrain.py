@@ -24,26 +24,14 @@ from nni_plugins.cli import main
 from nni_plugins.retrain import (PROTOCOLS, final_space_args, load_retrained, random_samples, resolve_settings,
                                  write_json)
 from nni_plugins.spaces import build_space
+from tests.nni_harness import isolate, isolated  # noqa: F401 (isolated: a fixture)
 
 REPO = Path(__file__).resolve().parents[1]
 CIFAR_NPZ = REPO.parent / "shared" / "data" / "cifar10_subset.npz"
 TINY = ["--epochs", "1", "--width", "4"]
 
 
-def _isolate(mp: pytest.MonkeyPatch, root: Path) -> None:
-    """NNI writes its experiment manifest under $HOME; keep it (and the cwd) under ``root``."""
-    mp.setenv("HOME", str(root / "home"))
-    mp.setenv("NNI_CONFIG_DIR", str(root / "nni-config"))
-    mp.chdir(root)
-
-
-@pytest.fixture(autouse=True)
-def _isolated(tmp_path, monkeypatch):
-    _isolate(monkeypatch, tmp_path)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("isolated")
 
 
 @pytest.fixture(scope="module")
@@ -51,7 +39,7 @@ def one_shot_run(tmp_path_factory) -> Path:
     """A finished one-shot search (DARTS, 1 epoch, 200 digits images); tests retrain copies of it."""
     root = tmp_path_factory.mktemp("oneshot")
     with pytest.MonkeyPatch.context() as mp:
-        _isolate(mp, root)
+        isolate(mp, root)
         assert main(["search", "--strategy", "darts", "--epochs", "1", "--limit", "200", "--output",
                      str(root / "run")]) == 0
     return root / "run"

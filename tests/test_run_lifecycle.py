@@ -12,27 +12,17 @@ from pathlib import Path
 
 import psutil
 import pytest
-import torch
 import yaml
 
 from nni_plugins.cli import main
 from nni_plugins.rundir import RunDir, read_status
-from tests.nni_harness import free_port, rest_get, wait_dead
+from tests.nni_harness import free_port, isolated, rest_get, wait_dead  # noqa: F401 (isolated: a fixture)
 
 REPO = Path(__file__).resolve().parents[1]
 CIFAR_NPZ = REPO.parent / "shared" / "data" / "cifar10_subset.npz"
 
 
-@pytest.fixture(autouse=True)
-def _isolated(tmp_path, monkeypatch):
-    """NNI writes its experiment manifest under $HOME; keep it (and the cwd) in tmp."""
-    monkeypatch.setenv("HOME", str(tmp_path / "home"))
-    monkeypatch.setenv("NNI_CONFIG_DIR", str(tmp_path / "nni-config"))
-    monkeypatch.chdir(tmp_path)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("isolated")
 
 
 def _error(capsys) -> str:

@@ -14,21 +14,13 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from nni_plugins.cli import main
 from nni_plugins.spaces import build_space
+from tests.nni_harness import isolated  # noqa: F401 (a fixture)
 
 REPO = Path(__file__).resolve().parents[1]
 CIFAR_NPZ = REPO.parent / "shared" / "data" / "cifar10_subset.npz"
 
 
-@pytest.fixture(autouse=True)
-def _isolated(tmp_path, monkeypatch):
-    """NNI writes its experiment manifest under $HOME; keep it (and the cwd) in tmp."""
-    monkeypatch.setenv("HOME", str(tmp_path / "home"))
-    monkeypatch.setenv("NNI_CONFIG_DIR", str(tmp_path / "nni-config"))
-    monkeypatch.chdir(tmp_path)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("isolated")
 
 
 def _scalar_tags(root: Path) -> set[str]:
