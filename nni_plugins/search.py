@@ -333,9 +333,10 @@ def _check_one_shot_space(cfg: SearchConfig, space: Any) -> None:
 
 
 def _write_config(output: Path, cfg: SearchConfig) -> None:
-    tmp = output / "config.yml.tmp"
-    tmp.write_text(yaml.safe_dump(dataclasses.asdict(dataclasses.replace(cfg, overwrite=False)), sort_keys=False))
-    os.replace(tmp, output / "config.yml")
+    from .runfiles import write_text
+
+    write_text(output / "config.yml",
+               yaml.safe_dump(dataclasses.asdict(dataclasses.replace(cfg, overwrite=False)), sort_keys=False))
 
 
 def _resume_checkpoint(tb_dir: Path, done: int) -> Path | None:
