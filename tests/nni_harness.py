@@ -137,6 +137,22 @@ class ScriptedChannel(TunerCommandChannel):
         return self._script.pop(0)
 
 
+def multi_trial_search(tmp_path: Path) -> Path:
+    """Run ``nni-plugins search`` as a user would (a subprocess): NNI's RegularizedEvolution, 3 trials
+    of 1 epoch on 200 digits images, one at a time on the local training service. Returns the run
+    directory; asserts the search exited 0."""
+    out = tmp_path / "mt"
+    config = tmp_path / "mt.yml"
+    config.write_text(
+        "strategy: rea\nstrategy_args: {population_size: 2, sample_size: 1}\ntrials: 3\nepochs: 1\nlimit: 200\n"
+        f"output: {out}\n"
+        "experiment:\n  trial_concurrency: 1\n  training_service: {platform: local, use_active_gpu: false}\n")
+    proc = subprocess.run([sys.executable, "-m", "nni_plugins", "search", "--config", str(config)],
+                          cwd=tmp_path, env=dict(os.environ), capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return out
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(('127.0.0.1', 0))

@@ -24,7 +24,7 @@ from nni_plugins.cli import main
 from nni_plugins.retrain import (PROTOCOLS, final_space_args, load_retrained, random_samples, resolve_settings,
                                  write_json)
 from nni_plugins.spaces import build_space
-from tests.nni_harness import isolate, isolated  # noqa: F401 (isolated: a fixture)
+from tests.nni_harness import isolate, isolated, multi_trial_search  # noqa: F401 (isolated: a fixture)
 
 REPO = Path(__file__).resolve().parents[1]
 CIFAR_NPZ = REPO.parent / "shared" / "data" / "cifar10_subset.npz"
@@ -306,15 +306,7 @@ def test_retrain_nb201_rank_example_quick(tmp_path):
 @pytest.mark.slow
 def test_multi_trial_run_ranks_trials_and_retrains_top_k(tmp_path):
     """A real multi-trial search (NNI manager, 3 trials), then ``retrain --top-k 2``."""
-    out = tmp_path / "mt"
-    config = tmp_path / "mt.yml"
-    config.write_text(
-        "strategy: rea\nstrategy_args: {population_size: 2, sample_size: 1}\ntrials: 3\nepochs: 1\nlimit: 200\n"
-        f"output: {out}\n"
-        "experiment:\n  trial_concurrency: 1\n  training_service: {platform: local, use_active_gpu: false}\n")
-    proc = subprocess.run([sys.executable, "-m", "nni_plugins", "search", "--config", str(config)],
-                          cwd=tmp_path, env=dict(os.environ), capture_output=True, text=True, timeout=900)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = multi_trial_search(tmp_path)
     trials = json.loads((out / "trials.json").read_text())
     best = json.loads((out / "best_architecture.json").read_text())
     assert [t["rank"] for t in trials] == list(range(1, len(trials) + 1)) and len(trials) >= 2

@@ -3,9 +3,6 @@ from __future__ import annotations
 
 import csv
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -14,7 +11,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from nni_plugins.cli import main
 from nni_plugins.spaces import build_space
-from tests.nni_harness import isolated  # noqa: F401 (a fixture)
+from tests.nni_harness import isolated, multi_trial_search  # noqa: F401 (isolated: a fixture)
 
 REPO = Path(__file__).resolve().parents[1]
 CIFAR_NPZ = REPO.parent / "shared" / "data" / "cifar10_subset.npz"
@@ -88,19 +85,7 @@ def test_search_yaml_nasbench201_on_cifar_npz_reports_arch_string(tmp_path):
 @pytest.mark.slow
 def test_search_multi_trial_rea_through_nni_manager(tmp_path):
     """A multi-trial search: NNI manager, local training service, trials in their own processes."""
-    out = tmp_path / "mt"
-    config = tmp_path / "mt.yml"
-    config.write_text(
-        "strategy: rea\n"
-        "strategy_args: {population_size: 2, sample_size: 1}\n"
-        "trials: 3\nepochs: 1\nlimit: 200\n"
-        f"output: {out}\n"
-        "experiment:\n  trial_concurrency: 1\n  training_service: {platform: local, use_active_gpu: false}\n"
-    )
-    env = dict(os.environ)
-    proc = subprocess.run([sys.executable, "-m", "nni_plugins", "search", "--config", str(config)],
-                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = multi_trial_search(tmp_path)
     payload = json.loads((out / "best_architecture.json").read_text())
     assert 0.0 < payload["metric"] <= 1.0
     build_space("digits", 10, (1, 8, 8)).freeze(payload["sample"])
