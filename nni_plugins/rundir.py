@@ -10,7 +10,8 @@
 - ``interrupted``: SIGINT or SIGTERM stopped it; ``resume`` is the command that continues it.
 
 Besides the status: ``strategy``, ``kind`` (one-shot or multi-trial), ``started`` / ``ended`` (UTC, ISO
-8601), ``progress`` (``trials_finished`` of ``trials``, or ``epochs_done`` of ``epochs``) and, for
+8601), ``progress`` (``trials_finished`` of ``trials`` with ``trials_failed`` and ``best_metric``, or
+``epochs_done`` of ``epochs``; updated as the search goes) and, for
 multi-trial runs, NNI's ``experiment_id`` (what a resume continues) and the NNI manager's
 ``manager_pid``.
 """
@@ -170,6 +171,8 @@ class RunDir:
         self.worker = is_ddp_worker()
         self._lock = None
         self._info: dict[str, Any] = {}
+        self._mutex = threading.Lock()
+        self._closed = False
 
     def check(self) -> "RunDir":
         """Refuse (``ValueError``) a directory that another process searches, one that holds a run when
@@ -247,18 +250,25 @@ class RunDir:
         return dict(self._info)
 
     def update(self, **info: Any) -> None:
-        self._info.update(info)
-        if not self.worker:
-            self._write()
+        """Record ``info`` in ``run.json`` (from any thread: a multi-trial search records its progress from
+        NNI's engine thread); ignored once the run is closed."""
+        with self._mutex:
+            if self._closed:
+                return
+            self._info.update(info)
+            if not self.worker:
+                self._write()
 
     def close(self, status: str, **info: Any) -> None:
         """Record the final ``status`` (and, for ``interrupted``, the resume command) and release the lock."""
-        self._info.update(info, status=status, ended=_now())
-        if status == "interrupted":
-            self._info["resume"] = resume_command(self.path)
-        if self.worker:
-            return
-        self._write()
+        with self._mutex:
+            self._closed = True
+            self._info.update(info, status=status, ended=_now())
+            if status == "interrupted":
+                self._info["resume"] = resume_command(self.path)
+            if self.worker:
+                return
+            self._write()
         if self._lock is not None:
             self._lock.close()
             self._lock = None

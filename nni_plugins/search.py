@@ -444,9 +444,16 @@ def run_search(cfg: SearchConfig, *, resume: bool = False) -> SearchResult:
                 sample, metric, progress, interrupt = _search_one_shot(exp, evaluator, cfg, splits, run, tb_dir,
                                                                        resume)
             else:
-                logger = TrialMetricsLogger(str(tb_dir / "search"), strategy=strategy)
+                logger = TrialMetricsLogger(str(tb_dir / "search"), strategy=strategy,
+                                            on_trial_end=lambda counts: run.update(progress={
+                                                "trials_finished": counts["trials_succeeded"],
+                                                "trials_failed": counts["trials_failed"], "trials": cfg.trials,
+                                                "best_metric": counts["best_metric"]}))
                 exp = NasExperiment(space, evaluator, Chain(strategy, logger), config=exp.config, id=exp.id)
-                sample, metric, progress, interrupt = _search_multi_trial(exp, cfg, run, output, resume)
+                try:
+                    sample, metric, progress, interrupt = _search_multi_trial(exp, cfg, run, output, resume)
+                finally:
+                    logger.close()  # done already unless the experiment stopped with trials still running
             seconds = time.time() - started
             if sample is not None and not run.worker:
                 payload = {"strategy": spec.name, "space": cfg.space, "dataset": cfg.dataset, "seed": cfg.seed,
@@ -551,7 +558,7 @@ def _search_multi_trial(exp: Any, cfg: SearchConfig, run: RunDir, output: Path, 
             models = []
     finally:
         exp.stop()
-    progress["trials_finished"] = len(models)
+    progress = {**run.info.get("progress", {}), **progress, "trials_finished": len(models)}
     if not models:
         if interrupt is not None:
             return None, None, progress, interrupt

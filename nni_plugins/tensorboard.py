@@ -29,6 +29,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import threading
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping
 
@@ -79,10 +80,15 @@ class TrialMetricsLogger(StrategyMiddleware):
         the end of the search into ``<log_dir>/hparams`` (:func:`log_run_hparams`), with the
         strategy's class name and the metrics ``final_metric`` (the best), ``trials_succeeded`` and
         ``trials_failed``, for TensorBoard's HParams tab. ``None``: no HParams entry.
+    on_trial_end
+        Called after each finished trial with ``{"trials_succeeded", "trials_failed", "best_metric"}``
+        (the counts so far, including those restored from a checkpoint; the best metric or ``None``),
+        e.g. to record a run's progress. Optional.
     """
 
     def __init__(self, log_dir: str, strategy: Any = None, writer_factory: Callable[[str], Any] | None = None,
-                 image_every: int = 10, hparams: Mapping[str, Any] | None = None) -> None:
+                 image_every: int = 10, hparams: Mapping[str, Any] | None = None,
+                 on_trial_end: Callable[[dict], None] | None = None) -> None:
         super().__init__()
         if isinstance(image_every, bool) or not isinstance(image_every, int) or image_every < 1:
             raise ValueError(f"TrialMetricsLogger: image_every must be a positive integer, got {image_every!r}")
@@ -91,6 +97,14 @@ class TrialMetricsLogger(StrategyMiddleware):
         self._writer = _writer_factory(writer_factory)(self.log_dir)
         self._image_every = image_every
         self._hparams = None if hparams is None else dict(hparams)
+        self._on_trial_end = on_trial_end
+        # NNI's TrainingServiceExecutionEngine keeps only weak references to the submitted models and
+        # drops the events of a model nobody holds; strategies such as NNI's Random hold none, so the
+        # logger holds each model from its submission to its end.
+        self._running: dict[int, ExecutableModelSpace] = {}
+        self._lock = threading.RLock()  # trial ends arrive on NNI's thread, close() may come from another
+        self._strategy_done = False
+        self._closed = False
         self._finished = 0
         self._failed = 0
         self._best: float | None = None
@@ -102,6 +116,7 @@ class TrialMetricsLogger(StrategyMiddleware):
     # --- pass-through engine interface -------------------------------------------------------
     def submit_models(self, *models: ExecutableModelSpace) -> None:
         self._count_proposals(models)
+        self._running.update((id(model), model) for model in models)
         self.engine.submit_models(*models)
 
     def list_models(self, status: ModelStatus | None = None) -> Iterable[ExecutableModelSpace]:
@@ -139,42 +154,68 @@ class TrialMetricsLogger(StrategyMiddleware):
         engine.register_model_event_callback(ModelEventType.TrainingEnd, self._on_training_end)
 
     def _cleanup(self) -> None:
-        self.engine.unregister_model_event_callback(ModelEventType.TrainingEnd, self._on_training_end)
-        self._log_quality()
-        step = self._finished + self._failed
-        if self._image_step != step:
-            self._log_proposals(step)
-        if self._hparams is not None:
-            hparams = dict(self._hparams)
-            if self._strategy is not None:
-                hparams.setdefault("strategy", type(self._strategy).__name__)
-            metrics = {"trials_succeeded": self._finished, "trials_failed": self._failed}
-            if self._best is not None:
-                metrics["final_metric"] = self._best
-            log_run_hparams(os.path.join(self.log_dir, "hparams"), hparams, metrics, step)
-        self._writer.flush()
-        self._writer.close()
+        """The strategy's run has ended (NNI's Chain calls this). Trials it submitted may still run: the
+        experiment waits for them after the strategy, so the logger stays registered until the last of
+        them ends (or :meth:`close`)."""
+        with self._lock:
+            self._strategy_done = True
+            if not self._running:
+                self.close()
+
+    def close(self) -> None:
+        """Write the final entries (surrogate quality, last proposal image, HParams) and close the writer;
+        later calls and trial ends do nothing. Called when the last trial ends after the strategy's run;
+        call it when the experiment stops before that (an interrupt)."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            self.engine.unregister_model_event_callback(ModelEventType.TrainingEnd, self._on_training_end)
+            self._running.clear()
+            self._log_quality()
+            step = self._finished + self._failed
+            if self._image_step != step:
+                self._log_proposals(step)
+            if self._hparams is not None:
+                hparams = dict(self._hparams)
+                if self._strategy is not None:
+                    hparams.setdefault("strategy", type(self._strategy).__name__)
+                metrics = {"trials_succeeded": self._finished, "trials_failed": self._failed}
+                if self._best is not None:
+                    metrics["final_metric"] = self._best
+                log_run_hparams(os.path.join(self.log_dir, "hparams"), hparams, metrics, step)
+            self._writer.flush()
+            self._writer.close()
 
     def _on_training_end(self, event: TrainingEndEvent) -> None:
-        value = scalar_metric(event.model.metric) if event.status == ModelStatus.Trained else None
-        if value is None:
-            self._failed += 1
-        else:
-            self._finished += 1
-        step = self._finished + self._failed
-        if value is None:
-            self._writer.add_scalar("search/failed_trials", self._failed, step)
-        else:
-            self._best = value if self._best is None else max(self._best, value)
-            self._writer.add_scalar("trial/metric", value, step)
-            sample = json.dumps(event.model.sample, sort_keys=True, default=str)
-            self._writer.add_text("trial/architecture", f"metric {value:.6g}: `{sample}`", step)
-        if self._best is not None:
-            self._writer.add_scalar("search/best_so_far", self._best, step)
-        if step % self._image_every == 0:
-            self._log_proposals(step)
-        self._log_quality()
-        self._writer.flush()
+        with self._lock:
+            if self._closed:
+                return
+            self._running.pop(id(event.model), None)
+            value = scalar_metric(event.model.metric) if event.status == ModelStatus.Trained else None
+            if value is None:
+                self._failed += 1
+            else:
+                self._finished += 1
+            step = self._finished + self._failed
+            if value is None:
+                self._writer.add_scalar("search/failed_trials", self._failed, step)
+            else:
+                self._best = value if self._best is None else max(self._best, value)
+                self._writer.add_scalar("trial/metric", value, step)
+                sample = json.dumps(event.model.sample, sort_keys=True, default=str)
+                self._writer.add_text("trial/architecture", f"metric {value:.6g}: `{sample}`", step)
+            if self._best is not None:
+                self._writer.add_scalar("search/best_so_far", self._best, step)
+            if step % self._image_every == 0:
+                self._log_proposals(step)
+            self._log_quality()
+            self._writer.flush()
+            if self._on_trial_end is not None:
+                self._on_trial_end({"trials_succeeded": self._finished, "trials_failed": self._failed,
+                                    "best_metric": self._best})
+            if self._strategy_done and not self._running:
+                self.close()
 
     def _count_proposals(self, models: Iterable[ExecutableModelSpace]) -> None:
         if not self._proposed and self._model_space is not None:  # every candidate of the space, in order

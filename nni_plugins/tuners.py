@@ -559,6 +559,7 @@ class StrategyTuner(Tuner):
         self.engine: TunerEngine | None = None
         self._thread: threading.Thread | None = None
         self._error: BaseException | None = None
+        self._logger: Any = None  # the TrialMetricsLogger, with a tensorboard_dir
         #: Seconds each ``generate_parameters`` call waited for the strategy's answer, in call order.
         self.request_seconds: list[float] = []
         #: Seconds each request's slot waited: from the first of the calls NNI made back to back (one
@@ -577,7 +578,8 @@ class StrategyTuner(Tuner):
         runner: Strategy = self.strategy
         if self.tensorboard_dir is not None:
             from .tensorboard import TrialMetricsLogger
-            runner = Chain(self.strategy, TrialMetricsLogger(self.tensorboard_dir, strategy=self.strategy))
+            self._logger = TrialMetricsLogger(self.tensorboard_dir, strategy=self.strategy)
+            runner = Chain(self.strategy, self._logger)
         runner.initialize(self.model_space, self.engine)
         self._runner = runner
         # the model's thread (a refit, NASGEM's pre-training) holds the GIL for up to the switch
@@ -671,6 +673,8 @@ class StrategyTuner(Tuner):
     def _on_exit(self) -> None:
         if self.engine is not None:
             self.engine.shutdown()
+        if self._logger is not None:  # the proposal kept ready for a request never ends
+            self._logger.close()
 
     _on_error = _on_exit
 

@@ -326,13 +326,18 @@ def test_multi_trial_resume_after_kill_9_loses_and_repeats_no_trial(tmp_path):
             return [t for t in rest_get(port, "/trial-jobs") if t["status"] == "SUCCEEDED"]
         except (OSError, ValueError):  # the manager is starting
             return []
-    before = _wait_for(lambda: len(finished()) >= 2 and finished(), 300, "two finished trials", proc)
+    # run.json records each trial as it ends, so a killed run still says how far it got
+    before = _wait_for(lambda: _progress(out, "trials_finished") >= 2 and len(finished()) >= 2 and finished(), 300,
+                       "two finished trials", proc)
     manager = _run_json(out)["manager_pid"]
     os.kill(proc.pid, signal.SIGKILL)
     os.kill(manager, signal.SIGKILL)
     proc.wait()
     assert wait_dead(manager, 30)
-    assert read_status(out)["status"] == "interrupted"  # running, but nobody holds the lock
+    killed = read_status(out)
+    assert killed["status"] == "interrupted"  # running, but nobody holds the lock
+    assert killed["progress"]["trials_finished"] >= 2 and killed["progress"]["trials"] == budget
+    assert 0 <= killed["progress"]["best_metric"] <= 1
 
     proc = _start(tmp_path, "--resume", str(out))
     _, err = proc.communicate(timeout=600)
@@ -344,7 +349,9 @@ def test_multi_trial_resume_after_kill_9_loses_and_repeats_no_trial(tmp_path):
     assert kept <= set(samples)  # nothing finished before the kill is lost
     info = _run_json(out)
     assert info["status"] == "complete" and info["resumed"] == 1
-    assert info["progress"] == {"trials": budget, "trials_finished": budget}
+    assert info["progress"]["trials"] == info["progress"]["trials_finished"] == budget
+    assert info["progress"]["trials_failed"] == 0
+    assert info["progress"]["best_metric"] == max(t["metric"] for t in trials)
 
 
 def _sample(rest_trial: dict) -> dict:

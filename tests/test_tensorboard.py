@@ -288,13 +288,15 @@ def _trial(metric, sample):
 
 def _run_trials(logger, results):
     for metric, sample in results:
-        logger.submit_models(SimpleNamespace(sample=sample))
-        logger._on_training_end(_trial(metric, sample))
+        trial = _trial(metric, sample)
+        logger.submit_models(trial.model)
+        logger._on_training_end(trial)
 
 
 def test_trial_logger_checkpoint_continues_the_curves():
     """NNI's Chain saves every middleware's state with the strategy's: the logger's counters and
-    proposal counts survive a (JSON) checkpoint, so a resumed run appends to the same curves."""
+    proposal counts survive a (JSON) checkpoint, so a resumed run appends to the same curves and
+    reports the run's progress counted from its start."""
     written = []
 
     class Writer:
@@ -313,13 +315,16 @@ def test_trial_logger_checkpoint_continues_the_curves():
     first = TrialMetricsLogger("unused", writer_factory=Writer)
     first.set_engine(_Engine())
     _run_trials(first, [(0.5, {"op": "a"}), (0.7, {"op": "b"}), (None, {"op": "a"})])
-    resumed = TrialMetricsLogger("unused", writer_factory=Writer)
+    progress = []  # what the search records in run.json after each trial
+    resumed = TrialMetricsLogger("unused", writer_factory=Writer, on_trial_end=progress.append)
     resumed.set_engine(_Engine())
     resumed.load_state_dict(json.loads(json.dumps(first.state_dict())))
     written.clear()
-    _run_trials(resumed, [(0.6, {"op": "b"})])
+    _run_trials(resumed, [(0.6, {"op": "b"}), (None, {"op": "a"})])
     assert ("trial/metric", 0.6, 4) in written and ("search/best_so_far", 0.7, 4) in written
-    assert resumed.state_dict()["proposed"] == {"op": {"a": 2, "b": 2}}
+    assert resumed.state_dict()["proposed"] == {"op": {"a": 3, "b": 2}}
+    assert progress == [{"trials_succeeded": 3, "trials_failed": 1, "best_metric": 0.7},
+                        {"trials_succeeded": 3, "trials_failed": 2, "best_metric": 0.7}]
 
 
 def test_trial_logger_waits_with_the_engine():
@@ -358,6 +363,43 @@ def test_trial_logger_writes_hparams_and_final_proposals_at_cleanup(tmp_path):
     assert image.step == 3 and (image.height, image.width) == (2 * 12, 2 * 12)  # op: a, b; in: 0, 1
     [(_, counts)] = _texts(acc, "search/proposal_counts")
     assert "| `op` | `a` 2, `b` 1 |" in counts and "| `in` | `0` 2, `1` 2 |" in counts
+
+
+def test_trial_logger_holds_running_trials_and_logs_those_ending_after_the_strategy(tmp_path):
+    """NNI's training-service engine drops the events of a model nobody references, and a strategy's run
+    may end before its last trials do (the experiment waits for them): the logger holds each running
+    model, counts the trials that end after the strategy's run, then writes its final entries once."""
+    import gc
+    import weakref
+
+    class Model:  # weakly referable, as NNI's model spaces are
+        def __init__(self, op):
+            self.sample, self.metric = {"op": op}, None
+
+    progress = []
+    logger = TrialMetricsLogger(str(tmp_path), hparams={"n": 1}, on_trial_end=progress.append)
+    logger.set_engine(_Engine())
+    models = [Model(op) for op in "ab"]
+    logger.submit_models(*models)
+    refs = [weakref.ref(m) for m in models]
+    del models
+    gc.collect()
+    assert all(ref() is not None for ref in refs)  # what the engine holds is a weak reference
+    logger._cleanup()  # the strategy's run ends with both trials running
+    assert not (tmp_path / "hparams").exists()
+    for ref, metric in zip(refs, (0.4, 0.6)):
+        model = ref()
+        model.metric = metric
+        logger._on_training_end(SimpleNamespace(model=model, status=ModelStatus.Trained))
+    assert [p["trials_succeeded"] for p in progress] == [1, 2] and progress[-1]["best_metric"] == 0.6
+    assert _scalars(_events(tmp_path / "hparams"), "final_metric") == [(2, pytest.approx(0.6))]
+    assert [step for step, _ in _scalars(_events(tmp_path), "trial/metric")] == [1, 2]
+    del model
+    gc.collect()
+    assert all(ref() is None for ref in refs)  # released once ended
+    logger.close()  # again: nothing more is written
+    logger._on_training_end(SimpleNamespace(model=SimpleNamespace(sample={}, metric=0.9), status=ModelStatus.Trained))
+    assert len(progress) == 2
 
 
 def test_log_run_hparams_writes_flat_arguments_and_final_metrics_into_the_directory(tmp_path):
