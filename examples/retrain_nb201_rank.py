@@ -5,11 +5,15 @@ accuracy (deterministic: the cells at sorted positions ``round(q * (n - 1))``, t
 string), writes one run directory per cell as ``nni-plugins search`` would (``config.yml`` and
 ``best_architecture.json``), retrains each with :func:`nni_plugins.retrain.retrain_run` (the NB201
 protocol at a smaller width, depth and epoch count) on the CIFAR-10 images of an ``.npz`` file, and
-reports the Kendall tau between the retrained test accuracies and the table's. Rerunning the same
-command after an interruption continues where it stopped (each cell resumes from its ``last.ckpt``).
+reports the Kendall tau between the retrained test accuracies and the table's. With several
+``--seeds`` each cell is retrained once per seed (as the table averages three training seeds) and the
+tau is that of the per-cell mean; the tau of each seed alone is reported too. Rerunning the same
+command after an interruption continues where it stopped (each retrain resumes from its
+``last.ckpt``, a finished one is only read back), so seeds can also run as separate processes into
+the same ``--output`` and a last call with all of them collects the results.
 
-    python examples/retrain_nb201_rank.py --output runs/retrain_nb201_rank          # the benchmark
-    python examples/retrain_nb201_rank.py --quick --output /tmp/rank                 # 2 cells x 1 epoch
+    python examples/retrain_nb201_rank.py --seeds 0 1 2 --output runs/retrain_nb201_rank   # the benchmark
+    python examples/retrain_nb201_rank.py --quick --output /tmp/rank                      # 2 cells x 1 epoch
 
 docs/benchmarks.md (section "Retraining") has the figures.
 """
@@ -81,7 +85,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--depth", type=int, default=1, help="NB201 N (the benchmark: 5)")
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--limit", type=int, default=None, help="training images (default: all)")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0],
+                        help="retrain every cell once per seed and rank the per-cell mean (default: 0)")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (1 suits a shared machine)")
     parser.add_argument("--quick", action="store_true", help="smoke test: 2 cells, 1 epoch, 64 images")
     args = parser.parse_args(argv)
@@ -94,22 +99,36 @@ def main(argv: list[str] | None = None) -> int:
     pick = quantile_cells if args.spacing == "quantile" else accuracy_cells
     output = Path(args.output)
     overrides = {"epochs": args.epochs, "width": args.width, "depth": args.depth, "batch_size": args.batch_size}
-    rows = []
+    cells = pick(NasBench201Table(), args.cells)
     started = time.time()
-    for index, (arch, table_acc) in enumerate(pick(NasBench201Table(), args.cells), start=1):
-        run_dir = output / f"cell{index:02d}"
-        write_run(run_dir, arch, table_acc, Path(args.data).resolve(), args.limit, args.seed)
-        result = retrain_run(run_dir, overrides).results[0]
-        rows.append({"cell": index, "arch": arch, "table_acc": table_acc, "test_acc": result["test_acc"],
-                     "parameters": result["parameters"], "seconds": result["seconds"]})
-        print(f"{index:2d} {arch} table {table_acc:6.2f} retrained {100 * result['test_acc']:6.2f} "
-              f"({result['parameters']} params, {result['seconds']:.0f} s)", flush=True)
-    tau = float(kendalltau([r["table_acc"] for r in rows], [r["test_acc"] for r in rows]).statistic)
-    summary = {"kendall_tau": tau, "spacing": args.spacing, "cells": rows, "settings": overrides, "data": str(args.data),
-               "limit": args.limit, "seed": args.seed, "seconds": round(time.time() - started, 1)}
+    accs: dict[int, list[float]] = {}
+    rows = []
+    for seed in args.seeds:
+        for index, (arch, table_acc) in enumerate(cells, start=1):
+            run_dir = output / f"seed{seed}" / f"cell{index:02d}"
+            write_run(run_dir, arch, table_acc, Path(args.data).resolve(), args.limit, seed)
+            result = retrain_run(run_dir, overrides).results[0]
+            accs.setdefault(index, []).append(result["test_acc"])
+            rows.append({"cell": index, "seed": seed, "arch": arch, "table_acc": table_acc,
+                         "test_acc": result["test_acc"], "parameters": result["parameters"],
+                         "seconds": result["seconds"]})
+            print(f"seed {seed} cell {index:2d} {arch} table {table_acc:6.2f} retrained "
+                  f"{100 * result['test_acc']:6.2f} ({result['parameters']} params, {result['seconds']:.0f} s)",
+                  flush=True)
+    table_accs = [acc for _, acc in cells]
+    mean_accs = [float(np.mean(accs[i])) for i in range(1, len(cells) + 1)]
+    tau = float(kendalltau(table_accs, mean_accs).statistic)
+    per_seed = {seed: float(kendalltau(table_accs, [r["test_acc"] for r in rows if r["seed"] == seed]).statistic)
+                for seed in args.seeds}
+    summary = {"kendall_tau": tau, "kendall_tau_per_seed": per_seed, "spacing": args.spacing, "seeds": args.seeds,
+               "cells": [{"cell": i, "arch": arch, "table_acc": acc, "mean_test_acc": mean_accs[i - 1],
+                          "test_acc_per_seed": accs[i]} for i, (arch, acc) in enumerate(cells, start=1)],
+               "runs": rows, "settings": overrides, "data": str(args.data), "limit": args.limit,
+               "seconds": round(time.time() - started, 1)}
     write_json(output / "rank.json", summary)
-    print(f"Kendall tau (retrained vs table test accuracy, {len(rows)} cells): {tau:.3f}; "
-          f"{summary['seconds']:.0f} s; wrote {output / 'rank.json'}")
+    seeds_text = ", ".join(f"seed {seed}: {value:.3f}" for seed, value in per_seed.items())
+    print(f"Kendall tau (mean retrained vs table test accuracy, {len(cells)} cells, {len(args.seeds)} seed(s)): "
+          f"{tau:.3f} ({seeds_text}); {summary['seconds']:.0f} s; wrote {output / 'rank.json'}")
     return 0
 
 

@@ -296,11 +296,17 @@ def test_retrain_nb201_rank_example_quick(tmp_path):
         import retrain_nb201_rank
     finally:
         sys.path.remove(str(REPO / "examples"))
-    assert retrain_nb201_rank.main(["--quick", "--output", str(tmp_path / "rank")]) == 0
+    assert retrain_nb201_rank.main(["--quick", "--seeds", "0", "1", "--output", str(tmp_path / "rank")]) == 0
     summary = json.loads((tmp_path / "rank" / "rank.json").read_text())
     assert len(summary["cells"]) == 2 and -1.0 <= summary["kendall_tau"] <= 1.0
     assert summary["cells"][0]["table_acc"] < summary["cells"][1]["table_acc"]  # lowest and highest quantile
-    assert json.loads((tmp_path / "rank" / "cell01" / "retrain" / "result.json").read_text())["protocol"] == "nasbench201"
+    for cell in summary["cells"]:  # the ranked figure is the mean over the seeds' retrains
+        results = [json.loads((tmp_path / "rank" / f"seed{seed}" / f"cell{cell['cell']:02d}" / "retrain" /
+                               "result.json").read_text()) for seed in (0, 1)]
+        assert [r["seed"] for r in results] == [0, 1] and {r["protocol"] for r in results} == {"nasbench201"}
+        assert cell["test_acc_per_seed"] == [r["test_acc"] for r in results]
+        assert cell["mean_test_acc"] == pytest.approx(sum(cell["test_acc_per_seed"]) / 2)
+    assert set(summary["kendall_tau_per_seed"]) == {"0", "1"}
 
 
 @pytest.mark.slow
