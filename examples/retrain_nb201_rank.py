@@ -6,13 +6,13 @@ string), writes one run directory per cell as ``nni-plugins search`` would (``co
 ``best_architecture.json``), retrains each with :func:`nni_plugins.retrain.retrain_run` (the NB201
 protocol at a smaller width, depth and epoch count) on the CIFAR-10 images of an ``.npz`` file, and
 reports the Kendall tau between the retrained test accuracies and the table's. With several
-``--seeds`` each cell is retrained once per seed (as the table averages three training seeds) and the
+``--seeds`` each cell is retrained once per seed (the table averages three training seeds) and the
 tau is that of the per-cell mean; the tau of each seed alone is reported too. Rerunning the same
 command after an interruption continues where it stopped (each retrain resumes from its
 ``last.ckpt``, a finished one is only read back), so seeds can also run as separate processes into
 the same ``--output`` and a last call with all of them collects the results.
 
-    python examples/retrain_nb201_rank.py --seeds 0 1 2 --output runs/retrain_nb201_rank   # the benchmark
+    python examples/retrain_nb201_rank.py --seeds 0 1 2 3 4 --output runs/retrain_nb201_rank   # the benchmark
     python examples/retrain_nb201_rank.py --quick --output /tmp/rank                      # 2 cells x 1 epoch
 
 docs/benchmarks.md (section "Retraining") has the figures.
