@@ -273,20 +273,27 @@ def _descendants(pid: int) -> list[psutil.Process]:
     return psutil.Process(pid).children(recursive=True)
 
 
+def _start_random_search(tmp_path: Path, out: Path, port: int, budget: int, *extra: str) -> subprocess.Popen:
+    """A multi-trial search of ``budget`` random trials (1 epoch on 100 digits images) on ``port``."""
+    return _start(tmp_path, "--strategy", "random", "--trials", str(budget), "--epochs", "1", "--limit", "100",
+                  "--port", str(port), "--output", str(out), *extra)
+
+
+def _trial_jobs(port: int) -> list[dict]:
+    """The NNI manager's trial jobs; none while it is starting."""
+    try:
+        return rest_get(port, "/trial-jobs")
+    except (OSError, ValueError):
+        return []
+
+
 @pytest.mark.slow
 def test_multi_trial_sigint_keeps_finished_trials_stops_every_process_and_resumes(tmp_path):
-    out = tmp_path / "run"
-    port = free_port()
-    budget = 4
-    proc = _start(tmp_path, "--strategy", "random", "--trials", str(budget), "--epochs", "1", "--limit", "100",
-                  "--port", str(port), "--output", str(out))
+    out, port, budget = tmp_path / "run", free_port(), 4
+    proc = _start_random_search(tmp_path, out, port, budget)
 
     def one_done_one_running():
-        try:
-            trials = rest_get(port, "/trial-jobs")
-        except (OSError, ValueError):  # the manager is starting
-            return False
-        states = [t["status"] for t in trials]
+        states = [t["status"] for t in _trial_jobs(port)]
         return states.count("SUCCEEDED") >= 1 and "RUNNING" in states
     _wait_for(one_done_one_running, 300, "a finished and a running trial", proc)
     processes = _descendants(proc.pid)  # the NNI manager and the trials
@@ -315,17 +322,11 @@ def test_multi_trial_sigint_keeps_finished_trials_stops_every_process_and_resume
 
 @pytest.mark.slow
 def test_multi_trial_resume_after_kill_9_loses_and_repeats_no_trial(tmp_path):
-    out = tmp_path / "run"
-    port = free_port()
-    budget = 4
-    proc = _start(tmp_path, "--strategy", "random", "--trials", str(budget), "--epochs", "1", "--limit", "100",
-                  "--port", str(port), "--output", str(out), "--config", str(_concurrency(tmp_path)))
+    out, port, budget = tmp_path / "run", free_port(), 4
+    proc = _start_random_search(tmp_path, out, port, budget, "--config", str(_concurrency(tmp_path)))
 
     def finished():
-        try:
-            return [t for t in rest_get(port, "/trial-jobs") if t["status"] == "SUCCEEDED"]
-        except (OSError, ValueError):  # the manager is starting
-            return []
+        return [t for t in _trial_jobs(port) if t["status"] == "SUCCEEDED"]
     # run.json records each trial as it ends, so a killed run still says how far it got
     before = _wait_for(lambda: _progress(out, "trials_finished") >= 2 and len(finished()) >= 2 and finished(), 300,
                        "two finished trials", proc)
