@@ -351,7 +351,7 @@ def _resume_checkpoint(tb_dir: Path, done: int) -> Path | None:
     return wanted[0]
 
 
-def _epoch_recorder(run: RunDir, epochs: int, done: int) -> Any:
+def _epoch_recorder(run: RunDir, done: int) -> Any:
     """A Lightning callback that keeps the architecture of the last completed epoch and records the
     epochs done in ``run.json``. An epoch counts once its checkpoint is saved (Lightning saves it at the
     end of the epoch, after every other callback): at the start of the next epoch or the end of training."""
@@ -505,7 +505,7 @@ def _search_one_shot(exp: Any, evaluator: Any, cfg: SearchConfig, splits: Any, r
             if other != ckpt:
                 other.unlink()
         evaluator.fit_kwargs["ckpt_path"] = str(ckpt)
-    recorder = _epoch_recorder(run, cfg.epochs, done)
+    recorder = _epoch_recorder(run, done)
     evaluator.trainer.callbacks.append(recorder)
     progress = {"epochs_done": done, "epochs": cfg.epochs}
     if resume:
